@@ -291,11 +291,14 @@ class Unit:
     stop_timeout_s: float = 10.0
     proc: subprocess.Popen | None = None
     sids: set[int] = field(default_factory=set)
-    state: str = "new"  # running | stopping | waiting | stopped
+    state: str = "new"  # running | stopping | waiting | stopped (exit 0) | failed (start limit)
     state_until: float = 0.0
     stopping_sid: int = 0
     exits: list[int] = field(default_factory=list)
     starts: int = 0
+    # StartLimitBurst=5 in StartLimitIntervalSec=10, counted over exits the harness did not cause
+    # (a unit that cannot start, e.g. on a bad flag, must not loop until the duration limit).
+    own_exit_times: list[float] = field(default_factory=list)
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -330,11 +333,24 @@ class Unit:
                 self.on_kill(leftovers, "systemd-sigkill")
                 leftovers = []
             if not leftovers:
-                failed = self.exits[-1] != 0  # negative: killed by a signal
-                self.state = "waiting" if failed else "stopped"
-                self.state_until = now + self.restart_sec
+                code = self.exits[-1]  # negative: killed by a signal
+                if code >= 0:
+                    self.own_exit_times = [t for t in self.own_exit_times if now - t < 10.0] + [now]
+                if code == 0:
+                    self.state = "stopped"
+                elif len(self.own_exit_times) >= 5:
+                    self.state = "failed"
+                else:
+                    self.state, self.state_until = "waiting", now + self.restart_sec
         if self.state == "waiting" and now >= self.state_until:
             self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the unit: a still picture to count from, in which no process is
+        killed half-way through a step (which a final SIGKILL or SIGTERM could cause)."""
+        for sid in self.sids:
+            for pid in session_pids(sid):
+                send(pid, signal.SIGSTOP)
 
     def kill_everything(self) -> None:
         for sid in self.sids:
@@ -733,6 +749,9 @@ def run_scenario(
                 backlog = _try(lambda: sum(conn.llen(f"rq:queue:{q}") for q in QUEUES))
                 if backlog == 0 and outage_done:
                     break
+            if all(unit.state in ("stopped", "failed") for unit in units):
+                say("  every unit has stopped for good; ending the fault phase")
+                break
             if now - fault_start >= duration_limit_s:
                 say(f"  fault phase hit its limit of {duration_limit_s} s")
                 result["fault_phase_hit_limit"] = True
@@ -768,10 +787,13 @@ def run_scenario(
         result["drain_s"] = round(time.monotonic() - drain_start, 1)
         say(f"  drain over after {result['drain_s']} s ({result['drain_end']})")
 
-        # Stop the system before counting, so that nothing moves while we look.
+        # Freeze the system before counting, so that nothing moves while we look.
+        result["unit_final_states"] = [u.state for u in units]
+        for unit in units:
+            unit.freeze()
+        result.update(analyze(conn, specs, killed, spool))
         for unit in units:
             unit.kill_everything()
-        result.update(analyze(conn, specs, killed, spool))
         result["faults"] = dict(faults)
         result["unit_starts"] = sum(u.starts for u in units)
         result["unit_exit_codes"] = dict(Counter(str(c) for u in units for c in u.exits))
