@@ -1,0 +1,146 @@
+"""The `workerd` command: a drop-in for `rq worker`, its options generated from workerd.settings.
+
+This is an edge: the only place (with the supervisor's top level) that turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from workerd import __version__
+from workerd.config import build_settings, render_settings
+from workerd.errors import ConfigError, ExitCode, WorkerdError
+from workerd.logs import setup_logging
+from workerd.settings import ENV_PREFIX, Settings
+from workerd.utils import import_attribute
+
+log = logging.getLogger("workerd.cli")
+
+DESCRIPTION = """\
+Run workers for RQ-compatible Redis job queues. Listens on QUEUE... (highest priority first;
+default: the QUEUES setting, else 'default'). Every option of `rq worker` is accepted with the
+same meaning. Each option can also be set in the settings file (-c, TOML or a Python module) and
+in the environment as WORKERD_<NAME>; the command line wins over the environment, which wins over
+the file.
+"""
+
+EPILOG = """\
+exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 69 Redis unreachable at start
+(burst mode); 70 internal error; 78 invalid settings (do not restart; fix the settings).
+"""
+
+
+def _help_for(name: str, info: Any) -> str:
+    default = info.get_default(call_default_factory=True)
+    shown = "unset" if default is None else default
+    return f"{info.description} [default: {shown}; setting {name.upper()}; env {ENV_PREFIX}{name.upper()}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workerd", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("queue_args", nargs="*", metavar="QUEUE", help="queues to listen on, highest priority first")
+    parser.add_argument("-c", "--config", metavar="FILE|MODULE",
+                        help="settings file: a .toml file, or a Python module (path or dotted name)")  # fmt: skip
+    parser.add_argument("--check", action="store_true", help="validate the settings and imports, then exit 0")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective settings (passwords masked) and exit")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log at WARNING level")
+    parser.add_argument("--version", action="version", version=f"workerd {__version__}")
+    group = parser.add_argument_group("settings")
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        flags = extra.get("flags")
+        if not flags:
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help_for(name, info)}
+        if info.annotation is bool:
+            kwargs["action"] = "store_true"
+        elif extra.get("repeat"):
+            kwargs.update(action="append", metavar=extra.get("metavar"))
+        else:
+            kwargs["metavar"] = extra.get("metavar")
+        group.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+    return parser
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    if args.queue_args:
+        values["queues"] = args.queue_args
+    if args.verbose and args.quiet:
+        raise ConfigError("-v/--verbose and -q/--quiet cannot be used together")
+    if args.verbose:
+        values["log_level"] = "DEBUG"
+    elif args.quiet:
+        values["log_level"] = "WARNING"
+    return values
+
+
+def check_imports(settings: Settings) -> None:
+    """Import what the settings name (classes, handlers, preloaded modules): errors are config errors."""
+    for directory in reversed(settings.path):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    dotted = [settings.worker_class, settings.job_class, settings.queue_class, settings.connection_class,
+              settings.death_penalty_class, *settings.exception_handlers]  # fmt: skip
+    if settings.serializer not in ("pickle", "json"):
+        dotted.append(settings.serializer)
+    for path in filter(None, dotted):
+        try:
+            import_attribute(path)
+        except Exception as exc:
+            raise ConfigError(f"cannot import '{path}': {type(exc).__name__}: {exc}") from exc
+    for module in settings.preload:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"PRELOAD module '{module}' failed to import: {type(exc).__name__}: {exc} "
+                f"(is it on --path / PATH = {settings.path}?)"
+            ) from exc
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings, layers = build_settings(_cli_values(args), args.config)
+    if args.print_config:
+        sys.stdout.write(render_settings(settings, layers))
+        return ExitCode.OK
+    setup_logging(settings)
+    check_imports(settings)
+    if args.check:
+        print(f"workerd: settings OK ({layers.file_label or 'no settings file'})")
+        return ExitCode.OK
+    from workerd.worker import Worker
+
+    worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
+    return worker_class(settings.queues, settings=settings).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except WorkerdError as exc:
+        print(f"workerd: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = ExitCode.OK
+    except Exception:
+        traceback.print_exc()
+        print("workerd: internal error (a bug in workerd; please report it with the traceback above)",
+              file=sys.stderr)  # fmt: skip
+        code = ExitCode.SOFTWARE
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

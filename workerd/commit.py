@@ -1,0 +1,299 @@
+"""The one writer of job state.
+
+Every change a worker makes to a job goes through here, and each change is one atomic script call
+(one round trip): start (pop + started registry + execution record), lease renewal, success,
+failure (with RQ's retry rules), requeue on shutdown, and recovery of jobs whose worker died.
+The writes are RQ 2.12's (shared/rq-protocol.md 4.4-4.6), so RQ clients read them unchanged.
+
+Every write after start is guarded by the job's wip entry (`<job>:<execution>` in `rq:wip:<q>`):
+it is the worker's lease on the job. A worker that was presumed dead and whose job was recovered
+finds its lease gone and writes nothing, so a re-run is never overwritten by a stale outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from workerd import schema
+from workerd.job import (
+    DEFAULT_FAILURE_TTL_S,
+    Job,
+    JobStatus,
+    ResultType,
+    encode_exc_string,
+)
+from workerd.serializers import Serializer
+from workerd.timeutil import utcformat, utcnow
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.client import Pipeline
+    from redis.commands.core import Script
+
+MAX_SKIPS_PER_FETCH = 100
+LEASE_LOST = -1
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker holds: its wip entry in `queue` is the lease."""
+
+    job: Job
+    queue: str
+    execution_id: str
+
+    @property
+    def member(self) -> str:
+        """The wip entry; '' for a synchronous run, which holds no lease."""
+        return schema.wip_member(self.job.id, self.execution_id) if self.execution_id else ""
+
+
+@dataclass
+class Outcome:
+    """What running a job produced; plain data, sent from the horse to the worker over a pipe."""
+
+    succeeded: bool
+    started_at: float  # epoch seconds
+    ended_at: float
+    return_value_b64: str | None = None  # base64(serializer.dumps(value)); None for a None result
+    exc_string: str | None = None  # traceback text, on failure
+    record_failure: bool = True  # False when an exception handler stopped the chain
+    reason: str = ""  # one line for the log
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.ended_at - self.started_at)
+
+
+@dataclass
+class _Ops:
+    """Redis commands to run inside GUARDED_APPLY, as (argc, command, args...) runs."""
+
+    args: list[Any] = field(default_factory=list)
+
+    def add(self, *command: Any) -> None:
+        self.args.append(len(command))
+        self.args.extend(command)
+
+    def hset(self, key: str, mapping: dict[str, Any]) -> None:
+        flat: list[Any] = []
+        for name, value in mapping.items():
+            flat += [name, value]
+        self.add("HSET", key, *flat)
+
+    def xadd(self, key: str, fields: dict[str, Any]) -> None:
+        flat: list[Any] = []
+        for name, value in fields.items():
+            if value is not None:
+                flat += [name, value]
+        self.add("XADD", key, "MAXLEN", "~", "10", "*", *flat)
+
+
+class Committer:
+    """Binds the scripts to one connection; one per worker process (created after fork)."""
+
+    def __init__(self, redis: Redis, worker_name: str, serializer: Serializer, record_worker: bool = True) -> None:
+        self.redis = redis
+        self.worker_name = worker_name
+        # False for Queue(is_async=False): the job runs in the caller, and there is no worker hash.
+        self.record_worker = record_worker
+        self.serializer = serializer
+        self._fetch_start: Script = redis.register_script(schema.FETCH_START)
+        self._apply: Script = redis.register_script(schema.GUARDED_APPLY)
+        self._recover: Script = redis.register_script(schema.RECOVER_ABANDONED)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def fetch_and_start(self, queues: Sequence[str], lease_s: float) -> tuple[Claim | None, list[str]]:
+        """Atomically take the first job of the first non-empty queue and mark it started.
+
+        Returns the claim (or None) and the ids that were skipped because their hash was gone.
+        """
+        now = utcnow()
+        execution_id = uuid.uuid4().hex
+        deadline = now.timestamp() + lease_s
+        execution_ttl_s = int(lease_s) + 60
+        keys = [schema.worker_key(self.worker_name)]
+        keys += [schema.queue_key(q) for q in queues]
+        keys += [schema.started_key(q) for q in queues]
+        args = [
+            len(queues), self.worker_name, execution_id, utcformat(now), now.timestamp(), deadline,
+            execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH,
+        ]  # fmt: skip
+        index, job_id, flat, skipped = self._fetch_start(keys=keys, args=args, client=self.redis)
+        skipped_ids = [s.decode() for s in skipped]
+        if not index:
+            return None, skipped_ids
+        mapping = dict(zip(flat[::2], flat[1::2]))
+        job = Job.from_mapping(job_id.decode(), mapping, connection=self.redis, serializer=self.serializer)
+        return Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids
+
+    # -- lease -----------------------------------------------------------------------------------
+
+    def renew_lease(self, claim: Claim, lease_s: float, working_time_s: float, pipe: Pipeline) -> None:
+        """Queue the lease renewal of a running job on `pipe` (executed with the worker heartbeat)."""
+        now = utcnow()
+        deadline = now.timestamp() + lease_s
+        ops = _Ops()
+        ops.add("ZADD", schema.started_key(claim.queue), "XX", deadline, claim.member)
+        execution = schema.execution_key(claim.job.id, claim.execution_id)
+        ops.add("HSET", execution, "last_heartbeat", now.timestamp())
+        ops.add("EXPIRE", execution, int(lease_s) + 60)
+        ops.add("ZADD", schema.executions_key(claim.job.id), "XX", deadline + 60, claim.execution_id)
+        ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
+        ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
+        self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", *ops.args],
+                    client=pipe)  # fmt: skip
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _release_execution(self, ops: _Ops, claim: Claim) -> None:
+        ops.add("DEL", schema.execution_key(claim.job.id, claim.execution_id))
+        ops.add("ZREM", schema.started_key(claim.queue), claim.member)
+        ops.add("ZREM", schema.executions_key(claim.job.id), claim.execution_id)
+        if self.record_worker:
+            ops.add("HDEL", schema.worker_key(self.worker_name), "current_job")
+            ops.add("HSET", schema.worker_key(self.worker_name), "state", "idle")
+
+    def _count(self, ops: _Ops, counter: str, outcome: Outcome | None) -> None:
+        if not self.record_worker:
+            return
+        worker = schema.worker_key(self.worker_name)
+        ops.add("HINCRBY", worker, counter, 1)
+        ops.add("HINCRBYFLOAT", worker, "total_working_time", outcome.duration_s if outcome else 0.0)
+
+    def _expire_job(self, ops: _Ops, job_id: str, ttl_s: int) -> None:
+        """RQ's Job.cleanup: 0 deletes, > 0 expires, negative keeps the job forever."""
+        keys = (schema.job_key(job_id), schema.dependents_key(job_id), schema.dependencies_key(job_id))
+        if ttl_s == 0:
+            ops.add("DEL", *keys, schema.executions_key(job_id))
+        elif ttl_s > 0:
+            for key in keys:
+                ops.add("EXPIRE", key, ttl_s)
+
+    def _result_entry(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
+                      stream_ttl_s: int | None, exc_string: str | None = None) -> None:  # fmt: skip
+        key = schema.results_key(claim.job.id)
+        ops.xadd(key, {
+            "type": int(result_type),
+            "worker_name": self.worker_name,
+            "return_value": outcome.return_value_b64 if result_type == ResultType.SUCCESSFUL else None,
+            "exc_string": encode_exc_string(exc_string) if exc_string is not None else None,
+            "execution_id": claim.execution_id,
+            "execution_started_at": outcome.started_at,
+            "execution_ended_at": outcome.ended_at,
+        })  # fmt: skip
+        if stream_ttl_s == -1:
+            ops.add("PERSIST", key)
+        elif stream_ttl_s is not None and stream_ttl_s > 0:
+            ops.add("EXPIRE", key, stream_ttl_s)
+
+    def _run(self, claim: Claim, ops: _Ops, release: str = "") -> int:
+        now_stamp = utcformat(utcnow())
+        args = [claim.member, release, claim.job.id, now_stamp, *ops.args]
+        return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
+
+    def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
+        """Finished (shared/rq-protocol.md 4.6, success). Returns LEASE_LOST or dependents released."""
+        job = claim.job
+        ttl = job.result_ttl if job.result_ttl is not None else default_result_ttl_s
+        ops = _Ops()
+        self._count(ops, "successful_job_count", outcome)
+        if ttl != 0:
+            ops.hset(schema.job_key(job.id), {
+                "status": JobStatus.FINISHED.value, "ended_at": _stamp(outcome.ended_at),
+                "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name,
+            })  # fmt: skip
+            self._result_entry(ops, claim, outcome, ResultType.SUCCESSFUL, ttl)
+            score = "+inf" if ttl < 0 else outcome.ended_at + ttl
+            ops.add("ZADD", schema.finished_key(claim.queue), score, job.id)
+        self._expire_job(ops, job.id, ttl)
+        self._release_execution(ops, claim)
+        return self._run(claim, ops, release=JobStatus.FINISHED.value)
+
+    def commit_failure(self, claim: Claim, outcome: Outcome, stopped: bool = False) -> tuple[int, str]:
+        """Failed or stopped, or retried if the job has retries left. Returns (lease/released, what)."""
+        job = claim.job
+        ops = _Ops()
+        self._count(ops, "failed_job_count", outcome)
+        job_key = schema.job_key(job.id)
+        retry_in_s = None if stopped else _retry_delay_s(job)
+        if retry_in_s is not None:
+            self._retry(ops, claim, retry_in_s)
+            self._release_execution(ops, claim)
+            return self._run(claim, ops), f"retry in {retry_in_s}s" if retry_in_s else "retry now"
+        status = JobStatus.STOPPED if stopped else JobStatus.FAILED
+        ops.hset(job_key, {"status": status.value, "ended_at": _stamp(outcome.ended_at),
+                           "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})
+        if outcome.record_failure:
+            ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
+            self._expire_job(ops, job.id, ttl if ttl > 0 else -1)
+            ops.add("ZADD", schema.failed_key(claim.queue), outcome.ended_at + ttl, job.id)
+            self._result_entry(ops, claim, outcome, ResultType.FAILED, job.failure_ttl,
+                               exc_string=outcome.exc_string or "")  # fmt: skip
+        self._release_execution(ops, claim)
+        release = "" if stopped else JobStatus.FAILED.value
+        return self._run(claim, ops, release=release), status.value
+
+    def _retry(self, ops: _Ops, claim: Claim, delay_s: int) -> None:
+        """RQ's Job.retry: one retry used; back on the queue, or scheduled after the interval."""
+        job = claim.job
+        job_key = schema.job_key(job.id)
+        now = utcnow()
+        ops.add("HINCRBY", job_key, "retries_left", -1)
+        queue_key = schema.queue_key(claim.queue)
+        ops.add("SADD", schema.QUEUES, queue_key)
+        if delay_s > 0:
+            ops.hset(job_key, {"status": JobStatus.SCHEDULED.value})
+            ops.add("ZADD", schema.scheduled_key(claim.queue), int(now.timestamp()) + delay_s, job.id)
+            return
+        ops.hset(job_key, {"status": JobStatus.QUEUED.value, "enqueued_at": utcformat(now)})
+        ops.add("LPUSH" if job.enqueue_at_front_on_retry else "RPUSH", queue_key, job.id)
+
+    def requeue(self, claim: Claim) -> int:
+        """Put a job this worker holds back at the front of its queue (cold shutdown, lost horse)."""
+        ops = _Ops()
+        queue_key = schema.queue_key(claim.queue)
+        ops.hset(schema.job_key(claim.job.id),
+                 {"status": JobStatus.QUEUED.value, "enqueued_at": utcformat(utcnow())})  # fmt: skip
+        ops.add("SADD", schema.QUEUES, queue_key)
+        ops.add("LPUSH", queue_key, claim.job.id)
+        self._release_execution(ops, claim)
+        return self._run(claim, ops)
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def expired_leases(self, queues: Sequence[str], now: float, pipe: Pipeline) -> None:
+        """Queue, on `pipe`, one read per queue of the wip entries whose lease has run out."""
+        for queue in queues:
+            pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
+
+    def recover(self, queue: str, member: str, now: float, max_attempts: int) -> str:
+        """Recover one expired wip entry: requeue at the front, or fail it past `max_attempts`."""
+        reason = (
+            f"AbandonedJobError: worker lost {max_attempts} times while running this job: possible "
+            "poison pill (a job that kills its process); not retried again"
+        )
+        job_id = schema.split_wip_member(member)[0]
+        keys = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
+                schema.results_key(job_id)]  # fmt: skip
+        args = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason),
+                DEFAULT_FAILURE_TTL_S]  # fmt: skip
+        result = self._recover(keys=keys, args=args, client=self.redis)
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+def _stamp(epoch: float) -> str:
+    return utcformat(dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc))
+
+
+def _retry_delay_s(job: Job) -> int | None:
+    """Seconds until the retry (RQ's get_retry_interval), or None when no retry is left."""
+    if not job.retries_left or job.retries_left <= 0:
+        return None
+    intervals = job.retry_intervals or [0]
+    index = max(len(intervals) - job.retries_left, 0)
+    return int(intervals[min(index, len(intervals) - 1)])

@@ -1,0 +1,223 @@
+"""Loading settings: files (TOML or a Python module), the environment, the command line.
+
+Errors name where the bad value came from (file and key, environment variable, or flag), the value
+(masked when secret) and what is wrong, and carry exit code 78 (workerd.errors.ConfigError).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr, ValidationError
+
+from workerd.errors import ConfigError
+from workerd.settings import ENV_PREFIX, FILE_VALUES, SECRET_FIELDS, Settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+log = logging.getLogger("workerd.config")
+
+FIELD_NAMES = tuple(Settings.model_fields)
+# RQ reads these from the environment when no settings module is given (rq-protocol.md 8.1).
+_RQ_ENVIRONMENT = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_SSL")
+
+
+@dataclass
+class Layers:
+    """The raw values of each source, before validation; kept to explain where a value came from."""
+
+    cli: dict[str, Any] = field(default_factory=dict)
+    file: dict[str, Any] = field(default_factory=dict)
+    file_label: str = ""
+
+    def source_of(self, key: str) -> str:
+        if key in self.cli:
+            return "the command line"
+        env_name = f"{ENV_PREFIX}{key.upper()}"
+        if env_name in os.environ:
+            return f"environment variable {env_name}"
+        if key in self.file:
+            return f"{self.file_label}: key '{key}'"
+        return "the default"
+
+
+def _suggest(name: str) -> str:
+    matches = difflib.get_close_matches(name.lower(), FIELD_NAMES, n=1, cutoff=0.6)
+    return f"; did you mean '{matches[0]}'?" if matches else ""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the settings file: {exc.strerror}") from exc
+    unknown = [key for key in data if key.lower() not in FIELD_NAMES]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key)}")
+    return {key.lower(): value for key, value in data.items()}
+
+
+def _import_settings_module(spec: str) -> ModuleType:
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise ConfigError(f"{spec}: settings file not found")
+            module_spec = importlib.util.spec_from_file_location(f"workerd_settings_{path.stem}", path)
+            if module_spec is None or module_spec.loader is None:
+                raise ConfigError(f"{spec}: cannot load it as a Python module")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(spec)
+    except ConfigError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"settings module '{spec}' not found ({exc}); give a path to a .toml or .py file, or a module "
+            "importable from the current directory or --path"
+        ) from exc
+    except Exception as exc:  # the user's module raised while being imported
+        raise ConfigError(f"settings module '{spec}' raised on import: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_module(spec: str) -> dict[str, Any]:
+    module = _import_settings_module(spec)
+    values: dict[str, Any] = {}
+    for name in dir(module):
+        if not name.isupper() or name.startswith("_"):
+            continue
+        key = name.lower()
+        if key in FIELD_NAMES:
+            values[key] = getattr(module, name)
+        else:
+            # rq settings modules often hold constants of their own; rq ignores them, so we warn.
+            log.warning("%s: %s is not a workerd setting and is ignored%s", spec, name, _suggest(name))
+    return values
+
+
+def read_settings_file(spec: str) -> dict[str, Any]:
+    """A TOML file (*.toml), or a Python settings module given by path or dotted name."""
+    if spec.endswith(".toml"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"{spec}: settings file not found")
+        return _read_toml(path)
+    return _read_module(spec)
+
+
+def _rq_environment() -> dict[str, Any]:
+    """rq reads REDIS_URL, REDIS_HOST, ... from the environment when no settings module is given."""
+    return {name.lower(): os.environ[name] for name in _RQ_ENVIRONMENT if name in os.environ}
+
+
+def _warn_unknown_environment() -> None:
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() not in FIELD_NAMES:
+            key = name[len(ENV_PREFIX) :]
+            log.warning("environment variable %s is not a workerd setting and is ignored%s", name, _suggest(key))
+
+
+def _describe_value(key: str, value: Any) -> str:
+    if key in SECRET_FIELDS:
+        return "'********'"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def build_settings(cli_values: Mapping[str, Any], config_spec: str | None) -> tuple[Settings, Layers]:
+    """Validate all layers into Settings. Raises ConfigError naming source, key, value and reason."""
+    layers = Layers(cli={k: v for k, v in cli_values.items() if v is not None})
+    if config_spec:
+        for directory in layers.cli.get("path", []):
+            if directory not in sys.path:
+                sys.path.insert(0, directory)
+        layers.file = read_settings_file(config_spec)
+        layers.file_label = config_spec
+    else:
+        layers.file = _rq_environment()
+        layers.file_label = "the environment (rq's REDIS_* variables)"
+    if "redis_url" not in layers.cli and os.environ.get("RQ_REDIS_URL"):
+        layers.cli["redis_url"] = os.environ["RQ_REDIS_URL"]  # rq's environment name for --url
+    _warn_unknown_environment()
+    token = FILE_VALUES.set(layers.file)
+    try:
+        settings = Settings(**layers.cli)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else "?"
+            source = layers.source_of(key)
+            value = layers.cli.get(key, layers.file.get(key, error.get("input")))
+            problems.append(f"{source}: {key} = {_describe_value(key, value)}: {error['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    finally:
+        FILE_VALUES.reset(token)
+    return settings, layers
+
+
+def mask_url(url: str) -> str:
+    """redis://user:secret@host/0 -> redis://user:***@host/0"""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        return mask_url(secret) if "://" in secret else "***"
+    if isinstance(value, dict):
+        return {k: ("***" if "password" in str(k).lower() else _mask(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def render_settings(settings: Settings, layers: Layers) -> str:
+    """The effective settings as TOML, passwords masked, each line saying where its value came from."""
+    lines = []
+    for key in FIELD_NAMES:
+        value = _mask(getattr(settings, key))
+        source = f"  # {layers.source_of(key)}"
+        if value is None:
+            lines.append(f"# {key} is unset{source}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}{source}")
+    return "\n".join(lines) + "\n"

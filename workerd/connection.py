@@ -1,0 +1,63 @@
+"""Building a Redis client from the settings (URL, host/port, or Sentinel), and naming it safely."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from workerd.config import mask_url
+from workerd.settings import Settings
+from workerd.utils import import_attribute
+
+# Commands on the main connection are short; the one long one is a commit carrying a big result.
+SOCKET_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
+MINIMUM_REDIS_VERSION = (6, 2, 0)  # BLMOVE, used to wait on queues without taking a job
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for the configured Redis. Nothing is sent until the first command."""
+    client_class: Any = import_attribute(settings.connection_class) if settings.connection_class else redis.Redis
+    timeouts: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    if settings.redis_url is not None:
+        return client_class.from_url(settings.redis_url.get_secret_value(), **timeouts)  # type: ignore[no-any-return]
+    if settings.sentinel:
+        return _sentinel_master(settings.sentinel, timeouts)
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return client_class(  # type: ignore[no-any-return]
+        host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
+        password=password, ssl=settings.redis_ssl, **timeouts,
+    )  # fmt: skip
+
+
+def _sentinel_master(config: dict[str, Any], timeouts: dict[str, Any]) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    options = {str(k).upper(): v for k, v in config.items()}
+    instances = [tuple(i) for i in options.get("INSTANCES", [("localhost", 26379)])]
+    connection_kwargs = dict(options.get("CONNECTION_KWARGS", {}))
+    for key, name in (("USERNAME", "username"), ("PASSWORD", "password"), ("SSL", "ssl")):
+        if key in options:
+            connection_kwargs[name] = options[key]
+    if "SOCKET_TIMEOUT" in options:
+        timeouts = {**timeouts, "socket_timeout": options["SOCKET_TIMEOUT"]}
+    sentinel = Sentinel(instances, sentinel_kwargs=options.get("SENTINEL_KWARGS"), **timeouts, **connection_kwargs)
+    return sentinel.master_for(options.get("MASTER_NAME", "mymaster"), db=options.get("DB", 0))
+
+
+def describe(settings: Settings) -> str:
+    """Where we connect to, for log lines: never includes a password."""
+    if settings.redis_url is not None:
+        return mask_url(settings.redis_url.get_secret_value())
+    if settings.sentinel:
+        return f"sentinel master {settings.sentinel.get('MASTER_NAME', 'mymaster')}"
+    scheme = "rediss" if settings.redis_ssl else "redis"
+    return f"{scheme}://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def check_version(client: redis.Redis) -> None:
+    version_text = str(client.info("server").get("redis_version", "0"))
+    version = tuple(int(part) for part in version_text.split(".")[:3] if part.isdigit())
+    if version < MINIMUM_REDIS_VERSION:
+        raise RuntimeError(f"Redis {version_text} is too old: workerd needs 6.2 or newer (for BLMOVE)")

@@ -1,0 +1,146 @@
+"""Running one job: resolve the function, call it under its timeout, turn what happened into an Outcome.
+
+Shared by the horse (fork mode), the worker itself (in-process mode) and `Queue(is_async=False)`.
+Nothing here writes to Redis; the caller hands the Outcome to `workerd.commit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+from workerd.commit import Outcome
+from workerd.errors import JobTimeoutException
+from workerd.job import DEFAULT_TIMEOUT_S, Job, encode_return_value
+
+log = logging.getLogger("workerd.job")
+
+ExceptionHandler = Callable[[Job, type[BaseException], BaseException, TracebackType | None], Any]
+
+_current_jobs: list[Job] = []
+
+
+def get_current_job() -> Job | None:
+    """The job being run by this process, inside a job function; None elsewhere."""
+    return _current_jobs[-1] if _current_jobs else None
+
+
+class BaseDeathPenalty:
+    """Stops a job that runs past `timeout_s` by raising `exception` inside it.
+
+    Subclass and name the class in DEATH_PENALTY_CLASS to change how. The worker also enforces the
+    timeout from outside (SIGKILL of the horse shortly after), so a job that swallows the exception
+    or blocks signals still ends.
+    """
+
+    def __init__(self, timeout_s: float, exception: type[BaseException] = JobTimeoutException, **kwargs: Any):
+        self.timeout_s = timeout_s
+        self.exception = exception
+
+    def __enter__(self) -> BaseDeathPenalty:
+        self.setup_death_penalty()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel_death_penalty()
+
+    def setup_death_penalty(self) -> None:
+        raise NotImplementedError
+
+    def cancel_death_penalty(self) -> None:
+        raise NotImplementedError
+
+
+class UnixSignalDeathPenalty(BaseDeathPenalty):
+    """SIGALRM-based, as RQ's default: the job gets JobTimeoutException and can clean up."""
+
+    def _raise(self, signum: int, frame: FrameType | None) -> None:
+        raise self.exception(f"Task exceeded maximum timeout value ({self.timeout_s:g} seconds)")
+
+    def setup_death_penalty(self) -> None:
+        if self.timeout_s <= 0:
+            return
+        self._previous = signal.signal(signal.SIGALRM, self._raise)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+
+    def cancel_death_penalty(self) -> None:
+        if self.timeout_s <= 0:
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._previous)
+
+
+def effective_timeout_s(job: Job) -> float:
+    """The job's timeout in seconds; 0 means none (RQ's -1)."""
+    timeout = job.timeout if job.timeout is not None else DEFAULT_TIMEOUT_S
+    return 0.0 if timeout < 0 else float(timeout)
+
+
+def format_exception(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # an exception whose __str__ or __repr__ raises
+        return f"{type(exc).__module__}.{type(exc).__qualname__}: <the exception could not be printed>\n"
+
+
+def _call(job: Job) -> Any:
+    value = job.func(*job.args, **job.kwargs)
+    if inspect.iscoroutine(value):
+        value = asyncio.run(value)
+    return value
+
+
+def perform(
+    job: Job,
+    death_penalty_class: type[BaseDeathPenalty] = UnixSignalDeathPenalty,
+    exception_handlers: Sequence[ExceptionHandler] = (),
+    record_failure: bool = True,
+) -> Outcome:
+    """Run `job` to an Outcome. Never raises: every failure, timeout included, is in the Outcome."""
+    started = time.time()
+    _current_jobs.append(job)
+    try:
+        with death_penalty_class(effective_timeout_s(job), JobTimeoutException, job_id=job.id):
+            value = _call(job)
+        encoded = None if value is None else encode_return_value(value, job.serializer)
+        return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded)
+    except BaseException as exc:  # SystemExit from a job is a failure of that job, not of the worker
+        ended = time.time()
+        run_exception_handlers(job, exc, exception_handlers)
+        return Outcome(
+            succeeded=False,
+            started_at=started,
+            ended_at=ended,
+            exc_string=format_exception(exc),
+            record_failure=record_failure,
+            reason=_one_line(exc),
+        )
+    finally:
+        _current_jobs.pop()
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() failed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_exception_handlers(job: Job, exc: BaseException, handlers: Sequence[ExceptionHandler]) -> None:
+    """RQ's chain: each handler gets (job, type, value, tb); a falsy return other than None stops it."""
+    for handler in handlers:
+        try:
+            fallthrough = handler(job, type(exc), exc, exc.__traceback__)
+        except Exception:
+            log.exception("exception handler %r raised; continuing with the next one", handler)
+            continue
+        if fallthrough is not None and not fallthrough:
+            break

@@ -1,0 +1,92 @@
+"""The horse: a process forked per job. It runs the job and reports an Outcome over a pipe.
+
+It never writes job state (the worker does, in one transaction), and it never returns into the
+worker's code: whatever happens, it leaves with `os._exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workerd.commit import Outcome
+from workerd.job import Job
+from workerd.process import set_title
+
+# A horse that could not even report leaves with this code; the worker then fails the job with it.
+REPORT_FAILED_EXIT_CODE = 1
+
+
+@dataclass
+class Horse:
+    """The worker's handle on a running horse."""
+
+    pid: int
+    read_fd: int
+    started_monotonic: float = field(default_factory=time.monotonic)
+    buffer: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+
+    def read_available(self) -> None:
+        """Read what the pipe holds now (the worker polls it, so a big result never blocks the horse)."""
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 1 << 20)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.eof = True
+                return
+            self.buffer += chunk
+
+    def outcome(self) -> Outcome | None:
+        if not self.buffer:
+            return None
+        try:
+            outcome = pickle.loads(bytes(self.buffer))
+        except Exception:  # a horse killed mid-write leaves a truncated pickle
+            return None
+        return outcome if isinstance(outcome, Outcome) else None
+
+    def close(self) -> None:
+        try:
+            os.close(self.read_fd)
+        except OSError:
+            pass
+
+
+def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
+    """Fork a horse that runs `run(job)`; returns in the worker with the horse's handle."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the horse
+        os.close(read_fd)
+        _horse_main(job, run, title, write_fd)
+    os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    return Horse(pid=pid, read_fd=read_fd)
+
+
+def _horse_main(job: Job, run: Callable[[Job], Outcome], title: str, write_fd: int) -> None:
+    code = 0
+    try:
+        # Its own process group, so the worker can kill the job together with any grandchildren.
+        os.setpgrp()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C on a terminal is for the worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        set_title(title)
+        os.environ["RQ_JOB_ID"] = job.id
+        payload = pickle.dumps(run(job), protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(payload)
+        while view:
+            written = os.write(write_fd, view)
+            view = view[written:]
+    except BaseException:  # nothing may escape into the worker's code in this child
+        code = REPORT_FAILED_EXIT_CODE
+    finally:
+        os._exit(code)

@@ -1,0 +1,615 @@
+"""Jobs: the value stored in `rq:job:<id>`, its encoding (RQ 2.12's fields), and the client API.
+
+A `Job` is plain data plus an optional connection for the client methods RQ users call
+(`job.get_status()`, `job.save_meta()`). The worker never writes a job through these methods; its
+writes go through `workerd.commit`, the one writer of job state.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import inspect
+import json
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from workerd import schema
+from workerd.errors import DeserializationError, InvalidJobOperation, NoSuchJobError
+from workerd.serializers import Serializer, resolve_serializer
+from workerd.timeutil import utcformat, utcnow, utcparse
+from workerd.utils import as_text, call_string, import_attribute, validate_job_id
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+DEFAULT_FAILURE_TTL_S = 31536000  # one year, RQ's default
+DEFAULT_RESULT_TTL_S = 500
+DEFAULT_TIMEOUT_S = 180
+CALLBACK_TIMEOUT_S = 60
+
+
+class JobStatus(str, enum.Enum):
+    CREATED = "created"
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+    SCHEDULED = "scheduled"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+
+
+class ResultType(enum.IntEnum):
+    SUCCESSFUL = 1
+    FAILED = 2
+    STOPPED = 3
+    RETRIED = 4
+    MAX_RETRIES_EXCEEDED = 5
+
+
+@dataclass
+class Retry:
+    """Retry a failing job up to `max` times, waiting `interval` seconds (an int or a list)."""
+
+    max: int
+    interval: int | list[int] = 0
+    enqueue_at_front: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max < 1:
+            raise ValueError("Retry(max=...) must be at least 1")
+        intervals = self.interval if isinstance(self.interval, list) else [self.interval]
+        if not intervals or any(not isinstance(i, int) or i < 0 for i in intervals):
+            raise ValueError("Retry intervals must be a non-empty list of whole seconds >= 0")
+        self.intervals = intervals
+
+
+@dataclass
+class Callback:
+    func: str | Callable[..., Any]
+    timeout: int = CALLBACK_TIMEOUT_S
+
+    @property
+    def name(self) -> str:
+        return self.func if isinstance(self.func, str) else f"{self.func.__module__}.{self.func.__qualname__}"
+
+
+def _func_reference(func: Any) -> tuple[str, Any]:
+    """(func_name, instance) as RQ stores them (shared/rq-protocol.md 2.2)."""
+    if isinstance(func, str):
+        return func, None
+    if inspect.ismethod(func):
+        return func.__name__, func.__self__
+    if inspect.isfunction(func) or inspect.isbuiltin(func):
+        module = func.__module__
+        if module == "__main__":
+            raise ValueError(
+                f"{func.__qualname__} is defined in __main__, which a worker cannot import: move it "
+                "into a module the worker can import (for example tasks.py) and enqueue it from there"
+            )
+        return f"{module}.{func.__qualname__}", None
+    if callable(func):
+        return "__call__", func
+    raise TypeError(f"expected a function, a method, a callable or a dotted path, got {func!r}")
+
+
+def _encode_ttl(value: int | None) -> str | None:
+    return None if value is None else str(int(value))
+
+
+def _stamp(moment: dt.datetime | None) -> str:
+    return utcformat(moment) if moment else ""
+
+
+def _parse_stamp(value: str | None) -> dt.datetime | None:
+    return utcparse(value) if value else None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(float(value))  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+@dataclass(eq=False)
+class Job:
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    origin: str = ""
+    description: str | None = None
+    timeout: int | None = None
+    result_ttl: int | None = None
+    failure_ttl: int | None = None
+    ttl: int | None = None
+    status: JobStatus | None = None
+    created_at: dt.datetime = field(default_factory=utcnow)
+    enqueued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    last_heartbeat: dt.datetime | None = None
+    worker_name: str = ""
+    group_id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    dependency_ids: list[str] = field(default_factory=list)
+    allow_dependency_failures: bool = False
+    enqueue_at_front: bool = False
+    retries_left: int | None = None
+    retry_intervals: list[int] | None = None
+    enqueue_at_front_on_retry: bool = False
+    number_of_retries: int | None = None
+    success_callback_name: str = ""
+    failure_callback_name: str = ""
+    stopped_callback_name: str = ""
+    success_callback_timeout: int | None = None
+    failure_callback_timeout: int | None = None
+    stopped_callback_timeout: int | None = None
+    lost_count: int = 0
+    data: bytes = b""
+    connection: Redis | None = field(default=None, repr=False)
+    serializer: Serializer = field(default_factory=lambda: resolve_serializer(None), repr=False)
+    _decoded: tuple[str, Any, Any, dict[str, Any]] | None = field(default=None, repr=False)
+
+    # -- creation ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: Redis | None = None,
+        serializer: Serializer | str | None = None,
+        id: str | None = None,
+        origin: str = "",
+        description: str | None = None,
+        timeout: int | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        ttl: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+        status: JobStatus = JobStatus.CREATED,
+        retry: Retry | None = None,
+        on_success: Callback | Callable[..., Any] | None = None,
+        on_failure: Callback | Callable[..., Any] | None = None,
+        on_stopped: Callback | Callable[..., Any] | None = None,
+    ) -> Job:
+        func_name, instance = _func_reference(func)
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        chosen_serializer = resolve_serializer(serializer)
+        job = cls(
+            id=validate_job_id(id) if id is not None else str(uuid.uuid4()),
+            origin=origin,
+            timeout=timeout,
+            result_ttl=result_ttl,
+            failure_ttl=failure_ttl,
+            ttl=ttl,
+            status=status,
+            meta=dict(meta or {}),
+            connection=connection,
+            serializer=chosen_serializer,
+        )
+        job._decoded = (func_name, instance, args, kwargs)
+        job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
+        job.description = description or call_string(func_name, args, kwargs)
+        if retry is not None:
+            job.retries_left = retry.max
+            job.retry_intervals = retry.intervals
+            job.enqueue_at_front_on_retry = retry.enqueue_at_front
+        for kind, callback in (("success", on_success), ("failure", on_failure), ("stopped", on_stopped)):
+            if callback is not None:
+                cb = callback if isinstance(callback, Callback) else Callback(callback)
+                setattr(job, f"{kind}_callback_name", cb.name)
+                setattr(job, f"{kind}_callback_timeout", cb.timeout)
+        return job
+
+    # -- the call ------------------------------------------------------------------------------
+
+    def _decode(self) -> tuple[str, Any, Any, dict[str, Any]]:
+        if self._decoded is None:
+            if not self.data:
+                raise DeserializationError(f"job {self.id} has no 'data' field")
+            try:
+                raw = zlib.decompress(self.data)
+            except zlib.error:
+                raw = self.data  # RQ also accepts uncompressed data
+            try:
+                decoded = self.serializer.loads(raw)
+            except Exception as exc:  # any serializer may raise anything on garbage
+                raise DeserializationError(
+                    f"job {self.id}: 'data' could not be decoded with the "
+                    f"{getattr(self.serializer, 'name', type(self.serializer).__name__)} serializer "
+                    f"({type(exc).__name__}: {exc}); producer and worker must use the same --serializer"
+                ) from exc
+            if not (isinstance(decoded, (list, tuple)) and len(decoded) == 4):
+                raise DeserializationError(
+                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), got {type(decoded)}"
+                )
+            func_name, instance, args, kwargs = decoded
+            if not isinstance(func_name, str) or not isinstance(kwargs, dict):
+                raise DeserializationError(f"job {self.id}: 'data' has a malformed function name or kwargs")
+            self._decoded = (func_name, instance, tuple(args or ()), kwargs)
+        return self._decoded
+
+    @property
+    def func_name(self) -> str:
+        return self._decode()[0]
+
+    @property
+    def instance(self) -> Any:
+        return self._decode()[1]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return tuple(self._decode()[2])
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self._decode()[3]
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        name = self.func_name
+        if self.instance is not None:
+            return getattr(self.instance, name)  # type: ignore[no-any-return]
+        func = import_attribute(name)
+        if not callable(func):
+            raise TypeError(f"{name} is not callable")
+        return func  # type: ignore[no-any-return]
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def to_mapping(self, include_meta: bool = True) -> dict[str, str | bytes]:
+        """The hash fields RQ's `Job.to_dict` writes (shared/rq-protocol.md 2.1)."""
+        mapping: dict[str, str | bytes] = {
+            "created_at": _stamp(self.created_at),
+            "data": self.data,
+            "success_callback_name": self.success_callback_name,
+            "failure_callback_name": self.failure_callback_name,
+            "stopped_callback_name": self.stopped_callback_name,
+            "started_at": _stamp(self.started_at),
+            "ended_at": _stamp(self.ended_at),
+            "last_heartbeat": _stamp(self.last_heartbeat),
+            "worker_name": self.worker_name,
+            "group_id": self.group_id,
+            "status": (self.status or JobStatus.CREATED).value,
+        }
+        optional: dict[str, str | None] = {
+            "origin": self.origin or None,
+            "description": self.description,
+            "enqueued_at": _stamp(self.enqueued_at) or None,
+            "timeout": _encode_ttl(self.timeout),
+            "result_ttl": _encode_ttl(self.result_ttl),
+            "failure_ttl": _encode_ttl(self.failure_ttl),
+            "ttl": _encode_ttl(self.ttl) if self.ttl else None,
+            "dependency_id": self.dependency_ids[0] if self.dependency_ids else None,
+            "dependency_ids": json.dumps(self.dependency_ids) if self.dependency_ids else None,
+            "allow_dependency_failures": "1" if self.allow_dependency_failures else None,
+            "enqueue_at_front": "1" if self.enqueue_at_front else None,
+            "retries_left": _encode_ttl(self.retries_left),
+            "retry_intervals": json.dumps(self.retry_intervals) if self.retry_intervals is not None else None,
+            "enqueue_at_front_on_retry": "1" if self.enqueue_at_front_on_retry else None,
+            "number_of_retries": _encode_ttl(self.number_of_retries),
+            "success_callback_timeout": _encode_ttl(self.success_callback_timeout),
+            "failure_callback_timeout": _encode_ttl(self.failure_callback_timeout),
+            "stopped_callback_timeout": _encode_ttl(self.stopped_callback_timeout),
+        }
+        mapping.update({key: value for key, value in optional.items() if value is not None})
+        if include_meta and self.meta:
+            mapping["meta"] = self.serializer.dumps(self.meta)
+        return mapping
+
+    @classmethod
+    def from_mapping(
+        cls,
+        job_id: str,
+        raw: Mapping[bytes | str, bytes | str],
+        *,
+        connection: Redis | None = None,
+        serializer: Serializer | str | None = None,
+    ) -> Job:
+        """Decode a job hash. Tolerates what RQ tolerates; a field of the wrong type reads as unset."""
+        chosen_serializer = resolve_serializer(serializer)
+        fields: dict[str, bytes] = {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (
+                v if isinstance(v, bytes) else v.encode()
+            )
+            for k, v in raw.items()
+        }
+
+        def text(name: str) -> str | None:
+            value = fields.get(name)
+            return None if value is None else value.decode("utf-8", errors="replace")
+
+        def stamp(name: str) -> dt.datetime | None:
+            try:
+                return _parse_stamp(text(name))
+            except ValueError:
+                return None
+
+        def json_list(name: str) -> list[Any] | None:
+            try:
+                value = json.loads(text(name) or "null")
+            except ValueError:
+                return None
+            return value if isinstance(value, list) else None
+
+        status_text = text("status")
+        try:
+            status = JobStatus(status_text) if status_text else JobStatus.CREATED
+        except ValueError:
+            status = JobStatus.CREATED
+        meta: dict[str, Any] = {}
+        if "meta" in fields:
+            try:
+                meta = chosen_serializer.loads(fields["meta"])
+            except Exception:  # RQ keeps undecodable meta visible rather than failing the job
+                meta = {"unserialized": fields["meta"]}
+        job = cls(
+            id=job_id,
+            origin=text("origin") or "",
+            description=text("description"),
+            timeout=_int_or_none(text("timeout")),
+            result_ttl=_int_or_none(text("result_ttl")),
+            failure_ttl=_int_or_none(text("failure_ttl")),
+            ttl=_int_or_none(text("ttl")),
+            status=status,
+            created_at=stamp("created_at") or utcnow(),
+            enqueued_at=stamp("enqueued_at"),
+            started_at=stamp("started_at"),
+            ended_at=stamp("ended_at"),
+            last_heartbeat=stamp("last_heartbeat"),
+            worker_name=text("worker_name") or "",
+            group_id=text("group_id") or "",
+            meta=meta if isinstance(meta, dict) else {"unserialized": meta},
+            dependency_ids=[str(x) for x in (json_list("dependency_ids") or [])]
+            or ([text("dependency_id")] if text("dependency_id") else []),  # type: ignore[list-item]
+            allow_dependency_failures=text("allow_dependency_failures") == "1",
+            enqueue_at_front=text("enqueue_at_front") == "1",
+            retries_left=_int_or_none(text("retries_left")),
+            retry_intervals=json_list("retry_intervals"),
+            enqueue_at_front_on_retry=text("enqueue_at_front_on_retry") == "1",
+            number_of_retries=_int_or_none(text("number_of_retries")),
+            success_callback_name=text("success_callback_name") or "",
+            failure_callback_name=text("failure_callback_name") or "",
+            stopped_callback_name=text("stopped_callback_name") or "",
+            success_callback_timeout=_int_or_none(text("success_callback_timeout")),
+            failure_callback_timeout=_int_or_none(text("failure_callback_timeout")),
+            stopped_callback_timeout=_int_or_none(text("stopped_callback_timeout")),
+            lost_count=_int_or_none(text(schema.LOST_COUNT_FIELD)) or 0,
+            data=fields.get("data", b""),
+            connection=connection,
+            serializer=chosen_serializer,
+        )
+        return job
+
+    # -- client API ----------------------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return schema.job_key(self.id)
+
+    def _redis(self) -> Redis:
+        if self.connection is None:
+            raise InvalidJobOperation(f"job {self.id} has no Redis connection; pass connection=...")
+        return self.connection
+
+    @classmethod
+    def fetch(cls, job_id: str, connection: Redis, serializer: Serializer | str | None = None) -> Job:
+        job_id = schema.split_wip_member(job_id)[0]
+        raw = connection.hgetall(schema.job_key(job_id))
+        if not raw:
+            raise NoSuchJobError(f"no such job: {job_id}")
+        return cls.from_mapping(job_id, raw, connection=connection, serializer=serializer)
+
+    @classmethod
+    def fetch_many(
+        cls, job_ids: Iterable[str], connection: Redis, serializer: Serializer | str | None = None
+    ) -> list[Job | None]:
+        ids = list(job_ids)
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(schema.job_key(job_id))
+            hashes = pipe.execute()
+        return [
+            cls.from_mapping(job_id, raw, connection=connection, serializer=serializer) if raw else None
+            for job_id, raw in zip(ids, hashes)
+        ]
+
+    @classmethod
+    def exists(cls, job_id: str, connection: Redis) -> bool:
+        return bool(connection.exists(schema.job_key(job_id)))
+
+    def refresh(self) -> None:
+        fresh = Job.fetch(self.id, self._redis(), self.serializer)
+        for name in self.__dataclass_fields__:
+            if name not in ("connection", "serializer"):
+                setattr(self, name, getattr(fresh, name))
+
+    def get_status(self, refresh: bool = True) -> JobStatus:
+        if refresh:
+            value = self._redis().hget(self.key, "status")
+            if value is None:
+                raise InvalidJobOperation(f"job {self.id} does not exist")
+            self.status = JobStatus(as_text(value))
+        return self.status or JobStatus.CREATED
+
+    def get_meta(self, refresh: bool = True) -> dict[str, Any]:
+        if refresh:
+            raw = self._redis().hget(self.key, "meta")
+            self.meta = self.serializer.loads(raw) if raw else {}
+        return self.meta
+
+    def save_meta(self) -> None:
+        self._redis().hset(self.key, "meta", self.serializer.dumps(self.meta))
+
+    def save(self) -> None:
+        self._redis().hset(self.key, mapping=self.to_mapping())  # type: ignore[arg-type]
+
+    is_queued = property(lambda self: self.get_status() == JobStatus.QUEUED)
+    is_started = property(lambda self: self.get_status() == JobStatus.STARTED)
+    is_finished = property(lambda self: self.get_status() == JobStatus.FINISHED)
+    is_failed = property(lambda self: self.get_status() == JobStatus.FAILED)
+    is_deferred = property(lambda self: self.get_status() == JobStatus.DEFERRED)
+    is_scheduled = property(lambda self: self.get_status() == JobStatus.SCHEDULED)
+    is_stopped = property(lambda self: self.get_status() == JobStatus.STOPPED)
+    is_canceled = property(lambda self: self.get_status() == JobStatus.CANCELED)
+
+    def results(self) -> list[Result]:
+        entries = self._redis().xrevrange(schema.results_key(self.id), "+", "-")
+        return [Result.from_entry(self.id, entry_id, fields, self.serializer) for entry_id, fields in entries]
+
+    def latest_result(self, timeout: float = 0) -> Result | None:
+        redis = self._redis()
+        key = schema.results_key(self.id)
+        if timeout:
+            response = redis.xread({key: "0-0"}, block=int(timeout * 1000))
+            entries = response[0][1] if response else []
+            if entries:
+                entry_id, fields = entries[-1]
+                return Result.from_entry(self.id, entry_id, fields, self.serializer)
+            return None
+        entries = redis.xrevrange(key, "+", "-", count=1)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return Result.from_entry(self.id, entry_id, fields, self.serializer)
+
+    def return_value(self, refresh: bool = False) -> Any:
+        result = self.latest_result()
+        return result.return_value if result and result.type == ResultType.SUCCESSFUL else None
+
+    @property
+    def result(self) -> Any:
+        return self.return_value()
+
+    @property
+    def exc_info(self) -> str | None:
+        for result in self.results():
+            if result.type == ResultType.FAILED:
+                return result.exc_string
+        return None
+
+    def get_position(self) -> int | None:
+        position = self._redis().lpos(schema.queue_key(self.origin), self.id)
+        return None if position is None else int(position)  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        """Cancel a job that has not finished: out of its queue or registry, into the canceled one."""
+        redis = self._redis()
+        status = self.get_status()
+        if status == JobStatus.CANCELED:
+            raise InvalidJobOperation(f"job {self.id} is already canceled")
+        with redis.pipeline() as pipe:
+            pipe.hset(self.key, "status", JobStatus.CANCELED.value)
+            pipe.lrem(schema.queue_key(self.origin), 0, self.id)
+            registry_key = {
+                JobStatus.DEFERRED: schema.deferred_key,
+                JobStatus.SCHEDULED: schema.scheduled_key,
+                JobStatus.FINISHED: schema.finished_key,
+                JobStatus.FAILED: schema.failed_key,
+            }.get(status)
+            if registry_key is not None:
+                pipe.zrem(registry_key(self.origin), self.id)
+            pipe.zadd(schema.canceled_key(self.origin), {self.id: _epoch_now()})
+            pipe.execute()
+        self.status = JobStatus.CANCELED
+
+    def delete(self, remove_from_queue: bool = True) -> None:
+        redis = self._redis()
+        with redis.pipeline() as pipe:
+            if remove_from_queue:
+                pipe.lrem(schema.queue_key(self.origin), 0, self.id)
+            for registry_key in (
+                schema.finished_key,
+                schema.failed_key,
+                schema.deferred_key,
+                schema.scheduled_key,
+                schema.canceled_key,
+            ):
+                pipe.zrem(registry_key(self.origin), self.id)
+            pipe.delete(self.key, schema.dependents_key(self.id), schema.dependencies_key(self.id))
+            pipe.execute()
+
+    def requeue(self, at_front: bool = False) -> Job:
+        """Put a failed job back on its queue (RQ's FailedJobRegistry.requeue)."""
+        redis = self._redis()
+        if not redis.zrem(schema.failed_key(self.origin), self.id):
+            raise InvalidJobOperation(f"job {self.id} is not in the failed job registry of {self.origin}")
+        with redis.pipeline() as pipe:
+            pipe.hset(
+                self.key,
+                mapping={"status": JobStatus.QUEUED.value, "started_at": "", "ended_at": "",
+                         "enqueued_at": utcformat(utcnow())},
+            )
+            pipe.sadd(schema.QUEUES, schema.queue_key(self.origin))
+            queue = schema.queue_key(self.origin)
+            pipe.lpush(queue, self.id) if at_front else pipe.rpush(queue, self.id)
+            pipe.execute()
+        self.status = JobStatus.QUEUED
+        return self
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
+
+
+def _epoch_now() -> float:
+    return utcnow().timestamp()
+
+
+@dataclass
+class Result:
+    job_id: str
+    id: str
+    type: ResultType
+    created_at: dt.datetime
+    worker_name: str = ""
+    execution_id: str = ""
+    return_value: Any = None
+    exc_string: str | None = None
+
+    @classmethod
+    def from_entry(
+        cls, job_id: str, entry_id: bytes | str, fields: Mapping[bytes, bytes], serializer: Serializer
+    ) -> Result:
+        values = {k.decode(): v for k, v in fields.items()}
+        entry = as_text(entry_id) or "0-0"
+        created = dt.datetime.fromtimestamp(int(entry.split("-")[0]) / 1000, tz=dt.timezone.utc)
+        return_value = None
+        if values.get("return_value"):
+            return_value = serializer.loads(base64.b64decode(values["return_value"]))
+        exc_string = None
+        if values.get("exc_string"):
+            exc_string = zlib.decompress(base64.b64decode(values["exc_string"])).decode("utf-8", "replace")
+        return cls(
+            job_id=job_id,
+            id=entry,
+            type=ResultType(int(values.get("type", b"1"))),
+            created_at=created,
+            worker_name=as_text(values.get("worker_name")) or "",
+            execution_id=as_text(values.get("execution_id")) or "",
+            return_value=return_value,
+            exc_string=exc_string,
+        )
+
+
+def encode_return_value(value: Any, serializer: Serializer) -> str:
+    """base64(serializer.dumps(value)); an unserializable value becomes RQ's placeholder string."""
+    try:
+        payload = serializer.dumps(value)
+    except Exception:  # the value's own __reduce__ or a json TypeError: anything can be raised
+        payload = serializer.dumps("Unserializable return value")
+    return base64.b64encode(payload).decode()
+
+
+def encode_exc_string(text: str) -> str:
+    return base64.b64encode(zlib.compress(text.encode("utf-8", errors="replace"))).decode()

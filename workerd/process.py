@@ -1,0 +1,44 @@
+"""Process-level helpers: titles, and dying with the parent."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+import setproctitle
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_title(title: str) -> None:
+    setproctitle.setproctitle(f"workerd: {title}")
+
+
+def die_with_parent(expected_parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+
+    The parent may already have died between fork() and prctl(); then getppid() no longer returns
+    it (we were re-parented to init or a subreaper), and we leave at once.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected_parent_pid:
+        os._exit(1)
+
+
+def describe_wait_status(status: int) -> str:
+    """'killed by signal 9 (SIGKILL)' or 'exit code 3', from a waitpid status."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by signal {number} ({name})"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"

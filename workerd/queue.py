@@ -1,0 +1,344 @@
+"""The producer side: Queue.enqueue and friends, writing what RQ 2.12's Queue writes (rq-protocol.md 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis as redis_module
+
+from workerd import schema
+from workerd.errors import NoSuchJobError
+from workerd.job import DEFAULT_TIMEOUT_S, Callback, Job, JobStatus, Retry
+from workerd.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from workerd.serializers import Serializer, resolve_serializer
+from workerd.timeutil import epoch_int, parse_duration_s, utcnow
+from workerd.utils import as_text, validate_queue_name
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.client import Pipeline
+
+# Keyword arguments of enqueue() that configure the job instead of being passed to the function.
+_RESERVED = (
+    "job_timeout", "description", "result_ttl", "ttl", "failure_ttl", "depends_on", "job_id", "at_front",
+    "meta", "retry", "on_success", "on_failure", "on_stopped", "pipeline",
+)  # fmt: skip
+
+
+def _timeout_s(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    seconds = parse_duration_s(value)
+    if seconds == 0 or seconds < -1:
+        raise ValueError("a job timeout must be a positive number of seconds, or -1 for no limit")
+    return seconds
+
+
+def _dependency_ids(depends_on: Any) -> list[str]:
+    if depends_on is None:
+        return []
+    items = depends_on if isinstance(depends_on, (list, tuple)) else [depends_on]
+    return [item.id if isinstance(item, Job) else str(item) for item in items]
+
+
+class Queue:
+    DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_S
+
+    def __init__(
+        self,
+        name: str = "default",
+        connection: Redis | None = None,
+        is_async: bool = True,
+        default_timeout: int | str | None = None,
+        serializer: Serializer | str | None = None,
+        job_class: type[Job] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if connection is None:
+            raise TypeError("Queue() needs connection=redis.Redis(...)")
+        self.name = validate_queue_name(name)
+        self.connection = connection
+        self.is_async = is_async
+        self.default_timeout = _timeout_s(default_timeout) or DEFAULT_TIMEOUT_S
+        self.serializer = resolve_serializer(serializer)
+        self.job_class = job_class or Job
+
+    @property
+    def key(self) -> str:
+        return schema.queue_key(self.name)
+
+    @classmethod
+    def all(cls, connection: Redis, serializer: Serializer | str | None = None) -> list[Queue]:
+        names = sorted(schema.queue_name_from_key(k) for k in connection.smembers(schema.QUEUES))
+        return [cls(name, connection=connection, serializer=serializer) for name in names]
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def count(self) -> int:
+        return int(self.connection.llen(self.key))  # type: ignore[arg-type]
+
+    def is_empty(self) -> bool:
+        return self.count == 0
+
+    def get_job_ids(self, offset: int = 0, length: int = -1) -> list[str]:
+        end = -1 if length < 0 else offset + length - 1
+        return [as_text(i) or "" for i in self.connection.lrange(self.key, offset, end)]  # type: ignore[union-attr]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return self.get_job_ids()
+
+    @property
+    def jobs(self) -> list[Job]:
+        found = self.job_class.fetch_many(self.job_ids, self.connection, self.serializer)
+        return [job for job in found if job is not None]
+
+    def fetch_job(self, job_id: str) -> Job | None:
+        try:
+            job = self.job_class.fetch(job_id, self.connection, self.serializer)
+        except NoSuchJobError:
+            self.connection.lrem(self.key, 0, job_id)
+            return None
+        return job if job.origin == self.name else None
+
+    def empty(self) -> int:
+        """Remove every job of the queue (ids and hashes); returns how many."""
+        removed = 0
+        while True:
+            ids = self.connection.lpop(self.key, 1000)
+            if not ids:
+                return removed
+            with self.connection.pipeline() as pipe:
+                for job_id in ids:  # type: ignore[union-attr]
+                    text = as_text(job_id) or ""
+                    pipe.delete(schema.job_key(text), schema.dependents_key(text))
+                pipe.execute()
+            removed += len(ids)  # type: ignore[arg-type]
+
+    def delete(self, delete_jobs: bool = True) -> None:
+        if delete_jobs:
+            self.empty()
+        with self.connection.pipeline() as pipe:
+            pipe.srem(schema.QUEUES, self.key)
+            pipe.delete(self.key)
+            pipe.execute()
+
+    # -- registries ------------------------------------------------------------------------------
+
+    @property
+    def started_job_registry(self) -> StartedJobRegistry:
+        return StartedJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    @property
+    def finished_job_registry(self) -> FinishedJobRegistry:
+        return FinishedJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    @property
+    def failed_job_registry(self) -> FailedJobRegistry:
+        return FailedJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    @property
+    def deferred_job_registry(self) -> DeferredJobRegistry:
+        return DeferredJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    @property
+    def scheduled_job_registry(self) -> ScheduledJobRegistry:
+        return ScheduledJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    @property
+    def canceled_job_registry(self) -> CanceledJobRegistry:
+        return CanceledJobRegistry(self.name, self.connection, serializer=self.serializer)
+
+    # -- enqueueing ------------------------------------------------------------------------------
+
+    def enqueue(self, f: Any, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue f(*args, **kwargs). The keywords in `_RESERVED` (and args=/kwargs=) configure the job."""
+        options = {name: kwargs.pop(name) for name in _RESERVED if name in kwargs}
+        if "args" in kwargs or "kwargs" in kwargs:
+            if args:
+                raise TypeError("give the job's arguments either positionally or as args=, not both")
+            args = tuple(kwargs.pop("args", ()) or ())
+            kwargs = dict(kwargs.pop("kwargs", {}) or {})
+        timeout = options.pop("job_timeout", None)
+        return self.enqueue_call(f, args=args, kwargs=kwargs, timeout=timeout, **options)
+
+    def enqueue_call(
+        self,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        timeout: int | str | None = None,
+        result_ttl: int | None = None,
+        ttl: int | None = None,
+        failure_ttl: int | None = None,
+        description: str | None = None,
+        depends_on: Any = None,
+        job_id: str | None = None,
+        at_front: bool = False,
+        meta: dict[str, Any] | None = None,
+        retry: Retry | None = None,
+        on_success: Callback | Callable[..., Any] | None = None,
+        on_failure: Callback | Callable[..., Any] | None = None,
+        on_stopped: Callback | Callable[..., Any] | None = None,
+        pipeline: Pipeline | None = None,
+        job_timeout: int | str | None = None,
+    ) -> Job:
+        job = self.create_job(
+            func, args=args, kwargs=kwargs, timeout=timeout if timeout is not None else job_timeout,
+            result_ttl=result_ttl, ttl=ttl, failure_ttl=failure_ttl, description=description,
+            depends_on=depends_on, job_id=job_id, meta=meta, retry=retry,
+            on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
+        )  # fmt: skip
+        return self.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+
+    def create_job(
+        self,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        timeout: int | str | None = None,
+        result_ttl: int | None = None,
+        ttl: int | None = None,
+        failure_ttl: int | None = None,
+        description: str | None = None,
+        depends_on: Any = None,
+        job_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+        retry: Retry | None = None,
+        status: JobStatus = JobStatus.QUEUED,
+        on_success: Callback | Callable[..., Any] | None = None,
+        on_failure: Callback | Callable[..., Any] | None = None,
+        on_stopped: Callback | Callable[..., Any] | None = None,
+    ) -> Job:
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be a positive number of seconds")
+        job = self.job_class.create(
+            func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
+            origin=self.name, description=description, timeout=_timeout_s(timeout) or self.default_timeout,
+            result_ttl=result_ttl, failure_ttl=failure_ttl, ttl=ttl, meta=meta, status=status, retry=retry,
+            on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
+        )  # fmt: skip
+        job.dependency_ids = _dependency_ids(depends_on)
+        return job
+
+    def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
+        if not self.is_async:
+            return self.run_sync(job)
+        if job.dependency_ids and self._defer_if_waiting(job):
+            return job
+        job.origin = self.name
+        job.status = JobStatus.QUEUED
+        job.enqueued_at = utcnow()
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        self._push(pipe, job, at_front)
+        if pipeline is None:
+            pipe.execute()
+        return job
+
+    def _push(self, pipe: Pipeline, job: Job, at_front: bool) -> None:
+        pipe.sadd(schema.QUEUES, self.key)
+        pipe.hset(job.key, mapping=job.to_mapping())  # type: ignore[arg-type]
+        if job.ttl:
+            for key in (job.key, schema.dependents_key(job.id), schema.dependencies_key(job.id)):
+                pipe.expire(key, job.ttl)
+        if at_front:
+            pipe.lpush(self.key, job.id)
+        else:
+            pipe.rpush(self.key, job.id)
+
+    def _defer_if_waiting(self, job: Job) -> bool:
+        """rq's setup_dependencies: defer the job while any existing dependency is not finished."""
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    dependency_keys = [schema.job_key(i) for i in job.dependency_ids]
+                    pipe.watch(schema.dependencies_key(job.id), *dependency_keys)
+                    statuses = [pipe.hget(key, "status") for key in dependency_keys]
+                    waiting = [s for s in statuses if s is not None and as_text(s) != JobStatus.FINISHED.value]
+                    if not waiting:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    job.status = JobStatus.DEFERRED
+                    job.origin = self.name
+                    pipe.sadd(schema.QUEUES, self.key)
+                    pipe.hset(job.key, mapping=job.to_mapping())  # type: ignore[arg-type]
+                    pipe.zadd(schema.deferred_key(self.name), {job.id: epoch_int()})
+                    for dependency_id in job.dependency_ids:
+                        pipe.sadd(schema.dependents_key(dependency_id), job.id)
+                        pipe.sadd(schema.dependencies_key(job.id), dependency_id)
+                    if job.ttl:
+                        pipe.expire(job.key, job.ttl)
+                    pipe.execute()
+                    return True
+                except redis_module.WatchError:
+                    continue
+
+    def run_sync(self, job: Job) -> Job:
+        """is_async=False: run the job now, in this process, and record it as a worker would."""
+        from workerd.commit import Claim, Committer
+        from workerd.execution import perform
+
+        job.origin = self.name
+        job.status = JobStatus.STARTED
+        job.started_at = utcnow()
+        job.worker_name = "sync"
+        job.save()
+        committer = Committer(self.connection, "sync", self.serializer, record_worker=False)
+        claim = Claim(job=job, queue=self.name, execution_id="")
+        outcome = perform(job)
+        if outcome.succeeded:
+            committer.commit_success(claim, outcome, default_result_ttl_s=job.result_ttl or 500)
+        else:
+            committer.commit_failure(claim, outcome)
+        if Job.exists(job.id, self.connection):
+            job.refresh()
+        return job
+
+
+def job(
+    queue: str | Queue,
+    connection: Redis | None = None,
+    timeout: int | str | None = None,
+    result_ttl: int = 500,
+    ttl: int | None = None,
+    depends_on: Any = None,
+    at_front: bool = False,
+    meta: dict[str, Any] | None = None,
+    description: str | None = None,
+    failure_ttl: int | None = None,
+    retry: Retry | None = None,
+    queue_class: type[Queue] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@job("low", connection=r)` adds `f.delay(...)` / `f.enqueue(...)`, as rq's decorator."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        def delay(*args: Any, **kwargs: Any) -> Job:
+            target = queue if isinstance(queue, Queue) else (queue_class or Queue)(queue, connection=connection)
+            call_depends_on = kwargs.pop("depends_on", depends_on)
+            call_job_id = kwargs.pop("job_id", None)
+            call_at_front = kwargs.pop("at_front", at_front)
+            return target.enqueue_call(
+                f, args=args, kwargs=kwargs, timeout=timeout, result_ttl=result_ttl, ttl=ttl,
+                failure_ttl=failure_ttl, description=description, meta=meta, retry=retry,
+                depends_on=call_depends_on, job_id=call_job_id, at_front=call_at_front,
+            )  # fmt: skip
+
+        f.delay = delay  # type: ignore[attr-defined]
+        f.enqueue = delay  # type: ignore[attr-defined]
+        return f
+
+    return decorate
+

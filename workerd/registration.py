@@ -1,0 +1,169 @@
+"""A worker's presence in Redis, exactly as an RQ 2.12 worker keeps it (rq-protocol.md section 5).
+
+Writers (birth, heartbeat, death) are used by the worker process; `WorkerInfo` is the read side used
+by `Worker.all()` and `workerd info`, and reads RQ's workers the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from workerd import __version__, schema
+from workerd.timeutil import now_stamp, utcparse
+from workerd.utils import as_text
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.client import Pipeline
+
+DEATH_TTL_S = 60
+
+
+class WorkerNameTaken(ValueError):
+    pass
+
+
+def idle_ttl_s(worker_ttl: int) -> int:
+    return worker_ttl + 60
+
+
+def _ip_address(redis: Redis) -> str:
+    try:
+        info = redis.execute_command("CLIENT", "INFO")
+    except Exception:  # CLIENT INFO is 6.2+; the address is only informational
+        return "unknown"
+    text = as_text(info) or ""
+    for part in text.split():
+        if part.startswith("laddr="):
+            return part[len("laddr=") :]
+    return "unknown"
+
+
+def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int, check_taken: bool = True) -> None:
+    key = schema.worker_key(name)
+    if check_taken and redis.exists(key) and not redis.hexists(key, "death"):
+        raise WorkerNameTaken(f"There exists an active worker named '{name}' already")
+    redis.client_setname(name)
+    now = now_stamp()
+    with redis.pipeline() as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping={
+            "birth": now, "last_heartbeat": now, "queues": ",".join(queues), "pid": os.getpid(),
+            "hostname": socket.gethostname(), "ip_address": _ip_address(redis),
+            "version": f"workerd {__version__}", "python_version": sys.version, "state": "started",
+        })  # fmt: skip
+        pipe.sadd(schema.WORKERS, key)
+        for queue in queues:
+            pipe.sadd(schema.workers_by_queue_key(queue), key)
+        pipe.expire(key, idle_ttl_s(worker_ttl))
+        pipe.execute()
+
+
+def register_death(redis: Redis, name: str, queues: Sequence[str]) -> None:
+    key = schema.worker_key(name)
+    with redis.pipeline() as pipe:
+        pipe.srem(schema.WORKERS, key)
+        for queue in queues:
+            pipe.srem(schema.workers_by_queue_key(queue), key)
+        pipe.hset(key, "death", now_stamp())
+        pipe.expire(key, DEATH_TTL_S)
+        pipe.execute()
+
+
+def queue_heartbeat(pipe: Pipeline, name: str, ttl_s: int) -> None:
+    """Queue on `pipe`: EXISTS (to notice an expired key), then refresh last_heartbeat and the TTL."""
+    key = schema.worker_key(name)
+    pipe.exists(key)
+    pipe.hset(key, "last_heartbeat", now_stamp())
+    pipe.expire(key, ttl_s)
+
+
+def set_state(redis: Redis | Pipeline, name: str, state: str) -> None:
+    redis.hset(schema.worker_key(name), "state", state)
+
+
+@dataclass
+class WorkerInfo:
+    """A registered worker (workerd's or RQ's), as read from its hash."""
+
+    name: str
+    hostname: str
+    pid: int
+    ip_address: str
+    queue_names: list[str]
+    state: str
+    current_job_id: str | None
+    birth_date: dt.datetime | None
+    last_heartbeat: dt.datetime | None
+    successful_job_count: int
+    failed_job_count: int
+    total_working_time: float
+    version: str
+
+    @property
+    def queues(self) -> list[str]:
+        return self.queue_names
+
+    @property
+    def key(self) -> str:
+        return schema.worker_key(self.name)
+
+    @classmethod
+    def from_hash(cls, name: str, raw: dict[bytes, bytes]) -> WorkerInfo:
+        values = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+        def stamp(field: str) -> dt.datetime | None:
+            try:
+                return utcparse(values[field]) if values.get(field) else None
+            except ValueError:
+                return None
+
+        def number(field: str) -> float:
+            try:
+                return float(values.get(field) or 0)
+            except ValueError:
+                return 0.0
+
+        return cls(
+            name=name,
+            hostname=values.get("hostname", ""),
+            pid=int(number("pid")),
+            ip_address=values.get("ip_address", ""),
+            queue_names=[q for q in values.get("queues", "").split(",") if q],
+            state=values.get("state", "?"),
+            current_job_id=values.get("current_job") or None,
+            birth_date=stamp("birth"),
+            last_heartbeat=stamp("last_heartbeat"),
+            successful_job_count=int(number("successful_job_count")),
+            failed_job_count=int(number("failed_job_count")),
+            total_working_time=number("total_working_time"),
+            version=values.get("version", ""),
+        )
+
+    @classmethod
+    def find_by_key(cls, key: str, connection: Redis) -> WorkerInfo | None:
+        raw = connection.hgetall(key)
+        return cls.from_hash(schema.worker_name_from_key(key), raw) if raw else None
+
+    @classmethod
+    def all(cls, connection: Redis, queue: str | None = None) -> list[WorkerInfo]:
+        """Registered, live workers (those whose hash still exists), of one queue or of all."""
+        set_key = schema.workers_by_queue_key(queue) if queue else schema.WORKERS
+        keys = sorted(k.decode() for k in connection.smembers(set_key))
+        with connection.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            hashes = pipe.execute()
+        return [
+            cls.from_hash(schema.worker_name_from_key(key), raw) for key, raw in zip(keys, hashes) if raw
+        ]
+
+    @classmethod
+    def count(cls, connection: Redis, queue: str | None = None) -> int:
+        return len(cls.all(connection, queue))

@@ -1,0 +1,113 @@
+"""Job registries (sorted sets per queue), read and managed as RQ's registries are.
+
+Unlike rq, reading a registry here has no side effects: rq runs clean-up (and even failure
+callbacks) whenever `count` or `get_job_ids` is called; workerd's workers do that work themselves.
+Expired entries of the finished and failed registries are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from workerd import schema
+from workerd.errors import InvalidJobOperation
+from workerd.job import Job
+from workerd.serializers import Serializer, resolve_serializer
+from workerd.utils import as_text
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+
+class BaseRegistry:
+    key_for: Callable[[str], str] = staticmethod(schema.finished_key)
+    # Whether a score in the past means the entry expired (finished, failed) rather than being a
+    # plain timestamp (deferred, scheduled, canceled) or a lease (started).
+    scores_are_expiry = False
+
+    def __init__(self, name: str = "default", connection: Redis | None = None, queue: object = None,
+                 serializer: Serializer | str | None = None) -> None:  # fmt: skip
+        if connection is None:
+            raise TypeError("a registry needs connection=redis.Redis(...)")
+        self.name = getattr(queue, "name", None) or name
+        self.connection = connection
+        self.serializer = resolve_serializer(serializer)
+
+    @property
+    def key(self) -> str:
+        return type(self).key_for(self.name)
+
+    def _min_score(self) -> float | str:
+        return time.time() if self.scores_are_expiry else "-inf"
+
+    @property
+    def count(self) -> int:
+        return int(self.connection.zcount(self.key, self._min_score(), "+inf"))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, item: str | Job) -> bool:
+        job_id = item.id if isinstance(item, Job) else item
+        return job_id in self.get_job_ids()
+
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
+        members = self.connection.zrangebyscore(self.key, self._min_score(), "+inf")
+        ids = [as_text(m) or "" for m in members]  # type: ignore[union-attr]
+        if desc:
+            ids.reverse()
+        return ids[start:] if end == -1 else ids[start : end + 1]
+
+    def get_expiration_time(self, job: Job) -> float | None:
+        score = self.connection.zscore(self.key, job.id)
+        return None if score is None else float(score)  # type: ignore[arg-type]
+
+    def remove(self, job: Job | str, delete_job: bool = False) -> None:
+        job_id = job.id if isinstance(job, Job) else job
+        self.connection.zrem(self.key, job_id)
+        if delete_job:
+            Job.fetch(job_id, self.connection, self.serializer).delete(remove_from_queue=False)
+
+
+class StartedJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.started_key)
+
+    def get_job_and_execution_ids(self) -> list[tuple[str, str]]:
+        return [schema.split_wip_member(m) for m in self.connection.zrange(self.key, 0, -1)]  # type: ignore[union-attr]
+
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
+        ids = [job_id for job_id, _ in self.get_job_and_execution_ids()]
+        if desc:
+            ids.reverse()
+        return ids[start:] if end == -1 else ids[start : end + 1]
+
+
+class FinishedJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.finished_key)
+    scores_are_expiry = True
+
+
+class FailedJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.failed_key)
+    scores_are_expiry = True
+
+    def requeue(self, job_or_id: Job | str, at_front: bool = False) -> Job:
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        job = Job.fetch(job_id, self.connection, self.serializer)
+        if job.origin != self.name:
+            raise InvalidJobOperation(f"job {job_id} belongs to queue {job.origin}, not {self.name}")
+        return job.requeue(at_front=at_front)
+
+
+class DeferredJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.deferred_key)
+
+
+class ScheduledJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.scheduled_key)
+
+
+class CanceledJobRegistry(BaseRegistry):
+    key_for = staticmethod(schema.canceled_key)

@@ -1,0 +1,311 @@
+"""The Redis schema: every key workerd reads or writes, and the Lua scripts that touch several at once.
+
+No other module formats a key string. The layout is RQ 2.12's (shared/rq-protocol.md, section 1),
+so RQ clients, `rq info` and rq-dashboard see workerd's jobs and workers as their own.
+
+=========================================  ======  ==============================================
+key                                        type    content
+=========================================  ======  ==============================================
+rq:queues                                  SET     queue keys (``rq:queue:<name>``)
+rq:queue:<name>                            LIST    job ids; producers RPUSH (LPUSH at front), workers pop LEFT
+rq:job:<id>                                HASH    the job (workerd.job.Job.to_mapping)
+rq:job:<id>:dependents                     SET     ids of jobs waiting for <id>
+rq:job::<id>:dependencies                  SET     ids <id> waits for (RQ's double colon)
+rq:results:<id>                            STREAM  one entry per execution outcome
+rq:execution:<id>:<exec>                   HASH    id, created_at, last_heartbeat, worker_name
+rq:executions:<id>                         ZSET    execution ids, score = expiry
+rq:wip:<queue>                             ZSET    ``<id>:<exec>``, score = lease deadline (epoch s)
+rq:finished:<queue> / rq:failed:<queue>    ZSET    job ids, score = expiry
+rq:deferred:<queue> / rq:scheduled:<queue> ZSET    job ids, score = deferral time / run-at time
+rq:canceled:<queue>                        ZSET    job ids, score = cancel time
+rq:workers, rq:workers:<queue>             SET     worker keys
+rq:worker:<name>                           HASH    the worker (birth, last_heartbeat, queues, state, ...)
+rq:pubsub:<name>                           CHAN    JSON commands to a worker
+rq:suspended                               STRING  "1" while workers are suspended
+rq:clean_registries:<queue>                STRING  maintenance lock
+rq:scheduler-lock:<queue>                  STRING  name of the scheduler owning the queue
+=========================================  ======  ==============================================
+
+workerd adds one hash field, ``workerd_lost_count`` on a job: how many times a worker died holding
+it. RQ ignores fields it does not know, and never deletes them.
+
+Where workerd differs from RQ on the wire (same data, fewer round trips, no loss window):
+``FETCH_START`` pops the id and writes the started state in one script, so an id is never only in
+a process's memory; ``GUARDED_APPLY`` commits an outcome only while the worker still holds the
+job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rq:"
+QUEUES = "rq:queues"
+WORKERS = "rq:workers"
+SUSPENDED = "rq:suspended"
+LOST_COUNT_FIELD = "workerd_lost_count"
+
+_QUEUE_PREFIX = "rq:queue:"
+_JOB_PREFIX = "rq:job:"
+_WORKER_PREFIX = "rq:worker:"
+
+
+def queue_key(name: str) -> str:
+    return f"{_QUEUE_PREFIX}{name}"
+
+
+def queue_name_from_key(key: str | bytes) -> str:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[len(_QUEUE_PREFIX) :] if text.startswith(_QUEUE_PREFIX) else text
+
+
+def intermediate_key(queue: str) -> str:
+    return f"{_QUEUE_PREFIX}{queue}:intermediate"
+
+
+def job_key(job_id: str) -> str:
+    return f"{_JOB_PREFIX}{job_id}"
+
+
+def dependents_key(job_id: str) -> str:
+    return f"{_JOB_PREFIX}{job_id}:dependents"
+
+
+def dependencies_key(job_id: str) -> str:
+    return f"{_JOB_PREFIX}:{job_id}:dependencies"
+
+
+def results_key(job_id: str) -> str:
+    return f"rq:results:{job_id}"
+
+
+def execution_key(job_id: str, execution_id: str) -> str:
+    return f"rq:execution:{job_id}:{execution_id}"
+
+
+def executions_key(job_id: str) -> str:
+    return f"rq:executions:{job_id}"
+
+
+def started_key(queue: str) -> str:
+    return f"rq:wip:{queue}"
+
+
+def finished_key(queue: str) -> str:
+    return f"rq:finished:{queue}"
+
+
+def failed_key(queue: str) -> str:
+    return f"rq:failed:{queue}"
+
+
+def deferred_key(queue: str) -> str:
+    return f"rq:deferred:{queue}"
+
+
+def scheduled_key(queue: str) -> str:
+    return f"rq:scheduled:{queue}"
+
+
+def canceled_key(queue: str) -> str:
+    return f"rq:canceled:{queue}"
+
+
+def worker_key(name: str) -> str:
+    return f"{_WORKER_PREFIX}{name}"
+
+
+def worker_name_from_key(key: str | bytes) -> str:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[len(_WORKER_PREFIX) :] if text.startswith(_WORKER_PREFIX) else text
+
+
+def workers_by_queue_key(queue: str) -> str:
+    return f"rq:workers:{queue}"
+
+
+def pubsub_channel(worker_name: str) -> str:
+    return f"rq:pubsub:{worker_name}"
+
+
+def maintenance_lock_key(queue: str) -> str:
+    return f"rq:clean_registries:{queue}"
+
+
+def scheduler_lock_key(queue: str) -> str:
+    return f"rq:scheduler-lock:{queue}"
+
+
+def wip_member(job_id: str, execution_id: str) -> str:
+    return f"{job_id}:{execution_id}"
+
+
+def split_wip_member(member: str | bytes) -> tuple[str, str]:
+    """`<job_id>:<execution_id>` -> (job_id, execution_id); RQ 1.x bare ids give an empty execution id."""
+    text = member.decode() if isinstance(member, bytes) else member
+    job_id, _, execution_id = text.partition(":")
+    return job_id, execution_id
+
+
+# -- Lua ------------------------------------------------------------------------------------------
+# The key prefixes are spliced into the scripts here so that key formats stay in this module.
+
+_LUA_PREFIXES = f"""
+local JOB_PREFIX = '{_JOB_PREFIX}'
+local QUEUE_PREFIX = '{_QUEUE_PREFIX}'
+local QUEUES_KEY = '{QUEUES}'
+local DEFERRED_PREFIX = 'rq:deferred:'
+local EXECUTION_PREFIX = 'rq:execution:'
+local EXECUTIONS_PREFIX = 'rq:executions:'
+"""
+
+# Release the dependents of a job that just reached `parent_status` (RQ's enqueue_dependents,
+# shared/rq-protocol.md 3.3): a dependent is enqueued on its own origin queue once every other
+# dependency is finished (or failed, when it allows failures). Missing dependency hashes count as met.
+_LUA_RELEASE_DEPENDENTS = """
+local function release_dependents(parent_id, parent_status, now_stamp)
+  local dependents_key = JOB_PREFIX .. parent_id .. ':dependents'
+  local ids = redis.call('SMEMBERS', dependents_key)
+  local released = {}
+  for _, dep in ipairs(ids) do
+    local dep_key = JOB_PREFIX .. dep
+    local f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
+    local status, origin, allow_failure, at_front = f[1], f[2], f[3] == '1', f[4] == '1'
+    if status and origin and status ~= 'canceled' then
+      local met = parent_status == 'finished' or (parent_status == 'failed' and allow_failure)
+      if met then
+        for _, other in ipairs(redis.call('SMEMBERS', JOB_PREFIX .. ':' .. dep .. ':dependencies')) do
+          if other ~= parent_id then
+            local s = redis.call('HGET', JOB_PREFIX .. other, 'status')
+            if s and not (s == 'finished' or (allow_failure and s == 'failed')) then
+              met = false
+              break
+            end
+          end
+        end
+      end
+      if met then
+        local queue = QUEUE_PREFIX .. origin
+        redis.call('ZREM', DEFERRED_PREFIX .. origin, dep)
+        redis.call('HSET', dep_key, 'status', 'queued', 'enqueued_at', now_stamp)
+        redis.call('SADD', QUEUES_KEY, queue)
+        if at_front then redis.call('LPUSH', queue, dep) else redis.call('RPUSH', queue, dep) end
+        table.insert(released, dep)
+      end
+    end
+  end
+  if #released > 0 and #released == #ids then
+    redis.call('DEL', dependents_key)
+  elseif #released > 0 then
+    redis.call('SREM', dependents_key, unpack(released))
+  end
+  return #released
+end
+"""
+
+# KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n.
+# ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
+#       executions score, most ids to skip in one call.
+# Pops ids from the first non-empty queue until one whose hash exists, and marks it started in the
+# same atomic step. Returns {queue index (0: none), job id, HGETALL of the job, skipped ids}.
+FETCH_START = (
+    _LUA_PREFIXES
+    + """
+local n = tonumber(ARGV[1])
+local worker_name, exec_id, now_stamp, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local deadline, exec_ttl, execs_score = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local max_skips = tonumber(ARGV[9])
+local skipped = {}
+for i = 1, n do
+  while true do
+    local job_id = redis.call('LPOP', KEYS[1 + i])
+    if not job_id then break end
+    local key = JOB_PREFIX .. job_id
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
+                 'last_heartbeat', now_stamp)
+      redis.call('PERSIST', key)
+      redis.call('ZADD', KEYS[1 + n + i], deadline, job_id .. ':' .. exec_id)
+      local exec_key = EXECUTION_PREFIX .. job_id .. ':' .. exec_id
+      redis.call('HSET', exec_key, 'id', exec_id, 'created_at', now, 'last_heartbeat', now,
+                 'worker_name', worker_name)
+      redis.call('EXPIRE', exec_key, exec_ttl)
+      redis.call('ZADD', EXECUTIONS_PREFIX .. job_id, execs_score, exec_id)
+      redis.call('EXPIRE', EXECUTIONS_PREFIX .. job_id, exec_ttl + 60)
+      redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', job_id,
+                 'current_job_working_time', '0', 'last_heartbeat', now_stamp)
+      return {i, job_id, redis.call('HGETALL', key), skipped}
+    end
+    table.insert(skipped, job_id)
+    if #skipped >= max_skips then return {0, '', {}, skipped} end
+  end
+end
+return {0, '', {}, skipped}
+"""
+)
+
+# KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
+# 'failed'), job id, now stamp, then commands as (argc, command, args...)*.
+# Releases dependents, then applies the commands, atomically and only while the member is still in the wip registry, i.e. while
+# this worker still holds the job. Returns -1 if the lease was lost, else the number of dependents
+# released.
+GUARDED_APPLY = (
+    _LUA_PREFIXES
+    + _LUA_RELEASE_DEPENDENTS
+    + """
+if ARGV[1] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+-- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
+local released = 0
+if ARGV[2] ~= '' then released = release_dependents(ARGV[3], ARGV[2], ARGV[4]) end
+local i = 5
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + argc + 1
+end
+return released
+"""
+)
+
+# KEYS: wip key, queue key, failed key, results key of the job.
+# ARGV: wip member, now (epoch), now stamp, max attempts, failure exc_string (base64 zlib),
+#       default failure ttl.
+# Recovers one expired wip entry whose worker stopped renewing its lease: back to the front of its
+# queue, or - after max attempts - failed with a reason. Returns 'alive', 'stale', 'requeued'
+# or 'failed'.
+RECOVER_ABANDONED = (
+    _LUA_PREFIXES
+    + _LUA_RELEASE_DEPENDENTS
+    + f"""
+local member, now, now_stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local score = redis.call('ZSCORE', KEYS[1], member)
+if not score or tonumber(score) > now then return 'alive' end
+redis.call('ZREM', KEYS[1], member)
+local sep = string.find(member, ':', 1, true)
+local job_id, exec_id = member, ''
+if sep then job_id, exec_id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1) end
+local key = JOB_PREFIX .. job_id
+if exec_id ~= '' then
+  redis.call('DEL', EXECUTION_PREFIX .. job_id .. ':' .. exec_id)
+  redis.call('ZREM', EXECUTIONS_PREFIX .. job_id, exec_id)
+end
+if redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
+local lost = redis.call('HINCRBY', key, '{LOST_COUNT_FIELD}', 1)
+if lost < tonumber(ARGV[4]) then
+  redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
+  redis.call('SADD', QUEUES_KEY, KEYS[2])
+  redis.call('LPUSH', KEYS[2], job_id)
+  return 'requeued'
+end
+local job_failure_ttl = redis.call('HGET', key, 'failure_ttl')
+local ttl = tonumber(job_failure_ttl or ARGV[6]) or tonumber(ARGV[6])
+redis.call('HSET', key, 'status', 'failed', 'ended_at', now_stamp)
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+redis.call('ZADD', KEYS[3], now + ttl, job_id)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
+           'exc_string', ARGV[5], 'execution_id', exec_id)
+if job_failure_ttl and tonumber(job_failure_ttl) and tonumber(job_failure_ttl) > 0 then
+  redis.call('EXPIRE', KEYS[4], tonumber(job_failure_ttl))
+end
+release_dependents(job_id, 'failed', now_stamp)
+return 'failed'
+"""
+)

@@ -1,0 +1,210 @@
+"""Every setting, declared once.
+
+Each field below is the one declaration of a setting: its type, default and documentation; its
+command-line flags (`flags` in the field's extra, RQ's spellings first); its environment name
+(`WORKERD_<NAME>`); its name in a TOML file (lowercase) and in a Python settings module
+(UPPERCASE). The CLI parser, `--help`, `--print-config` and docs/CONFIGURATION.md are all derived
+from this class.
+
+Precedence: command line > environment > settings file > defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import contextvars
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from workerd.utils import validate_queue_name
+
+ENV_PREFIX = "WORKERD_"
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _cli(*flags: str, metavar: str | None = None, repeat: bool = False) -> dict[str, Any]:
+    return {"flags": list(flags), "metavar": metavar, "repeat": repeat}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, validate_default=True
+    )
+
+    # -- Redis --------------------------------------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None, description="Redis URL, e.g. redis://:password@host:6379/0 (rediss:// for TLS, unix:// too).",
+        json_schema_extra=_cli("-u", "--url", metavar="URL"))  # fmt: skip
+    redis_host: str = Field("localhost", description="Redis host, used when no URL is given.")
+    redis_port: int = Field(6379, ge=1, le=65535, description="Redis port, used when no URL is given.")
+    redis_db: int = Field(0, ge=0, description="Redis database number, used when no URL is given.")
+    redis_password: SecretStr | None = Field(None, description="Redis password, used when no URL is given.")
+    redis_ssl: bool = Field(False, description="Use TLS to Redis, used when no URL is given.")
+    sentinel: dict[str, Any] | None = Field(
+        None, description="Redis Sentinel, as RQ's SENTINEL: INSTANCES, MASTER_NAME, DB, USERNAME, PASSWORD, "
+        "SOCKET_TIMEOUT, SSL, CONNECTION_KWARGS, SENTINEL_KWARGS.")  # fmt: skip
+    connection_class: str | None = Field(
+        None, description="Dotted path of a redis-py client class (default redis.Redis).",
+        json_schema_extra=_cli("--connection-class", metavar="CLASS"))  # fmt: skip
+
+    # -- what to run --------------------------------------------------------------------------------
+    queues: CommaList = Field(
+        default_factory=lambda: ["default"],
+        description="Queues to listen on, highest priority first (positional QUEUE arguments).")  # fmt: skip
+    name: str | None = Field(
+        None, description="Worker name (default: a random hex id). In a pool, workers add '.<index>'.",
+        json_schema_extra=_cli("-n", "--name", metavar="NAME"))  # fmt: skip
+    path: CommaList = Field(
+        default_factory=lambda: ["."], description="Directories added to sys.path before importing jobs.",
+        json_schema_extra=_cli("-P", "--path", metavar="DIR", repeat=True))  # fmt: skip
+    preload: CommaList = Field(
+        default_factory=list,
+        description="Modules imported once before forking, so every horse starts with them loaded.",
+        json_schema_extra=_cli("--preload", metavar="MODULE", repeat=True))  # fmt: skip
+    burst: bool = Field(
+        False, description="Run until the queues are empty, then exit 0.", json_schema_extra=_cli("-b", "--burst"))
+    max_jobs: int | None = Field(
+        None, ge=1, description="Exit after this many jobs.",
+        json_schema_extra=_cli("--max-jobs", metavar="N"))  # fmt: skip
+    max_idle_time: int | None = Field(
+        None, ge=1, description="Exit after this many seconds without a job.",
+        json_schema_extra=_cli("--max-idle-time", metavar="SECONDS"))  # fmt: skip
+    dequeue_strategy: Literal["default", "round_robin", "random"] = Field(
+        "default", description="Queue order: fixed priority, rotating, or shuffled after each job.",
+        json_schema_extra=_cli("-ds", "--dequeue-strategy", metavar="STRATEGY"))  # fmt: skip
+    with_scheduler: bool = Field(
+        False, description="Also promote scheduled jobs (accepted for rq compatibility; see the README).",
+        json_schema_extra=_cli("-s", "--with-scheduler"))  # fmt: skip
+
+    # -- results and liveness -----------------------------------------------------------------------
+    result_ttl: int = Field(
+        500, ge=-1, description="Seconds a successful job's result is kept (0: discard, -1: forever).",
+        json_schema_extra=_cli("--results-ttl", metavar="SECONDS"))  # fmt: skip
+    worker_ttl: int = Field(
+        420, ge=16, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",
+        json_schema_extra=_cli("--worker-ttl", metavar="SECONDS"))  # fmt: skip
+    job_monitoring_interval: int = Field(
+        30, ge=1, description="rq compatibility: the longest gap between heartbeats of a busy worker "
+        "(workerd heartbeats every HEARTBEAT_INTERVAL, which is never longer).",
+        json_schema_extra=_cli("--job-monitoring-interval", metavar="SECONDS"))  # fmt: skip
+    heartbeat_interval: float = Field(
+        3.0, gt=0, le=60, description="Seconds between heartbeats. A job's lease is 2 heartbeats + 1 s: the "
+        "jobs of a worker that died are back in their queue within about 2-3 intervals.",
+        json_schema_extra=_cli("--heartbeat-interval", metavar="SECONDS"))  # fmt: skip
+    abandoned_max_attempts: int = Field(
+        3, ge=1, description="A job whose worker died this many times is failed as a possible poison pill "
+        "instead of being requeued again.",
+        json_schema_extra=_cli("--abandoned-max-attempts", metavar="N"))  # fmt: skip
+    maintenance_interval: int = Field(
+        600, ge=1, description="Seconds between registry clean-ups (rq compatibility).",
+        json_schema_extra=_cli("--maintenance-interval", metavar="SECONDS"))  # fmt: skip
+
+    # -- job handling -------------------------------------------------------------------------------
+    serializer: str = Field(
+        "pickle", description="'pickle', 'json', or a dotted path; must match the producers'.",
+        json_schema_extra=_cli("-S", "--serializer", metavar="SERIALIZER"))  # fmt: skip
+    exception_handlers: CommaList = Field(
+        default_factory=list, description="Dotted paths of handlers called (job, exc_type, exc_value, tb) "
+        "on failure, in order; one that returns False stops the chain.",
+        json_schema_extra=_cli("--exception-handler", metavar="PATH", repeat=True))  # fmt: skip
+    disable_default_exception_handler: bool = Field(
+        False, description="Do not record failures in the failed registry and result stream.",
+        json_schema_extra=_cli("-d", "--disable-default-exception-handler"))  # fmt: skip
+    death_penalty_class: str = Field(
+        "workerd.execution.UnixSignalDeathPenalty", description="How a job past its timeout is stopped "
+        "inside the horse (a BaseDeathPenalty subclass); the worker SIGKILLs it shortly after anyway.",
+        json_schema_extra=_cli("--death-penalty-class", metavar="CLASS"))  # fmt: skip
+    worker_class: str | None = Field(
+        None, description="Dotted path of a workerd.Worker subclass to run.",
+        json_schema_extra=_cli("-w", "--worker-class", metavar="CLASS"))  # fmt: skip
+    job_class: str | None = Field(
+        None, description="Dotted path of a workerd.Job subclass.",
+        json_schema_extra=_cli("-j", "--job-class", metavar="CLASS"))  # fmt: skip
+    queue_class: str | None = Field(
+        None, description="Dotted path of a workerd.Queue subclass.",
+        json_schema_extra=_cli("--queue-class", metavar="CLASS"))  # fmt: skip
+
+    # -- logging and reporting ----------------------------------------------------------------------
+    log_level: str = Field(
+        "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        json_schema_extra=_cli("--logging_level", "--logging-level", "-l", metavar="LEVEL"))  # fmt: skip
+    log_format: str = Field(
+        "%(asctime)s %(message)s", description="logging format string.",
+        json_schema_extra=_cli("--log-format", metavar="FORMAT"))  # fmt: skip
+    date_format: str = Field(
+        "%H:%M:%S", description="strftime format of %(asctime)s.",
+        json_schema_extra=_cli("--date-format", metavar="FORMAT"))  # fmt: skip
+    dict_config: dict[str, Any] | None = Field(
+        None, description="A logging.config.dictConfig dictionary; replaces the format settings.")
+    disable_job_desc_logging: bool = Field(
+        False, description="Log job ids instead of job descriptions (which may hold arguments).",
+        json_schema_extra=_cli("--disable-job-desc-logging"))  # fmt: skip
+    sentry_dsn: SecretStr | None = Field(
+        None, description="Report job exceptions to Sentry.",
+        json_schema_extra=_cli("--sentry-dsn", metavar="DSN"))  # fmt: skip
+    pid: str | None = Field(
+        None, description="Write the process id to this file.", json_schema_extra=_cli("--pid", metavar="FILE"))
+
+    @field_validator("queues", "path", "preload", "exception_handlers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one queue is needed")
+        return [validate_queue_name(name) for name in value]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            level = value.upper()
+            if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+                raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+            return level
+        return value
+
+    @property
+    def lease_s(self) -> float:
+        """How long a job stays claimed without a heartbeat before it counts as abandoned."""
+        return 2 * self.effective_heartbeat_s + 1
+
+    @property
+    def effective_heartbeat_s(self) -> float:
+        return min(self.heartbeat_interval, float(self.job_monitoring_interval))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+# The values read from the settings file, for the duration of one Settings(...) call (see
+# workerd.config.build_settings): a source of its own, so that the environment beats the file.
+FILE_VALUES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("workerd_file_values", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return FILE_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(FILE_VALUES.get())
+
+
+SECRET_FIELDS = frozenset(
+    name for name, info in Settings.model_fields.items() if info.annotation in (SecretStr, SecretStr | None)
+)

@@ -1,0 +1,76 @@
+"""Small helpers with no I/O: importing by dotted path, call strings, name checks."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import re
+from collections.abc import Iterable
+from typing import Any
+
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Queue names become parts of Redis keys and log lines; RQ allows anything, but a name with
+# whitespace, a colon (key separator) or a control character is almost always a mistake.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.@/+=-]+")
+MAX_QUEUE_NAME_LENGTH = 256
+
+
+def import_attribute(path: str) -> Any:
+    """Import `pkg.module.attr` (or `module.Class.method`, or a builtin name) and return it."""
+    if "." not in path:
+        if hasattr(builtins, path):
+            return getattr(builtins, path)
+        raise ImportError(f"{path!r} is not a dotted path (expected module.function)")
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            value: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Only swallow "this candidate module does not exist"; an import error raised from
+            # inside an existing module is the user's bug and must surface.
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue
+            raise
+        for attribute in parts[split:]:
+            value = getattr(value, attribute)
+        return value
+    raise ImportError(f"cannot import {path!r}: no module found")
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"job id {job_id!r} is invalid: use letters, digits, '_' and '-' only")
+    return job_id
+
+
+def validate_queue_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError("a queue name must be a non-empty string")
+    if len(name) > MAX_QUEUE_NAME_LENGTH:
+        raise ValueError(f"queue name is {len(name)} characters long; the limit is {MAX_QUEUE_NAME_LENGTH}")
+    if not _QUEUE_NAME.fullmatch(name):
+        raise ValueError(
+            f"queue name {name!r} has forbidden characters: use letters, digits and _ . @ / + = -"
+        )
+    return name
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 75 else text[:75] + "..."
+
+
+def call_string(func_name: str | None, args: Iterable[Any], kwargs: dict[str, Any]) -> str | None:
+    """RQ's description of a call: `tasks.add(2, 3, x=1)`, each argument cut at 75 characters."""
+    if func_name is None:
+        return None
+    arguments = [_short_repr(arg) for arg in args]
+    arguments += [f"{key}={_short_repr(value)}" for key, value in sorted(kwargs.items())]
+    return f"{func_name}({', '.join(arguments)})"
+
+
+def as_text(value: str | bytes | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode("utf-8", errors="replace")

@@ -1,0 +1,537 @@
+"""The worker: registers in Redis, fetches a job, has it run, commits the outcome, heartbeats.
+
+    run()       = setup; while not stopping: run_once(); teardown
+    run_once()  = signals -> heartbeat (and recovery) -> fetch -> execute -> commit
+
+A job is run in a horse forked for it (EXECUTION = "fork", the default) or in this process
+("inprocess"). Either way the worker alone writes the job's state, through workerd.commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import select
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from workerd import __version__, registration, schema
+from workerd import connection as connection_module
+from workerd import horse as horse_module
+from workerd.commit import LEASE_LOST, Claim, Committer, Outcome
+from workerd.errors import ExitCode, RedisUnavailableError
+from workerd.execution import (
+    BaseDeathPenalty,
+    ExceptionHandler,
+    effective_timeout_s,
+    perform,
+)
+from workerd.job import Job
+from workerd.process import describe_wait_status, set_title
+from workerd.serializers import resolve_serializer
+from workerd.settings import Settings
+from workerd.utils import import_attribute
+
+if TYPE_CHECKING:
+    from workerd.waiter import QueueWaiter
+
+log = logging.getLogger("workerd.worker")
+
+# After a job's timeout the horse gets this long to stop by itself (its death penalty raises
+# inside the job) before the worker SIGKILLs its process group.
+HORSE_KILL_GRACE_S = 2.0
+# Second SIGINT/SIGTERM within this window is a duplicate (a terminal's Ctrl+C reaching both a
+# supervisor and its worker), not a request for a cold stop; rq uses the same guard.
+DUPLICATE_SIGNAL_WINDOW_S = 1.0
+# In burst mode a Redis that cannot be reached at start is given this long before exiting 69.
+BURST_CONNECT_GIVE_UP_S = 30.0
+MAX_BACKOFF_S = 30.0
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Outage:
+    """Log a Redis outage once and its end once, and pace the retries with exponential backoff."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.since: float | None = None
+        self.backoff_s = 0.5
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failure; returns how long to wait before the next try."""
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error("cannot reach Redis at %s (%s); retrying with backoff", self.where, exc)
+        delay = self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+        return delay
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning("Redis at %s is reachable again after %.1f s", self.where, time.monotonic() - self.since)
+        self.since = None
+        self.backoff_s = 0.5
+
+    @property
+    def down_for_s(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+class Worker:
+    """One worker process. `Worker(queues, connection=...).work()` runs it in the calling process."""
+
+    def __init__(
+        self,
+        queues: Sequence[str] | str = ("default",),
+        connection: redis.Redis | None = None,
+        name: str | None = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        names = [queues] if isinstance(queues, str) else [getattr(q, "name", q) for q in queues]
+        base = settings or Settings()
+        self.settings = base.model_copy(update={"queues": names, **({"name": name} if name else {}), **overrides})
+        self.name: str = self.settings.name or uuid.uuid4().hex
+        self.redis = connection if connection is not None else connection_module.connect(self.settings)
+        self.queues: list[str] = list(self.settings.queues)
+        self.serializer = resolve_serializer(self.settings.serializer)
+        self.job_class: type[Job] = import_attribute(self.settings.job_class) if self.settings.job_class else Job
+        self.death_penalty_class: type[BaseDeathPenalty] = import_attribute(self.settings.death_penalty_class)
+        self.exception_handlers: list[ExceptionHandler] = [
+            import_attribute(path) for path in self.settings.exception_handlers
+        ]
+        self.committer = Committer(self.redis, self.name, self.serializer)
+        self.outage = Outage(connection_module.describe(self.settings))
+        self.jobs_done = 0
+        self.exit_code = ExitCode.OK
+        self.stop_reason: str | None = None
+        self._signals: list[int] = []
+        self._warm_stop_at: float | None = None
+        self._cold_stop = False
+        self._claim: Claim | None = None
+        self._waiter: QueueWaiter | None = None
+        self._wake_read, self._wake_write = -1, -1
+        self._next_heartbeat = 0.0
+        self._recovery_after = 0.0
+        self._last_job_at = time.monotonic()
+        self._registered = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def work(self, burst: bool = False, max_jobs: int | None = None) -> bool:
+        """rq's Worker.work(): run until stopped; True if any job ran."""
+        self.settings = self.settings.model_copy(update={"burst": burst or self.settings.burst,
+                                                         "max_jobs": max_jobs or self.settings.max_jobs})  # fmt: skip
+        self.run()
+        return self.jobs_done > 0
+
+    def run(self) -> ExitCode:
+        self.setup()
+        try:
+            while self.stop_reason is None:
+                try:
+                    self.run_once()
+                    self.outage.succeeded()
+                except CONNECTION_ERRORS as exc:
+                    self._on_outage(exc)
+        finally:
+            self.teardown()
+        return self.exit_code
+
+    def run_once(self) -> None:
+        """One step: act on signals, heartbeat when due, then fetch and run one job or wait for one."""
+        self.handle_signals()
+        self.heartbeat_if_due()
+        if self.stop_reason is not None or self._warm_stop_at is not None:
+            self.stop(self.stop_reason or "warm shut down")
+            return
+        claim = self.fetch()
+        if claim is None:
+            self.idle()
+            return
+        self.execute(claim)
+        self.jobs_done += 1
+        self._last_job_at = time.monotonic()
+        if self.settings.max_jobs is not None and self.jobs_done >= self.settings.max_jobs:
+            self.stop(f"finished {self.jobs_done} jobs (max jobs reached)")
+
+    # -- setup and teardown -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._install_signal_handlers()
+        self._connect_with_retry()
+        registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
+        self._registered = True
+        self._recovery_after = time.monotonic() + self.settings.lease_s
+        if self.settings.pid:
+            with open(self.settings.pid, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+        log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
+        log.info("*** Listening on %s...", ", ".join(self.queues))
+        self._set_idle_title()
+
+    def _connect_with_retry(self) -> None:
+        give_up_at = time.monotonic() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
+        while True:
+            try:
+                connection_module.check_version(self.redis)
+                self.outage.succeeded()
+                return
+            except CONNECTION_ERRORS as exc:
+                delay = self.outage.failed(exc)
+                if give_up_at is not None and time.monotonic() + delay > give_up_at:
+                    raise RedisUnavailableError(
+                        f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
+                        f"({exc}); check REDIS_URL / --url and that Redis is running"
+                    ) from None
+                self.sleep(delay)
+                self.handle_signals()
+                if self.stop_reason is not None or self._warm_stop_at is not None:
+                    raise SystemExit(0) from None
+
+    def teardown(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+        if self._registered:
+            try:
+                registration.register_death(self.redis, self.name, self.queues)
+            except CONNECTION_ERRORS:
+                log.warning("Worker %s: could not register death: Redis unreachable", self.name)
+        if self.settings.pid:
+            try:
+                os.unlink(self.settings.pid)
+            except FileNotFoundError:
+                pass
+        for fd in (self._wake_read, self._wake_write):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read = self._wake_write = -1
+        signal.set_wakeup_fd(-1)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("Worker %s: stopping: %s", self.name, reason)
+
+    # -- signals: the handlers only record -----------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        signal.set_wakeup_fd(self._wake_write)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            now = time.monotonic()
+            if self._warm_stop_at is None:
+                self._warm_stop_at = now
+                log.info("Worker %s [PID %d]: warm shut down requested (%s)", self.name, os.getpid(),
+                         signal.Signals(signum).name)  # fmt: skip
+                if self._claim is None:
+                    self.stop("warm shut down")
+            elif now - self._warm_stop_at > DUPLICATE_SIGNAL_WINDOW_S and not self._cold_stop:
+                self._cold_stop = True
+                log.warning("Worker %s [PID %d]: cold shut down: the running job goes back to its queue",
+                            self.name, os.getpid())  # fmt: skip
+                self.stop("cold shut down")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on a signal."""
+        if seconds > 0:
+            select.select([self._wake_read], [], [], seconds)
+            self._drain_wake_pipe()
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- heartbeats and recovery -------------------------------------------------------------------
+
+    def heartbeat_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.settings.effective_heartbeat_s
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """One round trip: worker heartbeat, lease renewal, and a look for expired leases."""
+        claim = self._claim
+        busy_ttl = self.settings.job_monitoring_interval + 60
+        ttl = busy_ttl if claim else registration.idle_ttl_s(self.settings.worker_ttl)
+        recover = time.monotonic() >= self._recovery_after
+        with self.redis.pipeline(transaction=False) as pipe:
+            registration.queue_heartbeat(pipe, self.name, ttl)
+            if claim is not None:
+                self.committer.renew_lease(claim, self.settings.lease_s, self._working_time_s(), pipe)
+            if recover:
+                self.committer.expired_leases(self.queues, time.time(), pipe)
+            replies = pipe.execute()
+        if not replies[0]:
+            # Our key expired (a long stall or outage): register again so rq's tools see us.
+            registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
+            if claim is not None:
+                registration.set_state(self.redis, self.name, "busy")
+        if claim is not None and replies[3] == LEASE_LOST:
+            self._lease_lost(claim)
+        if recover:
+            expired_per_queue = replies[-len(self.queues) :]
+            for queue, members in zip(self.queues, expired_per_queue):
+                for member in members:
+                    self._recover(queue, member.decode())
+
+    def _recover(self, queue: str, member: str) -> None:
+        if self._claim is not None and member == self._claim.member:
+            return
+        action = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
+        job_id = schema.split_wip_member(member)[0]
+        if action == "requeued":
+            log.warning("Worker %s: job %s was abandoned by a worker that stopped heartbeating; "
+                        "requeued at the front of %s", self.name, job_id, queue)  # fmt: skip
+        elif action == "failed":
+            log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
+                      self.name, job_id, self.settings.abandoned_max_attempts)  # fmt: skip
+
+    def _lease_lost(self, claim: Claim) -> None:
+        log.error("Worker %s: lost the lease on job %s (it was recovered while this worker was not "
+                  "heartbeating); its outcome here will be discarded", self.name, claim.job.id)  # fmt: skip
+
+    def _on_outage(self, exc: BaseException) -> None:
+        delay = self.outage.failed(exc)
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        self.sleep(delay)
+        self.handle_signals()
+        # Give live workers one lease period to renew before anyone's lease is judged expired.
+        self._recovery_after = time.monotonic() + self.settings.lease_s + delay
+
+    # -- fetching --------------------------------------------------------------------------------
+
+    def fetch(self) -> Claim | None:
+        claim, skipped = self.committer.fetch_and_start(self.queues, self.settings.lease_s)
+        for job_id in skipped:
+            log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name, job_id)
+        if claim is not None:
+            self._reorder_queues(claim.queue)
+        return claim
+
+    def _reorder_queues(self, served: str) -> None:
+        strategy = self.settings.dequeue_strategy
+        if strategy == "round_robin":
+            index = self.queues.index(served) + 1
+            self.queues = self.queues[index:] + self.queues[:index]
+        elif strategy == "random":
+            random.shuffle(self.queues)
+
+    def idle(self) -> None:
+        if self.settings.burst:
+            log.info("Worker %s: No more work, burst finished.", self.name)
+            self.stop("burst finished")
+            return
+        max_idle = self.settings.max_idle_time
+        if max_idle is not None and time.monotonic() - self._last_job_at >= max_idle:
+            self.stop(f"idle for {max_idle} s (max idle time)")
+            return
+        registration.set_state(self.redis, self.name, "idle")
+        if self._waiter is None:
+            from workerd.waiter import QueueWaiter
+
+            self._waiter = QueueWaiter(self.redis, self.queues, max(1, self.settings.worker_ttl - 15))
+        wait_s = max(0.0, self._next_heartbeat - time.monotonic())
+        self._waiter.wait(wait_s, wake_fd=self._wake_read)
+        self._drain_wake_pipe()
+
+    # -- executing -------------------------------------------------------------------------------
+
+    def execute(self, claim: Claim) -> None:
+        self._claim = claim
+        job = claim.job
+        described = job.id if self.settings.disable_job_desc_logging else f"{job.description} ({job.id})"
+        log.info("Worker %s: %s: %s", self.name, claim.queue, described)
+        self._claim_started = time.monotonic()
+        try:
+            outcome = self.run_job(claim)
+            if outcome is None:  # cold stop: the job went back to its queue
+                return
+            self.commit(claim, outcome)
+        finally:
+            self._claim = None
+            self._set_idle_title()
+
+    def perform(self, job: Job) -> Outcome:
+        """Run the job's function here (in the horse, or in-process). Never raises."""
+        return perform(job, self.death_penalty_class, self.exception_handlers,
+                       record_failure=not self.settings.disable_default_exception_handler)  # fmt: skip
+
+    def run_job(self, claim: Claim) -> Outcome | None:
+        job = claim.job
+        try:
+            title = f"horse of {self.name}: {job.id} {job.func_name} from {claim.queue} since {_clock()}"
+        except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
+            return _failed_outcome(f"{type(exc).__name__}: {exc}\n")
+        set_title(f"worker {self.name}: busy with {job.id} {job.func_name} from {claim.queue} since {_clock()}")
+        horse = horse_module.spawn(job, self.perform, title)
+        return self.monitor(claim, horse)
+
+    def monitor(self, claim: Claim, horse: horse_module.Horse) -> Outcome | None:
+        """Wait for the horse: read its report, heartbeat, enforce the timeout, obey a cold stop."""
+        timeout_s = effective_timeout_s(claim.job)
+        kill_at = horse.started_monotonic + timeout_s + HORSE_KILL_GRACE_S if timeout_s else None
+        killed_for_timeout = False
+        status: int | None = None
+        try:
+            while status is None:
+                tick = max(0.01, self._next_heartbeat - time.monotonic())
+                if kill_at is not None:
+                    tick = min(tick, max(0.01, kill_at - time.monotonic()))
+                select.select([horse.read_fd, self._wake_read], [], [], min(tick, 1.0))
+                self._drain_wake_pipe()
+                horse.read_available()
+                pid, status_or_zero = os.waitpid(horse.pid, os.WNOHANG)
+                if pid:
+                    status = status_or_zero
+                    break
+                self.handle_signals()
+                if self._cold_stop:
+                    _kill_group(horse.pid)
+                    os.waitpid(horse.pid, 0)
+                    self._requeue(claim)
+                    return None
+                try:
+                    self.heartbeat_if_due()
+                    self.outage.succeeded()
+                except CONNECTION_ERRORS as exc:
+                    self.outage.failed(exc)  # keep the horse running; the commit waits for Redis
+                if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
+                    killed_for_timeout = True
+                    log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
+                                self.name, claim.job.id, timeout_s)  # fmt: skip
+                    _kill_group(horse.pid)
+            horse.read_available()
+        finally:
+            _kill_group(horse.pid)  # grandchildren the job left behind share the horse's group
+            horse.close()
+        outcome = horse.outcome()
+        if killed_for_timeout:
+            return _failed_outcome(
+                f"JobTimeoutException: Task exceeded maximum timeout value ({timeout_s:g} seconds); the job did "
+                f"not stop by itself and its work-horse was killed after a {HORSE_KILL_GRACE_S:g} s grace\n",
+                horse.started_monotonic,
+            )
+        if outcome is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return outcome
+        signal_part = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
+        return _failed_outcome(
+            f"Work-horse terminated unexpectedly; waitpid returned {status}{signal_part}; "
+            f"the horse was {describe_wait_status(status)}\n",
+            horse.started_monotonic,
+        )
+
+    def _requeue(self, claim: Claim) -> None:
+        try:
+            self.committer.requeue(claim)
+            log.warning("Worker %s: job %s put back at the front of %s", self.name, claim.job.id, claim.queue)
+        except CONNECTION_ERRORS:
+            log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
+                      "when its lease expires", self.name, claim.job.id)  # fmt: skip
+
+    # -- committing --------------------------------------------------------------------------------
+
+    def commit(self, claim: Claim, outcome: Outcome) -> None:
+        """Write the outcome; while Redis is down, keep retrying (a cold stop gives up: the lease
+        then expires and the job is recovered)."""
+        while True:
+            try:
+                self._commit_once(claim, outcome)
+                self.outage.succeeded()
+                return
+            except CONNECTION_ERRORS as exc:
+                self.sleep(self.outage.failed(exc))
+                self.handle_signals()
+                if self._cold_stop:
+                    log.error("Worker %s: cold stop while Redis is unreachable: job %s will be recovered "
+                              "when its lease expires", self.name, claim.job.id)  # fmt: skip
+                    return
+
+    def _commit_once(self, claim: Claim, outcome: Outcome) -> None:
+        job = claim.job
+        if outcome.succeeded:
+            released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
+            if released == LEASE_LOST:
+                self._lease_lost(claim)
+                return
+            self._log_success(claim, outcome)
+            return
+        released, what = self.committer.commit_failure(claim, outcome)
+        if released == LEASE_LOST:
+            self._lease_lost(claim)
+            return
+        try:
+            func_name = job.func_name
+        except Exception:
+            func_name = "<undecodable>"
+        log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
+                  self.name, job.id, func_name, outcome.exc_string)  # fmt: skip
+        if what.startswith("retry"):
+            log.info("Worker %s: job %s: %s (%s retries left)", self.name, job.id, what, (job.retries_left or 1) - 1)
+
+    def _log_success(self, claim: Claim, outcome: Outcome) -> None:
+        job = claim.job
+        described = job.id if self.settings.disable_job_desc_logging else job.description
+        log.info("Successfully completed %s job in %ss on worker %s", described,
+                 dt.timedelta(seconds=outcome.duration_s), self.name)  # fmt: skip
+        log.info("Worker %s: %s: Job OK (%s)", self.name, claim.queue, job.id)
+        ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
+        if ttl == 0:
+            log.info("Worker %s: job %s result discarded immediately", self.name, job.id)
+        elif ttl < 0:
+            log.info("Worker %s: job %s result will never expire, clean up result key manually", self.name, job.id)
+        else:
+            log.info("Worker %s: job %s result is kept for %d seconds", self.name, job.id, ttl)
+
+    # -- small helpers ---------------------------------------------------------------------------
+
+    def _working_time_s(self) -> float:
+        return time.monotonic() - getattr(self, "_claim_started", time.monotonic())
+
+    def _set_idle_title(self) -> None:
+        set_title(f"worker {self.name}: idle, listening on {','.join(self.queues)}")
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _failed_outcome(exc_string: str, started_monotonic: float | None = None) -> Outcome:
+    now = time.time()
+    started = now - (time.monotonic() - started_monotonic) if started_monotonic else now
+    return Outcome(succeeded=False, started_at=started, ended_at=now, exc_string=exc_string,
+                   reason=exc_string.splitlines()[0] if exc_string else "")  # fmt: skip
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+
