@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up everything workerd's demo and tests need, on a fresh machine: redis-server (from the
+# distribution's packages when missing) and a virtualenv in .venv with workerd and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing redis-server with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "setup: redis-server is missing. Install it, e.g. 'sudo apt-get install redis-server'" \
+         "(Debian/Ubuntu), 'sudo dnf install redis' (Fedora) or 'brew install redis' (macOS)." >&2
+    exit 1
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ready ($(redis-server --version | cut -d' ' -f3), $(.venv/bin/python --version))" >&2

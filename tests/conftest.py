@@ -1,0 +1,123 @@
+"""Shared fixtures: a redis-server of the suite's own, bounded waits, and the real `workerd` binary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = Path(__file__).resolve().parent / "jobs_dir"
+WORKERD = str(Path(sys.executable).with_name("workerd"))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:  # fmt: skip
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> redis.Redis:
+    if redis_server.process is None:  # a test stopped it
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def redis_url(r: redis.Redis, redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+class WorkerdProcess:
+    """The real `workerd` binary, run as a subprocess in its own session, output captured to a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:  # fmt: skip
+        self.log_path = log_path
+        environment = {**os.environ, "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
+        environment.update(env or {})
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen([WORKERD, *args], stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=environment, cwd=cwd or JOBS_DIR, start_new_session=True)  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"workerd did not exit within {timeout} s; output:\n{self.output()}") from None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_for_output(self, text: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: text in self.output(), timeout, message=f"{text!r} in workerd output:\n{self.output()}")
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+@pytest.fixture
+def workerd(tmp_path: Path) -> Iterator[Callable[..., WorkerdProcess]]:
+    started: list[WorkerdProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> WorkerdProcess:
+        proc = WorkerdProcess(list(args), tmp_path / f"workerd-{len(started)}.log", env=env, cwd=cwd)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_all()
+
+
+def run_workerd(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run `workerd` to completion (burst, --check, ...) and return its exit code and output."""
+    environment = {**os.environ, "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
+    environment.update(env or {})
+    return subprocess.run([WORKERD, *args], capture_output=True, text=True, timeout=timeout,
+                          env=environment, cwd=cwd or JOBS_DIR)  # fmt: skip

@@ -1,0 +1,120 @@
+"""Job functions used by the tests; importable by workerd subprocesses (tests/jobs_dir is on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import redis
+
+from workerd import get_current_job
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def exit_hard(code=3):
+    os._exit(code)
+
+
+def kill_self(signum=signal.SIGKILL):
+    os.kill(os.getpid(), signum)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def return_none():
+    return None
+
+
+def return_unpicklable():
+    return lambda: None
+
+
+def write_meta(key, value):
+    job = get_current_job()
+    job.meta[key] = value
+    job.save_meta()
+    return job.id
+
+
+def current_job_id():
+    return get_current_job().id
+
+
+def mark(url, key, value="1"):
+    """Record that this job ran, in the test's Redis (workerd and rq alike)."""
+    client = redis.Redis.from_url(url)
+    client.rpush(key, value)
+    return value
+
+
+def mark_then_sleep(url, key, seconds):
+    mark(url, key, str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def ignore_sigterm_and_sleep(seconds):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(seconds)
+    return seconds
+
+
+def spawn_grandchild_and_sleep(pidfile, seconds):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    with open(pidfile, "w") as handle:
+        handle.write(str(pid))
+    time.sleep(seconds)
+    return pid
+
+
+def allocate_mib(mib, hold_s=0.0):
+    block = bytearray(mib * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold_s)
+    return len(block)
+
+
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("no str for you")
+
+
+def raise_bad_str():
+    raise BadStr()
+
+
+class Counter:
+    def __init__(self, start):
+        self.start = start
+
+    def plus(self, n):
+        return self.start + n
+
+    def __call__(self, n):
+        return self.start * n
