@@ -649,13 +649,106 @@ class Table:
                 return f"{r.median / b.median:.2f}x"
         return ""
 
+    def find(self, case: str, key: str, metric: str) -> Row | None:
+        for r in self.rows:
+            if r.case == CASE_TITLES[case] and r.system.key == key and r.metric == metric:
+                return r
+        return None
+
     def markdown(self) -> str:
         lines = ["| case | system | metric | median | ratio workerd/RQ |", "|---|---|---|---:|---:|"]
+        collapsed: set[tuple[str, str]] = set()
         for r in self.rows:
-            value = r.fmt.format(r.median) if r.median is not None else (r.note or "—")
-            n = f" (n={len(r.values)})" if len(r.values) > 1 else ""
-            lines.append(f"| {r.case} | {r.system.label} | {r.metric}{n} | {value} | {self.ratio(r)} |")
+            if r.median is None:
+                # A skipped or failed system gets one line per case, not one per metric.
+                if (r.case, r.system.key) in collapsed:
+                    continue
+                collapsed.add((r.case, r.system.key))
+                lines.append(f"| {r.case} | {r.system.label} | all | {r.note or '—'} | |")
+                continue
+            value = r.fmt.format(r.median)
+            lines.append(f"| {r.case} | {r.system.label} | {r.metric} | {value} | {self.ratio(r)} |")
         return "\n".join(lines)
+
+    def targets(self) -> list[str]:
+        """The issue's targets, each with what this run measured."""
+
+        def ratio(case: str, key: str, metric: str) -> float | None:
+            r = self.find(case, key, metric)
+            text = self.ratio(r) if r else ""
+            return float(text.rstrip("x")) if text else None
+
+        def value(case: str, key: str, metric: str) -> float | None:
+            r = self.find(case, key, metric)
+            return r.median if r else None
+
+        checks = [
+            (
+                "1 fork, 1 worker: jobs/s vs `rq worker`",
+                ">= 8x",
+                ratio("1", "wd-fork", "jobs/s"),
+                8,
+                True,
+                "x",
+            ),
+            (
+                "2 in-process: jobs/s vs SimpleWorker",
+                ">= 15x",
+                ratio("2", "wd-inproc", "jobs/s"),
+                15,
+                True,
+                "x",
+            ),
+            (
+                "4 200 ms import, preload: jobs/s vs `rq worker`",
+                ">= 40x",
+                ratio("4", "wd-preload", "jobs/s"),
+                40,
+                True,
+                "x",
+            ),
+            ("5 latency p99, workerd fork", "<= 5 ms", value("5", "wd-fork", "p99 ms"), 5, False, " ms"),
+            (
+                "5 latency p99, workerd inprocess",
+                "<= 5 ms",
+                value("5", "wd-inproc", "p99 ms"),
+                5,
+                False,
+                " ms",
+            ),
+            (
+                "6 round trips/job, workerd fork",
+                "<= 3",
+                value("6", "wd-fork@1", "round trips/job"),
+                3,
+                False,
+                "",
+            ),
+            (
+                "6 round trips/job, workerd inprocess",
+                "<= 3",
+                value("6", "wd-inproc@2", "round trips/job"),
+                3,
+                False,
+                "",
+            ),
+            (
+                "7 PSS of 4 workers / PSS of 1, workerd fork --preload",
+                "<= 1.5",
+                value("7", "wd-mem", "PSS 4/1 busy"),
+                1.5,
+                False,
+                "",
+            ),
+        ]
+        lines = ["| target | wanted | measured | met |", "|---|---|---:|---|"]
+        for name, wanted, got, bound, higher, unit in checks:
+            if got is None:
+                lines.append(f"| {name} | {wanted} | — | not measured |")
+                continue
+            met = got >= bound if higher else got <= bound
+            lines.append(f"| {name} | {wanted} | {got:.2f}{unit} | {'yes' if met else 'no'} |")
+        return lines
 
 
 CASE_TITLES = {
@@ -893,7 +986,7 @@ def machine_info(server_version: str, tools: Tools) -> dict[str, str]:
             text=True,
             timeout=10,
         ).stdout.strip()
-        info["workerd commit"] = head or "unknown"
+        info["repo commit"] = head or "unknown"
     info["workerd"] = "skipped: " + tools.workerd_problem if tools.workerd_problem else tools.workerd
     return info
 
@@ -1173,6 +1266,10 @@ def render(
         "lower is better for ms, CPU, commands, round trips and MiB.",
         "",
         table.markdown(),
+        "",
+        "### Targets (issue 6)",
+        "",
+        *table.targets(),
         "",
     ]
     notes = list(SKIPPED) + notes
