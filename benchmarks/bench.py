@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 QUEUE = "bench"
 POLL_S = 0.002
 WORKER_EXIT_TIMEOUT_S = 30.0
+MAX_JOBS_FACTOR = 40  # a fast system may be given up to this many times the case's job count
 
 
 class BenchError(Exception):
@@ -298,13 +299,24 @@ def rq_many(tools: Tools, n: int) -> Callable[[str, bool], list[list[str]]]:
 
 def wd(tools: Tools, *extra: str) -> Callable[[str, bool], list[list[str]]]:
     def argv(url: str, burst: bool) -> list[list[str]]:
-        return [[tools.workerd, "-u", url, *extra, *(["--burst"] if burst else []), QUEUE]]
+        flags = list(extra)
+        # `--execution fork` is workerd's default mode: a build without the flag runs the same thing.
+        if "--execution" not in tools.workerd_help:
+            for i in range(len(flags) - 1):
+                if flags[i : i + 2] == ["--execution", "fork"]:
+                    del flags[i : i + 2]
+                    break
+        return [[tools.workerd, "-u", url, *flags, *(["--burst"] if burst else []), QUEUE]]
 
     return argv
 
 
 def needs_of(extra: Sequence[str]) -> tuple[str, ...]:
-    return tuple(a for a in extra if a.startswith("--") and a in ("--workers", "--execution", "--preload"))
+    needs = []
+    for i, arg in enumerate(extra):
+        if arg in ("--workers", "--preload") or (arg == "--execution" and extra[i + 1] != "fork"):
+            needs.append(arg)
+    return tuple(needs)
 
 
 def wd_system(tools: Tools, key: str, label: str, *extra: str) -> System:
@@ -627,6 +639,9 @@ class Row:
         return statistics.median(self.values) if self.values else None
 
 
+NO_RATIO = {"jobs in timed run"}
+
+
 class Table:
     def __init__(self) -> None:
         self.rows: list[Row] = []
@@ -642,7 +657,7 @@ class Table:
         return r
 
     def ratio(self, r: Row) -> str:
-        if r.system.kind != "workerd" or r.baseline is None or r.median is None:
+        if r.system.kind != "workerd" or r.baseline is None or r.median is None or r.metric in NO_RATIO:
             return ""
         for b in self.rows:
             if b.case == r.case and b.system.key == r.baseline and b.metric == r.metric and b.median:
@@ -772,6 +787,7 @@ class Sizes:
     mem_rounds: int
     fork_floor_n: int
     rtt_n: int
+    min_span_s: float
 
 
 FULL = Sizes(
@@ -783,6 +799,7 @@ FULL = Sizes(
     mem_rounds=1,
     fork_floor_n=300,
     rtt_n=2000,
+    min_span_s=2.0,
 )
 QUICK = Sizes(
     fork_jobs=60,
@@ -793,6 +810,7 @@ QUICK = Sizes(
     mem_rounds=1,
     fork_floor_n=100,
     rtt_n=500,
+    min_span_s=0.5,
 )
 
 
@@ -808,10 +826,13 @@ def throughput_case(
     per_job_budget_s: float,
     notes: list[str],
     redis_case: bool,
+    min_span_s: float,
 ) -> None:
     title = CASE_TITLES[case]
+    base_n = n
     for rnd in range(1, rounds + 1):
         for system, baseline in systems:
+            n = base_n
             jobs_row = table.row(title, system, "jobs/s", baseline)
             reason = skip_reason(system, tools)
             if reason or jobs_row.note:
@@ -819,15 +840,29 @@ def throughput_case(
                 continue
             try:
                 one = bench.burst_run(system, func, 1, timeout_s=60 + per_job_budget_s)
-                many = bench.burst_run(system, func, n, timeout_s=60 + per_job_budget_s * n)
+                n_run = n
+                while True:
+                    many = bench.burst_run(system, func, n_run, timeout_s=60 + per_job_budget_s * n_run)
+                    dt = many.t_done_s - one.t_done_s
+                    if dt >= min_span_s or n_run >= MAX_JOBS_FACTOR * n:
+                        break
+                    # Too short to time against the start-up noise: grow N (same rule for every system).
+                    factor = min(20.0, max(2.0, 1.5 * min_span_s / max(dt, 0.05)))
+                    n_run = min(MAX_JOBS_FACTOR * n, int(n_run * factor))
+                    log(f"  {system.label}: span {dt:.2f}s < {min_span_s}s, again with {n_run} jobs")
             except BenchError as exc:
                 jobs_row.note = f"error: {str(exc).splitlines()[0]}"
                 notes.append(f"case {title}, {system.label}: {exc}")
                 log(f"  !! {system.label}: {exc}")
                 continue
-            dt = many.t_done_s - one.t_done_s
-            rate = (n - 1) / dt if dt > 0 else float("nan")
+            if dt <= 0:
+                jobs_row.note = f"error: {n_run} jobs took no longer than 1 job"
+                notes.append(f"case {title}, {system.label}: {jobs_row.note}")
+                continue
+            n = n_run  # the rates below are per job of the run that was timed
+            rate = (n - 1) / dt
             jobs_row.values.append(rate)
+            table.row(title, system, "jobs in timed run", baseline, "{:.0f}").values.append(n)
             table.row(title, system, "jobs/s incl. startup", baseline).values.append(n / many.t_done_s)
             table.row(title, system, "first job done (s)", baseline, "{:.2f}").values.append(one.t_done_s)
             cpu_ms = 1000 * (many.cpu_s - one.cpu_s) / (n - 1)
@@ -1093,6 +1128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 0.5,
                 notes,
                 do6,
+                sizes.min_span_s,
             )
         if "2" in cases:
             log(f"case 2: {sizes.inproc_jobs} no-op jobs, 1 worker, in-process")
@@ -1108,6 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 0.1,
                 notes,
                 do6,
+                sizes.min_span_s,
             )
         if "3" in cases:
             log(f"case 3: {sizes.pool_jobs} no-op jobs, 2 workers, fork per job")
@@ -1126,6 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 0.5,
                 notes,
                 do6,
+                sizes.min_span_s,
             )
         if "4" in cases:
             log(f"case 4: {sizes.heavy_jobs} jobs whose module takes 200 ms CPU to import")
@@ -1150,6 +1188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 2.0,
                 notes,
                 False,
+                sizes.min_span_s,
             )
         if "5" in cases:
             log(
