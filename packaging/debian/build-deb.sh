@@ -49,11 +49,10 @@ install -d "$root/lib/systemd/system"
 install -m 0644 "$pkgdir/systemd/workerd.service" "$pkgdir/systemd/workerd@.service" \
     "$root/lib/systemd/system/"
 
-# Example settings: the repository's maintained example if there is one.
+# Example settings. Not examples/settings/settings.toml: that one imports the
+# repository's example jobs, which are not installed.
 install -d "$root/etc/workerd"
-example=$repo/examples/settings/settings.toml
-[ -f "$example" ] || example=$pkgdir/example.toml
-install -m 0644 "$example" "$root/etc/workerd/example.toml"
+install -m 0644 "$pkgdir/example.toml" "$root/etc/workerd/example.toml"
 
 install -d "$root/usr/share/man/man1"
 gzip -9n < "$pkgdir/man/workerd.1" > "$root/usr/share/man/man1/workerd.1.gz"
