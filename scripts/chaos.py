@@ -7,6 +7,7 @@
 Systems (each run against its own ``redis-server``, AOF with ``appendfsync always``, on a free port):
 
 * ``workerd``   -- ``workerd -u URL --workers 2 high default``: one supervised pool, one "unit".
+* ``workerd-worker`` -- ``workerd -u URL high default`` (one worker, no master), two units.
 * ``rq-worker`` -- ``rq worker -u URL high default``, two units (like ``rq@1``/``rq@2`` systemd units).
 * ``rq-pool``   -- ``rq worker-pool -u URL -n 2 high default``: one unit.
 
@@ -58,7 +59,7 @@ import psutil
 import redis
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
-SYSTEMS = ("workerd", "rq-worker", "rq-pool")
+SYSTEMS = ("workerd", "workerd-worker", "rq-worker", "rq-pool")
 QUEUES = ("high", "default")  # priority order; two queues so RQ uses BLPOP (its multi-queue path)
 JOB_FUNC = "chaos_jobs.work"
 JOB_TIMEOUT_S = 60  # normal jobs: long enough for a job to wait out a 30 s outage inside its record
@@ -366,6 +367,8 @@ def system_argv(system: str, url: str, bin_dir: Path, workerd_args: Iterable[str
     """The command line of each unit of ``system``."""
     if system == "workerd":
         return [[str(bin_dir / "workerd"), "-u", url, "--workers", "2", *workerd_args, *QUEUES]]
+    if system == "workerd-worker":  # no master: two single-worker units, like rq-worker
+        return [[str(bin_dir / "workerd"), "-u", url, *workerd_args, *QUEUES] for _ in range(2)]
     if system == "rq-worker":
         return [[str(bin_dir / "rq"), "worker", "-u", url, *QUEUES] for _ in range(2)]
     if system == "rq-pool":
@@ -381,7 +384,7 @@ def roles(system: str, units: list[Unit]) -> dict[str, list[int]]:
         if root is None:
             continue
         for pid, depth in process_tree(root).items():
-            if system == "rq-worker":  # the unit's main process is the worker; its children are horses
+            if system in ("rq-worker", "workerd-worker"):  # main process = worker; its children = horses
                 role = ("worker", "horse")[min(depth, 1)]
                 if depth == 0:
                     found["master"].append(pid)
