@@ -102,12 +102,13 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("redis-restart", "Redis restarts (SIGKILL, AOF replay)", faults=("redis-restart",)),
         Scenario("redis-outage", "Redis outage (30 s)", outage=True),
-        Scenario("memory-hog", "memory-hog jobs (5% allocate 300 MB)", hog_fraction=0.05),
+        Scenario("memory-hog", "memory-hog jobs (5% hold 300 MB for 1 s)", hog_fraction=0.05),
         Scenario("timeouts", "timeout jobs (5% sleep past timeout)", timeout_fraction=0.05),
         Scenario("sigstop", "SIGSTOP/SIGCONT a worker (2-6 s)", faults=("sigstop",)),
     )
 }
 HOG_MB = 300
+HOG_HOLD_MS = 1000.0  # held long enough for a memory check every 0.25 s to see it
 TIMEOUT_JOB_TIMEOUT_S = 1
 TIMEOUT_JOB_SLEEP_S = 3.0
 
@@ -140,7 +141,7 @@ def make_jobs(scenario: Scenario, n: int, seed: int) -> list[JobSpec]:
         alloc_mb, sleep_s, timeout_s = 0, 0.0, JOB_TIMEOUT_S
         pick = rng.random()
         if pick < scenario.hog_fraction:
-            alloc_mb, duration_ms = HOG_MB, 100.0
+            alloc_mb, duration_ms = HOG_MB, HOG_HOLD_MS
         elif pick < scenario.hog_fraction + scenario.timeout_fraction:
             sleep_s, timeout_s = TIMEOUT_JOB_SLEEP_S, TIMEOUT_JOB_TIMEOUT_S
         job_id = f"chaos-{seed}-{i:06d}"
