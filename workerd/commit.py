@@ -96,7 +96,8 @@ class _Ops:
 class Committer:
     """Binds the scripts to one connection; one per worker process (created after fork)."""
 
-    def __init__(self, redis: Redis, worker_name: str, serializer: Serializer, record_worker: bool = True) -> None:
+    def __init__(self, redis: Redis, worker_name: str, serializer: Serializer,
+                 record_worker: bool = True) -> None:  # fmt: skip
         self.redis = redis
         self.worker_name = worker_name
         # False for Queue(is_async=False): the job runs in the caller, and there is no worker hash.
@@ -128,7 +129,7 @@ class Committer:
         skipped_ids = [s.decode() for s in skipped]
         if not index:
             return None, skipped_ids
-        mapping = dict(zip(flat[::2], flat[1::2]))
+        mapping = dict(zip(flat[::2], flat[1::2], strict=True))
         job = Job.from_mapping(job_id.decode(), mapping, connection=self.redis, serializer=self.serializer)
         return Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids
 
@@ -209,7 +210,7 @@ class Committer:
                 "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name,
             })  # fmt: skip
             self._result_entry(ops, claim, outcome, ResultType.SUCCESSFUL, ttl)
-            score = "+inf" if ttl < 0 else outcome.ended_at + ttl
+            score = "+inf" if ttl < 0 else int(outcome.ended_at) + ttl  # whole seconds, as RQ's scores
             ops.add("ZADD", schema.finished_key(claim.queue), score, job.id)
         self._expire_job(ops, job.id, ttl)
         self._release_execution(ops, claim)
@@ -232,7 +233,9 @@ class Committer:
         if outcome.record_failure:
             ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
             self._expire_job(ops, job.id, ttl if ttl > 0 else -1)
-            ops.add("ZADD", schema.failed_key(claim.queue), outcome.ended_at + ttl, job.id)
+            # RQ stores a negative ttl (keep forever) as the raw score, which its clean-up never reaches.
+            score = ttl if ttl < 0 else int(outcome.ended_at) + ttl
+            ops.add("ZADD", schema.failed_key(claim.queue), score, job.id)
             self._result_entry(ops, claim, outcome, ResultType.FAILED, job.failure_ttl,
                                exc_string=outcome.exc_string or "")  # fmt: skip
         self._release_execution(ops, claim)

@@ -40,12 +40,14 @@ def _ip_address(redis: Redis) -> str:
         return "unknown"
     text = as_text(info) or ""
     for part in text.split():
-        if part.startswith("laddr="):
-            return part[len("laddr=") :]
+        # `addr` is this client's own ip:port, what RQ reads from CLIENT LIST; `laddr` is the server's.
+        if part.startswith("addr="):
+            return part[len("addr=") :]
     return "unknown"
 
 
-def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int, check_taken: bool = True) -> None:
+def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int,
+                   check_taken: bool = True) -> None:  # fmt: skip
     key = schema.worker_key(name)
     if check_taken and redis.exists(key) and not redis.hexists(key, "death"):
         raise WorkerNameTaken(f"There exists an active worker named '{name}' already")
@@ -160,9 +162,8 @@ class WorkerInfo:
             for key in keys:
                 pipe.hgetall(key)
             hashes = pipe.execute()
-        return [
-            cls.from_hash(schema.worker_name_from_key(key), raw) for key, raw in zip(keys, hashes) if raw
-        ]
+        pairs = zip(keys, hashes, strict=True)
+        return [cls.from_hash(schema.worker_name_from_key(key), raw) for key, raw in pairs if raw]
 
     @classmethod
     def count(cls, connection: Redis, queue: str | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Unlike rq, reading a registry here has no side effects: rq runs clean-up (and even failure
 callbacks) whenever `count` or `get_job_ids` is called; workerd's workers do that work themselves.
-Expired entries of the finished and failed registries are not counted.
+Expired entries of the finished and failed registries are not counted; a negative score (RQ's
+"keep forever", e.g. failure_ttl=-1) never expires.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class BaseRegistry:
 
     @property
     def count(self) -> int:
-        return int(self.connection.zcount(self.key, self._min_score(), "+inf"))  # type: ignore[arg-type]
+        live = int(self.connection.zcount(self.key, self._min_score(), "+inf"))  # type: ignore[arg-type]
+        if self.scores_are_expiry:  # a negative score is RQ's "keep forever" (failure_ttl=-1)
+            live += int(self.connection.zcount(self.key, "-inf", "(0"))  # type: ignore[arg-type]
+        return live
 
     def __len__(self) -> int:
         return self.count
@@ -55,6 +59,8 @@ class BaseRegistry:
 
     def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
         members = self.connection.zrangebyscore(self.key, self._min_score(), "+inf")
+        if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
+            members = self.connection.zrangebyscore(self.key, "-inf", "(0") + members  # type: ignore[operator]
         ids = [as_text(m) or "" for m in members]  # type: ignore[union-attr]
         if desc:
             ids.reverse()
