@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -38,17 +39,27 @@ exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 69 Redis unr
 
 def _help_for(name: str, info: Any) -> str:
     default = info.get_default(call_default_factory=True)
-    shown = "unset" if default is None else default
-    return f"{info.description} [default: {shown}; setting {name.upper()}; env {ENV_PREFIX}{name.upper()}]"
+    if default is None or default == []:
+        shown = "unset"
+    elif isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, list):
+        shown = ",".join(str(item) for item in default)
+    else:
+        shown = str(default)
+    text = f"{info.description} [default: {shown}; setting {name.upper()}; env {ENV_PREFIX}{name.upper()}]"
+    return text.replace("%", "%%")  # argparse %-formats help strings; log formats contain '%('
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="workerd", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("queue_args", nargs="*", metavar="QUEUE", help="queues to listen on, highest priority first")
+    parser = argparse.ArgumentParser(prog="workerd", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("queue_args", nargs="*", metavar="QUEUE",
+                        help="queues to listen on, highest priority first [default: the QUEUES setting, "
+                        "else 'default'; env WORKERD_QUEUES]")  # fmt: skip
     parser.add_argument("-c", "--config", metavar="FILE|MODULE",
-                        help="settings file: a .toml file, or a Python module (path or dotted name)")  # fmt: skip
+                        help="settings file: a .toml file, or a Python module (path or dotted name, "
+                        "looked up on --path) [default: none; env RQ_CONFIG]")  # fmt: skip
     parser.add_argument("--check", action="store_true", help="validate the settings and imports, then exit 0")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective settings (passwords masked) and exit")  # fmt: skip
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, info in Settings.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         flags = extra.get("flags")
-        if not flags:
+        if not isinstance(flags, list) or not flags:
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help_for(name, info)}
         if info.annotation is bool:
@@ -68,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.update(action="append", metavar=extra.get("metavar"))
         else:
             kwargs["metavar"] = extra.get("metavar")
-        group.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+        group.add_argument(*[str(flag) for flag in flags], **kwargs)
     return parser
 
 
@@ -111,15 +122,23 @@ def check_imports(settings: Settings) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings, layers = build_settings(_cli_values(args), args.config)
+    config = args.config or os.environ.get("RQ_CONFIG") or None  # rq's environment name for -c
+    settings, layers = build_settings(_cli_values(args), config)
     if args.print_config:
         sys.stdout.write(render_settings(settings, layers))
         return ExitCode.OK
     setup_logging(settings)
     check_imports(settings)
+    from workerd.supervisor import Master, build_groups, uses_master
+
+    groups = build_groups(settings)
     if args.check:
-        print(f"workerd: settings OK ({layers.file_label or 'no settings file'})")
+        print(f"workerd: settings OK ({layers.file_label or 'no settings file'}; "
+              f"{', '.join(f'{g.name}: {g.target}' for g in groups) if uses_master(settings) else 'single worker'})")
         return ExitCode.OK
+    if uses_master(settings):
+        cli_values = _cli_values(args)
+        return Master(settings, reload=lambda: build_settings(cli_values, args.config)[0]).run()
     from workerd.worker import Worker
 
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker

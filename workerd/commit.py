@@ -275,8 +275,11 @@ class Committer:
         for queue in queues:
             pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
 
-    def recover(self, queue: str, member: str, now: float, max_attempts: int) -> str:
-        """Recover one expired wip entry: requeue at the front, or fail it past `max_attempts`."""
+    def recover(self, queue: str, member: str, now: float, max_attempts: int, worker_is_dead: bool = False,
+                kill_reason: str | None = None) -> str:  # fmt: skip
+        """Recover one wip entry: requeue at the front, or fail it past `max_attempts` or when its
+        worker was killed for a reason that would kill it again (`kill_reason`). The lease must have
+        expired unless the worker is known to be dead."""
         reason = (
             f"AbandonedJobError: worker lost {max_attempts} times while running this job: possible "
             "poison pill (a job that kills its process); not retried again"
@@ -284,8 +287,8 @@ class Committer:
         job_id = schema.split_wip_member(member)[0]
         keys = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
                 schema.results_key(job_id)]  # fmt: skip
-        args = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason),
-                DEFAULT_FAILURE_TTL_S]  # fmt: skip
+        args = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason), DEFAULT_FAILURE_TTL_S,
+                "1" if worker_is_dead else "0", encode_exc_string(kill_reason) if kill_reason else ""]  # fmt: skip
         result = self._recover(keys=keys, args=args, client=self.redis)
         return result.decode() if isinstance(result, bytes) else str(result)
 

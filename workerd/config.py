@@ -44,16 +44,41 @@ class Layers:
     cli: dict[str, Any] = field(default_factory=dict)
     file: dict[str, Any] = field(default_factory=dict)
     file_label: str = ""
+    # Keys whose value came from one of rq's environment names (RQ_REDIS_URL standing in for --url,
+    # or REDIS_* read when no settings file is given), with that variable's name.
+    rq_names: dict[str, str] = field(default_factory=dict)
 
     def source_of(self, key: str) -> str:
         if key in self.cli:
+            if key in self.rq_names:
+                return f"environment variable {self.rq_names[key]} (rq's name)"
             return "the command line"
-        env_name = f"{ENV_PREFIX}{key.upper()}"
-        if env_name in os.environ:
+        env_name = _environment_name(key)
+        if env_name is not None:
             return f"environment variable {env_name}"
         if key in self.file:
+            if key in self.rq_names:
+                return f"environment variable {self.rq_names[key]} (rq's name)"
             return f"{self.file_label}: key '{key}'"
         return "the default"
+
+    def raw_value(self, key: str) -> Any:
+        """The value as given by the source that won, before validation."""
+        if key in self.cli:
+            return self.cli[key]
+        env_name = _environment_name(key)
+        if env_name is not None:
+            return os.environ[env_name]
+        return self.file.get(key)
+
+
+def _environment_name(key: str) -> str | None:
+    """The WORKERD_<NAME> variable that sets `key`, if any (matched case-insensitively, as pydantic does)."""
+    wanted = f"{ENV_PREFIX}{key}".upper()
+    for name in os.environ:
+        if name.upper() == wanted:
+            return name
+    return None
 
 
 def _suggest(name: str) -> str:
@@ -66,22 +91,37 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+        raise ConfigError(f"{path}: TOML syntax error: {exc}; fix the file (see https://toml.io)") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the settings file: {exc.strerror}") from exc
     unknown = [key for key in data if key.lower() not in FIELD_NAMES]
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key)}")
+        raise ConfigError(
+            f"{path}: unknown key '{key}'{_suggest(key)} (settings are listed by `workerd --help` "
+            "and in docs/CONFIGURATION.md)"
+        )
     return {key.lower(): value for key, value in data.items()}
+
+
+def _check_file(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_dir():
+        raise ConfigError(f"{spec}: is a directory; give the settings file itself")
+    if not path.is_file():
+        raise ConfigError(f"{spec}: settings file not found (the current directory is {os.getcwd()})")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{spec}: settings file is not readable by this user (uid {os.getuid()})")
+    return path
 
 
 def _import_settings_module(spec: str) -> ModuleType:
     path = Path(spec)
     try:
-        if spec.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise ConfigError(f"{spec}: settings file not found")
+        if spec.endswith(".py") or path.is_file() or os.sep in spec:  # a path; dotted names have no '/'
+            _check_file(spec)
             module_spec = importlib.util.spec_from_file_location(f"workerd_settings_{path.stem}", path)
             if module_spec is None or module_spec.loader is None:
                 raise ConfigError(f"{spec}: cannot load it as a Python module")
@@ -118,23 +158,22 @@ def _read_module(spec: str) -> dict[str, Any]:
 def read_settings_file(spec: str) -> dict[str, Any]:
     """A TOML file (*.toml), or a Python settings module given by path or dotted name."""
     if spec.endswith(".toml"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"{spec}: settings file not found")
-        return _read_toml(path)
+        return _read_toml(_check_file(spec))
     return _read_module(spec)
 
 
-def _rq_environment() -> dict[str, Any]:
-    """rq reads REDIS_URL, REDIS_HOST, ... from the environment when no settings module is given."""
-    return {name.lower(): os.environ[name] for name in _RQ_ENVIRONMENT if name in os.environ}
+def _rq_environment() -> dict[str, str]:
+    """rq reads REDIS_URL, REDIS_HOST, ... from the environment when no settings module is given:
+    key -> variable name."""
+    return {name.lower(): name for name in _RQ_ENVIRONMENT if name in os.environ}
 
 
 def _warn_unknown_environment() -> None:
     for name in os.environ:
         if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() not in FIELD_NAMES:
             key = name[len(ENV_PREFIX) :]
-            log.warning("environment variable %s is not a workerd setting and is ignored%s", name, _suggest(key))
+            log.warning("environment variable %s is not a workerd setting and is ignored%s",
+                        name, _suggest(key))  # fmt: skip
 
 
 def _describe_value(key: str, value: Any) -> str:
@@ -148,16 +187,19 @@ def build_settings(cli_values: Mapping[str, Any], config_spec: str | None) -> tu
     """Validate all layers into Settings. Raises ConfigError naming source, key, value and reason."""
     layers = Layers(cli={k: v for k, v in cli_values.items() if v is not None})
     if config_spec:
-        for directory in layers.cli.get("path", []):
+        # As rq's -P (default '.'): a settings module given by dotted name is looked up there.
+        for directory in reversed(layers.cli.get("path") or ["."]):
             if directory not in sys.path:
                 sys.path.insert(0, directory)
         layers.file = read_settings_file(config_spec)
         layers.file_label = config_spec
     else:
-        layers.file = _rq_environment()
-        layers.file_label = "the environment (rq's REDIS_* variables)"
+        layers.rq_names = _rq_environment()
+        layers.file = {key: os.environ[name] for key, name in layers.rq_names.items()}
+        layers.file_label = "the environment"
     if "redis_url" not in layers.cli and os.environ.get("RQ_REDIS_URL"):
         layers.cli["redis_url"] = os.environ["RQ_REDIS_URL"]  # rq's environment name for --url
+        layers.rq_names["redis_url"] = "RQ_REDIS_URL"
     _warn_unknown_environment()
     token = FILE_VALUES.set(layers.file)
     try:
@@ -166,34 +208,67 @@ def build_settings(cli_values: Mapping[str, Any], config_spec: str | None) -> tu
         problems = []
         for error in exc.errors():
             key = str(error["loc"][0]) if error["loc"] else "?"
-            source = layers.source_of(key)
-            value = layers.cli.get(key, layers.file.get(key, error.get("input")))
-            problems.append(f"{source}: {key} = {_describe_value(key, value)}: {error['msg']}")
+            value = layers.raw_value(key) if key in FIELD_NAMES else error.get("input")
+            problems.append(f"{layers.source_of(key)}: {key} = {_describe_value(key, value)}: {error['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
     finally:
         FILE_VALUES.reset(token)
+    problems = [f"{layers.source_of(key)}: {key} = {_describe_value(key, layers.raw_value(key))}: {reason}"
+                for key, reason in _check_values(settings)]  # fmt: skip
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return settings, layers
 
 
-def mask_url(url: str) -> str:
-    """redis://user:secret@host/0 -> redis://user:***@host/0"""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+_URL_SCHEMES = ("redis", "rediss", "unix")
 
 
-def _mask(value: Any) -> Any:
+def _check_values(settings: Settings) -> list[tuple[str, str]]:
+    """Checks pydantic's types cannot express; found here rather than as a crash once started."""
+    problems = []
+    if settings.redis_url is not None:
+        scheme = urlsplit(settings.redis_url.get_secret_value()).scheme
+        if scheme not in _URL_SCHEMES:
+            problems.append(("redis_url", "must start with redis://, rediss:// or unix://"))
+    if settings.pid:
+        directory = os.path.dirname(os.path.abspath(settings.pid))
+        if not os.path.isdir(directory):
+            problems.append(("pid", f"directory {directory} does not exist"))
+        elif not os.access(directory, os.W_OK):
+            problems.append(("pid", f"directory {directory} is not writable by this user"))
+    return problems
+
+
+def mask_url(url: str, mask_user: bool = False) -> str:
+    """redis://user:secret@host/0 -> redis://user:***@host/0; a `password=` query parameter too.
+
+    With mask_user (a Sentry DSN, whose key is the user part) the user is masked as well."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL we can take apart: show nothing of it rather than a secret
+        return "***"
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        user = "***" if mask_user else (parts.username or "")
+        host = parts.hostname or ""
+        if port:
+            host = f"{host}:{port}"
+        netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
+    query = "&".join(
+        f"{item.split('=', 1)[0]}=***" if "pass" in item.split("=", 1)[0].lower() else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""  # fmt: skip
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, SecretStr):
         secret = value.get_secret_value()
-        return mask_url(secret) if "://" in secret else "***"
+        return mask_url(secret, mask_user=key == "sentry_dsn") if "://" in secret else "***"
     if isinstance(value, dict):
         return {k: ("***" if "password" in str(k).lower() else _mask(v)) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_mask(v) for v in value]
     return value
 
@@ -214,7 +289,7 @@ def render_settings(settings: Settings, layers: Layers) -> str:
     """The effective settings as TOML, passwords masked, each line saying where its value came from."""
     lines = []
     for key in FIELD_NAMES:
-        value = _mask(getattr(settings, key))
+        value = _mask(getattr(settings, key), key)
         source = f"  # {layers.source_of(key)}"
         if value is None:
             lines.append(f"# {key} is unset{source}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from workerd.commit import Outcome
 from workerd.job import Job
-from workerd.process import set_title
+from workerd.process import die_with_parent, set_title
 
 # A horse that could not even report leaves with this code; the worker then fails the job with it.
 REPORT_FAILED_EXIT_CODE = 1
@@ -30,6 +30,7 @@ class Horse:
     started_monotonic: float = field(default_factory=time.monotonic)
     buffer: bytearray = field(default_factory=bytearray)
     eof: bool = False
+    term_sent_at: float | None = None  # when a soft memory limit sent it SIGTERM (monotonic)
 
     def read_available(self) -> None:
         """Read what the pipe holds now (the worker polls it, so a big result never blocks the horse)."""
@@ -62,23 +63,27 @@ class Horse:
 def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
     """Fork a horse that runs `run(job)`; returns in the worker with the horse's handle."""
     read_fd, write_fd = os.pipe()
+    parent_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # the horse
         os.close(read_fd)
-        _horse_main(job, run, title, write_fd)
+        _horse_main(job, run, title, write_fd, parent_pid)
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Horse(pid=pid, read_fd=read_fd)
 
 
-def _horse_main(job: Job, run: Callable[[Job], Outcome], title: str, write_fd: int) -> None:
+def _horse_main(job: Job, run: Callable[[Job], Outcome], title: str, write_fd: int, parent_pid: int) -> None:
     code = 0
     try:
         # Its own process group, so the worker can kill the job together with any grandchildren.
         os.setpgrp()
+        die_with_parent(parent_pid)  # a worker killed with -9 takes its horse along
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C on a terminal is for the worker
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)  # the worker's wake-up pipe is not ours to write
         set_title(title)
         os.environ["RQ_JOB_ID"] = job.id
         payload = pickle.dumps(run(job), protocol=pickle.HIGHEST_PROTOCOL)

@@ -113,6 +113,11 @@ class WorkerInfo:
         return self.queue_names
 
     @property
+    def current_job(self) -> str | None:
+        """The id of the job the worker is running (RQ's `current_job` field), or None."""
+        return self.current_job_id
+
+    @property
     def key(self) -> str:
         return schema.worker_key(self.name)
 

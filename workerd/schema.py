@@ -266,10 +266,11 @@ return released
 )
 
 # KEYS: wip key, queue key, failed key, results key of the job.
-# ARGV: wip member, now (epoch), now stamp, max attempts, failure exc_string (base64 zlib),
-#       default failure ttl.
-# Recovers one expired wip entry whose worker stopped renewing its lease: back to the front of its
-# queue, or - after max attempts - failed with a reason. Returns 'alive', 'stale', 'requeued'
+# ARGV: wip member, now (epoch), now stamp, max attempts, poison-pill exc_string (base64 zlib),
+#       default failure ttl, '1' to ignore the deadline (the worker is known dead), and an
+#       exc_string to fail with at once ('' for none: e.g. the master killed it over a limit).
+# Recovers one wip entry whose worker stopped renewing its lease: back to the front of its queue,
+# or - after max attempts, or with a kill reason - failed. Returns 'alive', 'stale', 'requeued'
 # or 'failed'.
 RECOVER_ABANDONED = (
     _LUA_PREFIXES
@@ -277,7 +278,7 @@ RECOVER_ABANDONED = (
     + f"""
 local member, now, now_stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local score = redis.call('ZSCORE', KEYS[1], member)
-if not score or tonumber(score) > now then return 'alive' end
+if not score or (ARGV[7] ~= '1' and tonumber(score) > now) then return 'alive' end
 redis.call('ZREM', KEYS[1], member)
 local sep = string.find(member, ':', 1, true)
 local job_id, exec_id = member, ''
@@ -289,7 +290,9 @@ if exec_id ~= '' then
 end
 if redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
 local lost = redis.call('HINCRBY', key, '{LOST_COUNT_FIELD}', 1)
-if lost < tonumber(ARGV[4]) then
+local exc_string = ARGV[5]
+if ARGV[8] ~= '' then exc_string = ARGV[8] end
+if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
   redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
   redis.call('SADD', QUEUES_KEY, KEYS[2])
   redis.call('LPUSH', KEYS[2], job_id)
@@ -301,7 +304,7 @@ redis.call('HSET', key, 'status', 'failed', 'ended_at', now_stamp)
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 redis.call('ZADD', KEYS[3], now + ttl, job_id)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
-           'exc_string', ARGV[5], 'execution_id', exec_id)
+           'exc_string', exc_string, 'execution_id', exec_id)
 if job_failure_ttl and tonumber(job_failure_ttl) and tonumber(job_failure_ttl) > 0 then
   redis.call('EXPIRE', KEYS[4], tonumber(job_failure_ttl))
 end

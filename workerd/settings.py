@@ -146,6 +146,50 @@ class Settings(BaseSettings):
         json_schema_extra=_cli("--sentry-dsn", metavar="DSN"))  # fmt: skip
     pid: str | None = Field(
         None, description="Write the process id to this file.", json_schema_extra=_cli("--pid", metavar="FILE"))
+    log_file: str | None = Field(
+        None, description="Also log to this file, rotated by size (USR1 reopens it after external rotation).",
+        json_schema_extra=_cli("--log-file", metavar="FILE"))  # fmt: skip
+    log_file_max_mib: int = Field(100, ge=1, description="Rotate the log file at this size (MiB).")
+    log_file_backups: int = Field(5, ge=0, description="Rotated log files to keep.")
+
+    # -- the pool (master) -------------------------------------------------------------------------
+    workers: int | None = Field(
+        None, ge=1, description="Run a master that keeps this many workers alive. Unset (and no groups): "
+        "a single worker process, exactly like rq worker.",
+        json_schema_extra=_cli("--workers", metavar="N"))  # fmt: skip
+    groups: list[dict[str, Any]] = Field(
+        default_factory=list, description="Worker groups ([[groups]] tables): each has a name, a worker "
+        "count (workers) and any of these settings (queues, redis_url, limits...) overriding the top-level "
+        "ones; or a daemon class (daemon = 'pkg.Class') instead of queues.")  # fmt: skip
+    execution: Literal["fork", "inprocess"] = Field(
+        "fork", description="fork: a fresh horse process per job. inprocess: the worker runs jobs itself "
+        "(for many small jobs); limits recycle the worker.",
+        json_schema_extra=_cli("--execution", metavar="MODE"))  # fmt: skip
+    max_jobs_jitter: int = Field(
+        0, ge=0, description="Add 0..N to each worker's MAX_JOBS so workers do not all recycle at once.",
+        json_schema_extra=_cli("--max-jobs-jitter", metavar="N"))  # fmt: skip
+    max_age: float | None = Field(
+        None, gt=0, description="Replace a worker after this many seconds (after its current job).",
+        json_schema_extra=_cli("--max-age", metavar="SECONDS"))  # fmt: skip
+    soft_memory_limit: int | None = Field(
+        None, ge=1, description="MiB of a process's own memory (USS). A worker over it is replaced after its "
+        "job; a horse over it gets SIGTERM, then SIGKILL after MEMORY_KILL_GRACE.",
+        json_schema_extra=_cli("--soft-memory-limit", metavar="MIB"))  # fmt: skip
+    hard_memory_limit: int | None = Field(
+        None, ge=1, description="MiB of a process's own memory (USS). Over it: SIGKILL at once; the job fails "
+        "with a reason naming the limit and the size measured.",
+        json_schema_extra=_cli("--hard-memory-limit", metavar="MIB"))  # fmt: skip
+    memory_kill_grace: float = Field(
+        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL for a horse over the soft memory limit.")
+    memory_check_interval: float = Field(
+        0.25, gt=0, le=10, description="Seconds between memory checks of each worker and horse.")
+    graceful_timeout: float = Field(
+        30.0, ge=0, description="On SIGTERM, seconds running jobs get to finish before they are killed "
+        "and put back on their queues.",
+        json_schema_extra=_cli("--graceful-timeout", metavar="SECONDS"))  # fmt: skip
+    boot_failure_limit: int = Field(
+        5, ge=1, description="A worker that exits this many times in a row within 10 s of starting stops "
+        "the master (exit code 3) instead of respawning forever.")  # fmt: skip
 
     @field_validator("queues", "path", "preload", "exception_handlers", mode="before")
     @classmethod

@@ -9,15 +9,17 @@ A job is run in a horse forked for it (EXECUTION = "fork", the default) or in th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import random
 import select
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -34,6 +36,8 @@ from workerd.execution import (
     perform,
 )
 from workerd.job import Job
+from workerd.logs import rotate_log_file_if_needed
+from workerd.memory import measure as measure_memory
 from workerd.process import describe_wait_status, set_title
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
@@ -93,6 +97,8 @@ class Worker:
         connection: redis.Redis | None = None,
         name: str | None = None,
         settings: Settings | None = None,
+        reporter: Callable[[dict[str, Any]], None] | None = None,
+        predecessors: Sequence[tuple[str, str | None]] = (),
         **overrides: Any,
     ) -> None:
         names = [queues] if isinstance(queues, str) else [getattr(q, "name", q) for q in queues]
@@ -110,6 +116,7 @@ class Worker:
         self.committer = Committer(self.redis, self.name, self.serializer)
         self.outage = Outage(connection_module.describe(self.settings))
         self.jobs_done = 0
+        self.jobs_failed = 0
         self.exit_code = ExitCode.OK
         self.stop_reason: str | None = None
         self._signals: list[int] = []
@@ -122,6 +129,26 @@ class Worker:
         self._recovery_after = 0.0
         self._last_job_at = time.monotonic()
         self._registered = False
+        self._next_memory_check = 0.0
+        # Under a master: how the worker reports its state, and the workers it replaces that the
+        # master saw die (name, and the reason it killed them if it did).
+        self.reporter = reporter
+        self.predecessors = list(predecessors)
+
+    # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
+
+    @classmethod
+    def all(cls, connection: redis.Redis, queue: Any = None) -> list[registration.WorkerInfo]:
+        """Live registered workers, of one queue (a name or a Queue) or of all."""
+        return registration.WorkerInfo.all(connection, queue=getattr(queue, "name", queue))
+
+    @classmethod
+    def count(cls, connection: redis.Redis, queue: Any = None) -> int:
+        return registration.WorkerInfo.count(connection, queue=getattr(queue, "name", queue))
+
+    @classmethod
+    def find_by_key(cls, worker_key: str, connection: redis.Redis) -> registration.WorkerInfo | None:
+        return registration.WorkerInfo.find_by_key(worker_key, connection)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -170,12 +197,14 @@ class Worker:
         registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
         self._registered = True
         self._recovery_after = time.monotonic() + self.settings.lease_s
+        self._recover_predecessors()
         if self.settings.pid:
             with open(self.settings.pid, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
         log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
+        self.report(state="idle")
 
     def _connect_with_retry(self) -> None:
         give_up_at = time.monotonic() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
@@ -227,7 +256,7 @@ class Worker:
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         signal.set_wakeup_fd(self._wake_write)
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(signum, self._record_signal)
 
     def _record_signal(self, signum: int, frame: Any) -> None:
@@ -237,17 +266,26 @@ class Worker:
         while self._signals:
             signum = self._signals.pop(0)
             now = time.monotonic()
-            if self._warm_stop_at is None:
+            if signum == signal.SIGQUIT:  # the master's cold stop: no duplicate guard
+                self._cold_stop_now()
+            elif self._warm_stop_at is None:
                 self._warm_stop_at = now
                 log.info("Worker %s [PID %d]: warm shut down requested (%s)", self.name, os.getpid(),
                          signal.Signals(signum).name)  # fmt: skip
                 if self._claim is None:
                     self.stop("warm shut down")
-            elif now - self._warm_stop_at > DUPLICATE_SIGNAL_WINDOW_S and not self._cold_stop:
-                self._cold_stop = True
-                log.warning("Worker %s [PID %d]: cold shut down: the running job goes back to its queue",
-                            self.name, os.getpid())  # fmt: skip
-                self.stop("cold shut down")
+            elif now - self._warm_stop_at > DUPLICATE_SIGNAL_WINDOW_S:
+                self._cold_stop_now()
+
+    def _cold_stop_now(self) -> None:
+        if self._cold_stop:
+            return
+        self._cold_stop = True
+        if self._warm_stop_at is None:
+            self._warm_stop_at = time.monotonic()
+        log.warning("Worker %s [PID %d]: cold shut down: the running job goes back to its queue",
+                    self.name, os.getpid())  # fmt: skip
+        self.stop("cold shut down")
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on a signal."""
@@ -269,6 +307,8 @@ class Worker:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + self.settings.effective_heartbeat_s
+        if self.reporter is None:  # a single worker rotates its own log file; in a pool, the master does
+            rotate_log_file_if_needed(self.settings)
         self.heartbeat()
 
     def heartbeat(self) -> None:
@@ -291,6 +331,7 @@ class Worker:
                 registration.set_state(self.redis, self.name, "busy")
         if claim is not None and replies[3] == LEASE_LOST:
             self._lease_lost(claim)
+        self.report(heartbeat=True)
         if recover:
             expired_per_queue = replies[-len(self.queues) :]
             for queue, members in zip(self.queues, expired_per_queue):
@@ -309,12 +350,32 @@ class Worker:
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
                       self.name, job_id, self.settings.abandoned_max_attempts)  # fmt: skip
 
+    def _recover_predecessors(self) -> None:
+        """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
+        for name, kill_reason in self.predecessors:
+            job_id = self.redis.hget(schema.worker_key(name), "current_job")
+            if not job_id:
+                continue
+            for queue in self.queues:
+                for member in self.redis.zrange(schema.started_key(queue), 0, -1):
+                    if schema.split_wip_member(member)[0] == job_id.decode():
+                        action = self.committer.recover(queue, member.decode(), time.time(),
+                                                        self.settings.abandoned_max_attempts, True, kill_reason)  # fmt: skip
+                        log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id.decode(),
+                                    name, action, f" ({kill_reason})" if kill_reason else "")  # fmt: skip
+
+    def report(self, **fields: Any) -> None:
+        """Tell the master (if any) what this worker is doing; never blocks."""
+        if self.reporter is not None:
+            self.reporter(fields)
+
     def _lease_lost(self, claim: Claim) -> None:
         log.error("Worker %s: lost the lease on job %s (it was recovered while this worker was not "
                   "heartbeating); its outcome here will be discarded", self.name, claim.job.id)  # fmt: skip
 
     def _on_outage(self, exc: BaseException) -> None:
         delay = self.outage.failed(exc)
+        self.report(outage=True)
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
@@ -367,6 +428,9 @@ class Worker:
         described = job.id if self.settings.disable_job_desc_logging else f"{job.description} ({job.id})"
         log.info("Worker %s: %s: %s", self.name, claim.queue, described)
         self._claim_started = time.monotonic()
+        timeout_s = effective_timeout_s(job)
+        self.report(state="busy", job=job.id, kill_at=time.time() + timeout_s + HORSE_KILL_GRACE_S if timeout_s
+                    and self.settings.execution == "inprocess" else None)  # fmt: skip
         try:
             outcome = self.run_job(claim)
             if outcome is None:  # cold stop: the job went back to its queue
@@ -375,6 +439,7 @@ class Worker:
         finally:
             self._claim = None
             self._set_idle_title()
+            self.report(state="idle", jobs=self.jobs_done + 1, failed=self.jobs_failed)
 
     def perform(self, job: Job) -> Outcome:
         """Run the job's function here (in the horse, or in-process). Never raises."""
@@ -388,14 +453,35 @@ class Worker:
         except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
             return _failed_outcome(f"{type(exc).__name__}: {exc}\n")
         set_title(f"worker {self.name}: busy with {job.id} {job.func_name} from {claim.queue} since {_clock()}")
+        if self.settings.execution == "inprocess":
+            return self.run_inprocess(claim)
         horse = horse_module.spawn(job, self.perform, title)
         return self.monitor(claim, horse)
+
+    def run_inprocess(self, claim: Claim) -> Outcome:
+        """Run the job in this process; a thread keeps the lease while the job holds the main thread.
+
+        The master enforces the timeout from outside (it SIGKILLs this worker past the deadline the
+        worker reported), and the job's cwd and signal handlers are restored afterwards.
+        """
+        cwd = os.getcwd()
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+        keeper = LeaseKeeper(self, claim)
+        keeper.start()
+        try:
+            return self.perform(claim.job)
+        finally:
+            keeper.stop()
+            os.chdir(cwd)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
 
     def monitor(self, claim: Claim, horse: horse_module.Horse) -> Outcome | None:
         """Wait for the horse: read its report, heartbeat, enforce the timeout, obey a cold stop."""
         timeout_s = effective_timeout_s(claim.job)
         kill_at = horse.started_monotonic + timeout_s + HORSE_KILL_GRACE_S if timeout_s else None
         killed_for_timeout = False
+        killed_for_memory: str | None = None
         status: int | None = None
         try:
             while status is None:
@@ -420,6 +506,9 @@ class Worker:
                     self.outage.succeeded()
                 except CONNECTION_ERRORS as exc:
                     self.outage.failed(exc)  # keep the horse running; the commit waits for Redis
+                memory_kill = self._check_horse_memory(horse)
+                if memory_kill is not None:
+                    killed_for_memory = memory_kill
                 if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
                     killed_for_timeout = True
                     log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
@@ -430,6 +519,9 @@ class Worker:
             _kill_group(horse.pid)  # grandchildren the job left behind share the horse's group
             horse.close()
         outcome = horse.outcome()
+        if killed_for_memory is not None:
+            return _failed_outcome(f"{killed_for_memory}; the horse was {describe_wait_status(status)}\n",
+                                   horse.started_monotonic)  # fmt: skip
         if killed_for_timeout:
             return _failed_outcome(
                 f"JobTimeoutException: Task exceeded maximum timeout value ({timeout_s:g} seconds); the job did "
@@ -444,6 +536,33 @@ class Worker:
             f"the horse was {describe_wait_status(status)}\n",
             horse.started_monotonic,
         )
+
+    def _check_horse_memory(self, horse: horse_module.Horse) -> str | None:
+        """Enforce the memory limits on the horse; returns the reason once it has been killed."""
+        soft, hard = self.settings.soft_memory_limit, self.settings.hard_memory_limit
+        now = time.monotonic()
+        if (soft is None and hard is None) or now < self._next_memory_check:
+            return None
+        self._next_memory_check = now + self.settings.memory_check_interval
+        if horse.term_sent_at is not None:
+            if now - horse.term_sent_at >= self.settings.memory_kill_grace:
+                _kill_group(horse.pid)
+            return None
+        use = measure_memory(horse.pid)
+        if use is None:
+            return None
+        if hard is not None and use.uss_mib > hard:
+            _kill_group(horse.pid)
+            self.stop("replaced after its horse hit the hard memory limit")
+            return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
+                    f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
+        if soft is not None and use.uss_mib > soft:
+            horse.term_sent_at = now
+            _signal_group(horse.pid, signal.SIGTERM)
+            return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the soft memory "
+                    f"limit of {soft} MiB, and was stopped (SIGTERM, then SIGKILL after "
+                    f"{self.settings.memory_kill_grace:g} s)")  # fmt: skip
+        return None
 
     def _requeue(self, claim: Claim) -> None:
         try:
@@ -480,6 +599,7 @@ class Worker:
                 return
             self._log_success(claim, outcome)
             return
+        self.jobs_failed += 1
         released, what = self.committer.commit_failure(claim, outcome)
         if released == LEASE_LOST:
             self._lease_lost(claim)
@@ -516,11 +636,42 @@ class Worker:
         set_title(f"worker {self.name}: idle, listening on {','.join(self.queues)}")
 
 
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    _signal_group(pid, signal.SIGKILL)
+
+
+class LeaseKeeper(threading.Thread):
+    """In-process mode: renews the job's lease (and reports to the master) while the job runs."""
+
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        super().__init__(name="workerd-lease-keeper", daemon=True)
+        self.worker = worker
+        self.claim = claim
+        self._done = threading.Event()
+        # Its own connection: redis-py connections are not shared between threads mid-command.
+        self.redis = redis.Redis(connection_pool=worker.redis.connection_pool)
+
+    def run(self) -> None:
+        interval = self.worker.settings.effective_heartbeat_s
+        while not self._done.wait(interval):
+            try:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    registration.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60)
+                    self.worker.committer.renew_lease(self.claim, self.worker.settings.lease_s,
+                                                      self.worker._working_time_s(), pipe)  # fmt: skip
+                    pipe.execute()
+                self.worker.report(heartbeat=True)
+            except CONNECTION_ERRORS:
+                continue  # the job goes on; the commit will wait for Redis
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
 
 
 def _failed_outcome(exc_string: str, started_monotonic: float | None = None) -> Outcome:

@@ -1,0 +1,579 @@
+"""The master: keeps each group's workers alive, enforces limits, speaks to systemd. It never touches jobs.
+
+    run()      = setup (signals, preload, gc.freeze) ; while not done: run_once() ; teardown
+    run_once() = wait for an event -> read worker reports -> act on signals -> reap children
+                 -> enforce limits -> scale (spawn, recycle, rolling reload) or drain -> notify systemd
+
+Workers are forked from the master after it has imported PRELOAD, so they share those pages; each
+opens its own Redis connection after the fork. They report their state over a pipe (one JSON
+object a line), which is how the master knows who is busy, who is healthy, and the deadline of an
+in-process job. A worker (and its horse) dies with the master: PR_SET_PDEATHSIG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import gc
+import importlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from workerd import memory
+from workerd.errors import BootFailureError, ConfigError, ExitCode, WorkerdError
+from workerd.logs import reopen_log_files, rotate_log_file_if_needed
+from workerd.process import describe_wait_status, die_with_parent, set_title
+from workerd.sdnotify import Notifier
+from workerd.settings import Settings
+from workerd.utils import import_attribute
+
+log = logging.getLogger("workerd.master")
+
+# A worker that exits within this long of starting (other than by request) failed to boot.
+BOOT_WINDOW_S = 10.0
+MAX_RESTART_BACKOFF_S = 30.0
+# After the graceful timeout, workers get a cold stop (their jobs go back to the queue), and this
+# long to do it before SIGKILL.
+COLD_STOP_GRACE_S = 10.0
+# A worker that has not heartbeaten Redis for this long makes the master stop pinging the systemd
+# watchdog ("cannot fetch"), so systemd restarts the unit after WatchdogSec more.
+WATCHDOG_STALE_S = 60.0
+TICK_S = 0.25
+_GROUP_ONLY_KEYS = ("name", "workers", "daemon")
+
+
+@dataclass
+class Group:
+    name: str
+    settings: Settings
+    target: int
+    daemon: str | None = None
+    consecutive_boot_failures: int = 0
+    next_spawn_at: float = 0.0
+    # Workers seen dying with a job in hand: the next worker of the group recovers it at once.
+    predecessors: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def build_groups(settings: Settings) -> list[Group]:
+    """The groups of the settings; without [[groups]], one group 'default' of WORKERS workers."""
+    if not settings.groups:
+        return [Group("default", settings, settings.workers or 1)]
+    base = settings.model_dump(exclude={"groups", "workers"})
+    groups = []
+    for position, table in enumerate(settings.groups, start=1):
+        values = {str(k).lower(): v for k, v in table.items()}
+        name = str(values.pop("name", f"group{position}"))
+        where = f"groups[{position}] ({name})"
+        workers = values.pop("workers", 1)
+        daemon = values.pop("daemon", None)
+        for key in values:
+            if key not in Settings.model_fields or key == "groups":
+                close = difflib.get_close_matches(key, [*Settings.model_fields, *_GROUP_ONLY_KEYS], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"{where}: workers = {workers!r}: must be a whole number >= 1")
+        try:
+            group_settings = Settings.model_validate({**base, **values})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{where}: {problems}") from None
+        if daemon is not None:
+            try:
+                import_attribute(str(daemon))
+            except Exception as exc:
+                raise ConfigError(f"{where}: daemon = {daemon!r} cannot be imported: {exc}") from exc
+        groups.append(Group(name, group_settings, workers, str(daemon) if daemon else None))
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"group names must be unique, got {names}")
+    return groups
+
+
+@dataclass
+class Child:
+    group: str
+    generation: int
+    pid: int
+    name: str
+    status_fd: int
+    started: float = field(default_factory=time.monotonic)
+    buffer: bytes = b""
+    ready: bool = False
+    state: str = "starting"
+    job: str | None = None
+    kill_at_epoch: float | None = None
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    outage: bool = False
+    stop_reason: str | None = None  # why the master asked it to stop
+    kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
+
+    def apply(self, report: dict[str, Any]) -> None:
+        if "state" in report:
+            self.state = str(report["state"])
+            self.ready = True
+            self.job = report.get("job")
+            self.kill_at_epoch = report.get("kill_at")
+        if "jobs" in report:
+            self.jobs_done = int(report["jobs"])
+            self.jobs_failed = int(report.get("failed", self.jobs_failed))
+        if report.get("heartbeat") or "state" in report:
+            self.last_heartbeat = time.monotonic()
+            self.outage = False
+        if report.get("outage"):
+            self.outage = True
+
+
+class Master:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self.reload_settings = reload
+        self.groups = build_groups(settings)
+        self.children: dict[int, Child] = {}
+        self.generation = 0
+        self.exit_code = ExitCode.OK
+        self.notifier = Notifier()
+        self._signals: list[int] = []
+        self._wake_read, self._wake_write = -1, -1
+        self._stopping: str | None = None  # "warm" or "cold"
+        self._stop_deadline = 0.0
+        self._kill_deadline: float | None = None
+        self._done = False
+        self._ready_sent = False
+        self._serial = 0
+        self._name_base = settings.name or f"{socket.gethostname()}.{os.getpid()}"
+        self._next_limit_check = 0.0
+        self._next_watchdog = 0.0
+        self._next_status = 0.0
+        self._burst_finished: set[str] = set()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        self.setup()
+        try:
+            while not self._done:
+                self.run_once()
+        except WorkerdError as exc:
+            log.error("master: %s", exc)
+            self.exit_code = exc.exit_code
+        finally:
+            self.teardown()
+        return self.exit_code
+
+    def run_once(self) -> None:
+        self.wait_for_events(TICK_S)
+        self.read_reports()
+        self.handle_signals()
+        self.reap()
+        self.enforce_limits()
+        rotate_log_file_if_needed(self.settings)
+        if self._stopping:
+            self.drain()
+        else:
+            self.scale()
+        self.notify()
+
+    # -- setup and teardown -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._wake_read, self._wake_write = os.pipe()
+        for fd in (self._wake_read, self._wake_write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_write)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+                       signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):  # fmt: skip
+            signal.signal(signum, self._record_signal)
+        self.preload(self.settings)
+        # Move everything imported so far out of the collector's reach: a collection in a child
+        # would otherwise write to (and so un-share) every preloaded object's page.
+        gc.freeze()
+        log.info("master %d: starting %s", os.getpid(),
+                 ", ".join(f"{g.name}: {g.target} worker{'s' * (g.target > 1)}" for g in self.groups))  # fmt: skip
+
+    @staticmethod
+    def preload(settings: Settings) -> None:
+        for module in settings.preload:
+            started = time.monotonic()
+            importlib.import_module(module)
+            log.info("master: preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
+
+    def teardown(self) -> None:
+        for child in list(self.children.values()):
+            _signal(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.children and time.monotonic() < deadline:
+            self.reap(block_s=0.05)
+        self.notifier.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- events and signals (the handler only records) ------------------------------------------
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def wait_for_events(self, timeout_s: float) -> None:
+        fds = [self._wake_read, *(c.status_fd for c in self.children.values())]
+        try:
+            select.select(fds, [], [], timeout_s)
+        except InterruptedError:
+            pass
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_read, 512):
+                pass
+
+    def read_reports(self) -> None:
+        for child in self.children.values():
+            while True:
+                try:
+                    chunk = os.read(child.status_fd, 65536)
+                except (BlockingIOError, OSError):
+                    break
+                if not chunk:
+                    break
+                child.buffer += chunk
+            *lines, child.buffer = child.buffer.split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    child.apply(json.loads(line))
+
+    def handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                if self._stopping is None:
+                    self.begin_stop("warm")
+                else:
+                    self.begin_stop("cold")
+            elif signum == signal.SIGQUIT:
+                self.begin_stop("cold")
+            elif signum == signal.SIGHUP:
+                self.reload()
+            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+                self.resize(+1 if signum == signal.SIGTTIN else -1)
+            elif signum == signal.SIGUSR1:
+                self.reopen_logs()
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    def begin_stop(self, kind: str) -> None:
+        if kind == "warm":
+            self._stopping = "warm"
+            self._stop_deadline = time.monotonic() + self.settings.graceful_timeout
+            log.info("master: warm stop: %d workers finish their jobs (up to %g s), then exit",
+                     len(self.children), self.settings.graceful_timeout)  # fmt: skip
+            for child in self.children.values():
+                self._ask_to_stop(child, "shutting down")
+        elif self._kill_deadline is None:
+            self._stopping = "cold"
+            log.warning("master: cold stop: running jobs go back to their queues")
+            self._cold_stop_all()
+        self.notifier.send(STOPPING=1, STATUS="stopping")
+
+    def _cold_stop_all(self) -> None:
+        self._kill_deadline = time.monotonic() + COLD_STOP_GRACE_S
+        for child in self.children.values():
+            _signal(child.pid, signal.SIGQUIT)
+
+    def drain(self) -> None:
+        now = time.monotonic()
+        if not self.children:
+            log.info("master: all workers stopped; exiting")
+            self._done = True
+            return
+        if self._stopping == "warm" and self._kill_deadline is None and now >= self._stop_deadline:
+            log.warning("master: graceful timeout of %g s reached with %d workers busy; stopping them cold",
+                        self.settings.graceful_timeout, len(self.children))  # fmt: skip
+            self._cold_stop_all()
+        if self._kill_deadline is not None and now >= self._kill_deadline:
+            for child in self.children.values():
+                log.error("master: worker %s did not stop; SIGKILL", child.name)
+                _signal(child.pid, signal.SIGKILL)
+            self._kill_deadline = now + COLD_STOP_GRACE_S
+
+    # -- children -------------------------------------------------------------------------------
+
+    def spawn(self, group: Group) -> Child:
+        read_fd, write_fd = os.pipe()
+        self._serial += 1
+        name = f"{self._name_base}.{group.name}.{self._serial}"
+        predecessors, group.predecessors = group.predecessors, []
+        master_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            self._child_main(group, name, write_fd, predecessors, master_pid)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd)
+        self.children[pid] = child
+        log.info("master: started worker %s (pid %d)", name, pid)
+        return child
+
+    def _child_main(self, group: Group, name: str, write_fd: int, predecessors: list[tuple[str, str | None]],
+                    master_pid: int) -> None:  # fmt: skip
+        """In the forked child: become a worker (or a daemon) of `group`. Never returns."""
+        code = int(ExitCode.SOFTWARE)
+        try:
+            die_with_parent(master_pid)
+            signal.set_wakeup_fd(-1)
+            for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            os.set_blocking(write_fd, False)
+            code = int(run_child(group, name, _pipe_reporter(write_fd), predecessors))
+        except WorkerdError as exc:
+            log.error("worker %s: %s", name, exc)
+            code = int(exc.exit_code)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:
+            log.error("worker %s crashed:\n%s", name, traceback.format_exc())
+        finally:
+            os._exit(code)
+
+    def reap(self, block_s: float = 0.0) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if block_s <= 0:
+                    return
+                time.sleep(block_s)  # teardown only: a bounded wait for SIGKILLed children
+                block_s = 0
+                continue
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._child_exited(child, status)
+
+    def _child_exited(self, child: Child, status: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(child.status_fd)
+        group = self._group(child.group)
+        lived_s = time.monotonic() - child.started
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        how = describe_wait_status(status)
+        if child.stop_reason or (clean and not self._stopping):
+            log.info("master: worker %s exited (%s) after %.1f s%s", child.name, how, lived_s,
+                     f": {child.stop_reason}" if child.stop_reason else "")  # fmt: skip
+        else:
+            log.warning("master: worker %s died (%s) after %.1f s%s", child.name, how, lived_s,
+                        f"; it was running job {child.job}" if child.job else "")  # fmt: skip
+        if group is None:
+            return
+        if not clean and child.job:
+            group.predecessors.append((child.name, child.kill_reason))
+        if clean and group.settings.burst:
+            self._burst_finished.add(child.group)
+        failed_to_boot = not clean and not child.stop_reason and lived_s < BOOT_WINDOW_S and not child.kill_reason
+        if failed_to_boot and not self._stopping:
+            group.consecutive_boot_failures += 1
+            delay = min(0.5 * 2 ** (group.consecutive_boot_failures - 1), MAX_RESTART_BACKOFF_S)
+            group.next_spawn_at = time.monotonic() + delay
+            if group.consecutive_boot_failures >= self.settings.boot_failure_limit:
+                raise BootFailureError(
+                    f"workers of group '{group.name}' failed to start {group.consecutive_boot_failures} times in "
+                    f"a row (last: {how}); see the log above for the cause, fix it, then start workerd again"
+                )
+            log.warning("master: restarting a worker of group '%s' in %.1f s (failure %d of %d)", group.name,
+                        delay, group.consecutive_boot_failures, self.settings.boot_failure_limit)  # fmt: skip
+        elif child.ready:
+            group.consecutive_boot_failures = 0
+
+    def _group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    def _ask_to_stop(self, child: Child, reason: str) -> None:
+        if child.stop_reason is None:
+            child.stop_reason = reason
+            _signal(child.pid, signal.SIGTERM)
+
+    def _kill(self, child: Child, reason: str) -> None:
+        log.error("master: killing worker %s: %s", child.name, reason)
+        child.kill_reason = reason
+        child.stop_reason = child.stop_reason or "killed"
+        _signal(child.pid, signal.SIGKILL)
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def enforce_limits(self) -> None:
+        now = time.monotonic()
+        if now < self._next_limit_check:
+            return
+        self._next_limit_check = now + self.settings.memory_check_interval
+        for child in list(self.children.values()):
+            group = self._group(child.group)
+            if group is None or child.kill_reason:
+                continue
+            limits = group.settings
+            if child.kill_at_epoch is not None and child.job and time.time() > child.kill_at_epoch:
+                self._kill(child, f"JobTimeoutException: job {child.job} ran past its timeout in-process; "
+                                  "the worker running it was killed")  # fmt: skip
+                continue
+            if limits.max_age is not None and now - child.started > limits.max_age:
+                self._ask_to_stop(child, f"max age of {limits.max_age:g} s reached")
+            if limits.soft_memory_limit is None and limits.hard_memory_limit is None:
+                continue
+            use = memory.measure(child.pid)
+            if use is None:
+                continue
+            if limits.hard_memory_limit is not None and use.uss_mib > limits.hard_memory_limit:
+                self._kill(child, f"MemoryLimitExceeded: worker {child.name} used {use.uss_mib:.0f} MiB, over the "
+                                  f"hard memory limit of {limits.hard_memory_limit} MiB")  # fmt: skip
+            elif limits.soft_memory_limit is not None and use.uss_mib > limits.soft_memory_limit:
+                self._ask_to_stop(child, f"soft memory limit: {use.uss_mib:.0f} MiB > {limits.soft_memory_limit} MiB")
+
+    # -- scaling, recycling and rolling reloads ---------------------------------------------------
+
+    def scale(self) -> None:
+        for child in self.children.values():
+            if self._group(child.group) is None:
+                self._ask_to_stop(child, "its group was removed from the settings")
+        for group in self.groups:
+            self._scale_group(group)
+        if not self.children and all(g.name in self._burst_finished for g in self.groups):
+            log.info("master: burst finished in every group; exiting")
+            self._done = True
+
+    def _scale_group(self, group: Group) -> None:
+        mine = [c for c in self.children.values() if c.group == group.name and c.stop_reason is None]
+        current = [c for c in mine if c.generation == self.generation]
+        outdated = [c for c in mine if c.generation < self.generation]
+        ready_current = [c for c in current if c.ready]
+        if outdated and len(ready_current) + len(outdated) > group.target:
+            self._ask_to_stop(outdated.pop(0), "replaced after a reload")
+        while len(current) > group.target:
+            self._ask_to_stop(current.pop(), "pool shrunk")
+        if group.name in self._burst_finished or time.monotonic() < group.next_spawn_at:
+            return
+        # During a rolling reload, one new worker at a time, and only once the last one is ready.
+        wanted = group.target + 1 - len(outdated) if outdated else group.target
+        starting = [c for c in current if not c.ready]
+        if len(current) < wanted and not (outdated and starting):
+            self.spawn(group)
+
+    def resize(self, delta: int) -> None:
+        group = self.groups[0]
+        group.target = max(1, group.target + delta)
+        log.info("master: group '%s' now has %d workers (%s)", group.name, group.target,
+                 "TTIN" if delta > 0 else "TTOU")  # fmt: skip
+
+    def reload(self) -> None:
+        if self.reload_settings is None:
+            log.warning("master: HUP ignored: no settings file to reload")
+            return
+        self.notifier.send(RELOADING=1, STATUS="reloading settings")
+        try:
+            settings = self.reload_settings()
+            groups = build_groups(settings)
+            self.preload(settings)
+        except (WorkerdError, ImportError) as exc:
+            log.error("master: reload failed, keeping the current settings: %s", exc)
+            self.notifier.send(READY=1, STATUS="reload failed; running with the previous settings")
+            return
+        # The file's worker counts win over earlier TTIN/TTOU adjustments.
+        self.settings = settings
+        self.groups = groups
+        self.generation += 1
+        log.info("master: settings reloaded; replacing workers one at a time")
+        self.notifier.send(READY=1)
+
+    def reopen_logs(self) -> None:
+        # Workers notice a moved log file by themselves (WatchedFileHandler); the master reopens now.
+        reopen_log_files()
+        log.info("master: log files reopened")
+
+    # -- systemd and the process title ------------------------------------------------------------
+
+    def notify(self) -> None:
+        now = time.monotonic()
+        live = list(self.children.values())
+        busy = sum(1 for c in live if c.state == "busy")
+        target = sum(g.target for g in self.groups)
+        if not self._ready_sent and not self._stopping and len([c for c in live if c.ready]) >= target:
+            self._ready_sent = True
+            self.notifier.send(READY=1, STATUS=self._status_line(live, busy))
+            log.info("master: %d workers ready", target)
+        if now >= self._next_status:
+            self._next_status = now + 2.0
+            set_title(f"master: {' '.join(f'{g.name} {self._count(g)}/{g.target}' for g in self.groups)}, {busy} busy")
+            if self._ready_sent:
+                self.notifier.send(STATUS=self._status_line(live, busy))
+            if self._stopping and self.notifier.enabled:
+                remaining_s = max(self._stop_deadline - now, 0) + COLD_STOP_GRACE_S + 5
+                self.notifier.send(EXTEND_TIMEOUT_USEC=int(remaining_s * 1_000_000))
+        interval = self.notifier.watchdog_interval_s()
+        if interval is not None and now >= self._next_watchdog and self.healthy():
+            self._next_watchdog = now + interval
+            self.notifier.send(WATCHDOG=1)
+
+    def healthy(self) -> bool:
+        """The watchdog is fed only while every started worker heartbeats Redis."""
+        now = time.monotonic()
+        return all(now - c.last_heartbeat < WATCHDOG_STALE_S for c in self.children.values() if c.ready)
+
+    def _count(self, group: Group) -> int:
+        return sum(1 for c in self.children.values() if c.group == group.name)
+
+    def _status_line(self, live: list[Child], busy: int) -> str:
+        done = sum(c.jobs_done for c in live)
+        failed = sum(c.jobs_failed for c in live)
+        return f"{len(live)} workers, {busy} busy; jobs by live workers: {done} done, {failed} failed"
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _pipe_reporter(fd: int) -> Callable[[dict[str, Any]], None]:
+    def report(fields: dict[str, Any]) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(fd, json.dumps(fields).encode() + b"\n")
+
+    return report
+
+
+def run_child(group: Group, name: str, reporter: Callable[[dict[str, Any]], None],
+              predecessors: list[tuple[str, str | None]]) -> ExitCode:  # fmt: skip
+    """The body of a forked child: a queue worker, or the group's daemon class."""
+    settings = group.settings
+    if group.daemon:
+        from workerd.daemon import run_daemon
+
+        return run_daemon(import_attribute(group.daemon), settings, name, reporter)
+    from workerd.worker import Worker
+
+    max_jobs = settings.max_jobs
+    if max_jobs is not None and settings.max_jobs_jitter:
+        max_jobs += random.randint(0, settings.max_jobs_jitter)
+    worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
+    worker = worker_class(settings.queues, settings=settings, name=name, reporter=reporter,
+                          predecessors=predecessors, max_jobs=max_jobs)  # fmt: skip
+    return worker.run()
+
+
+def uses_master(settings: Settings) -> bool:
+    return settings.workers is not None or bool(settings.groups)
+
