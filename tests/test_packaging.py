@@ -14,10 +14,14 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGING = REPO / "packaging"
@@ -26,8 +30,8 @@ UNITS = {
     "workerd@.service": PACKAGING / "systemd" / "workerd@.service",
 }
 INSTALLED_BINARY = "/opt/workerd/bin/workerd"
-# The master's default graceful (warm stop) timeout; TimeoutStopSec must leave room
-# above it for the horses' own TERM -> KILL escalation.
+# The master's default graceful (warm stop) timeout, when workerd.settings does not say;
+# TimeoutStopSec must leave room above it for the horses' own TERM -> KILL escalation.
 GRACEFUL_TIMEOUT_DEFAULT_S = 30
 # Subprocess bounds: nothing here should take near these; they turn a hang into a failure.
 QUICK_S = 60
@@ -89,6 +93,15 @@ def need(tool: str) -> str:
     return path
 
 
+def graceful_timeout_default_s() -> float:
+    try:
+        from workerd.settings import Settings
+    except ImportError:
+        return GRACEFUL_TIMEOUT_DEFAULT_S
+    field = Settings.model_fields.get("graceful_timeout")
+    return GRACEFUL_TIMEOUT_DEFAULT_S if field is None else float(field.default)
+
+
 def project_version() -> str:
     with open(REPO / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]["version"]
@@ -106,7 +119,7 @@ def test_unit_has_the_required_directives(name: str) -> None:
     assert only(unit, "Service", "NotifyAccess") == "main"
     assert seconds(only(unit, "Service", "WatchdogSec")) == 30
     assert only(unit, "Service", "KillMode") == "mixed"
-    assert seconds(only(unit, "Service", "TimeoutStopSec")) >= 2 * GRACEFUL_TIMEOUT_DEFAULT_S
+    assert seconds(only(unit, "Service", "TimeoutStopSec")) >= 2 * graceful_timeout_default_s()
     assert only(unit, "Service", "OOMPolicy") == "continue"
     assert only(unit, "Service", "Restart") == "on-failure"
     assert "78" in only(unit, "Service", "RestartPreventExitStatus").split()
@@ -152,8 +165,13 @@ def test_the_two_units_differ_only_where_the_instance_name_matters() -> None:
 
 def verify(unit_paths: list[Path], cwd: Path) -> subprocess.CompletedProcess[str]:
     return run(
-        [need("systemd-analyze"), "verify", "--man=no", "--recursive-errors=no",
-         *[str(p) for p in unit_paths]],
+        [
+            need("systemd-analyze"),
+            "verify",
+            "--man=no",
+            "--recursive-errors=no",
+            *[str(p) for p in unit_paths],
+        ],
         cwd=cwd,
     )
 
@@ -206,7 +224,7 @@ def test_cron_line_runs_burst_mode_under_flock_as_the_service_user() -> None:
     assert command[:2] == ["flock", "-n"]
     lock = next(arg for arg in command[2:] if arg.startswith("/"))
     assert lock.startswith("/run/lock/")
-    workerd_args = command[command.index("workerd"):]
+    workerd_args = command[command.index("workerd") :]
     assert "--burst" in workerd_args
     assert workerd_args[workerd_args.index("-c") + 1] == "/etc/workerd/app.toml"
     # "already running" must not look like workerd's runtime error (1).
@@ -235,16 +253,25 @@ def test_exit_codes_are_documented(doc: str) -> None:
 
 def test_man_page_renders_without_warnings() -> None:
     groff = need("groff")
-    result = run([groff, "-man", "-Tutf8", "-ww", "-z", str(PACKAGING / "man" / "workerd.1")],
-                 env={**os.environ, "LC_ALL": "C.UTF-8"})
+    result = run(
+        [groff, "-man", "-Tutf8", "-ww", "-z", str(PACKAGING / "man" / "workerd.1")],
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_man_page_documents_every_option_of_workerd_help() -> None:
     if not (REPO / "workerd" / "cli.py").exists():
         pytest.skip("workerd/cli.py does not exist yet")
-    result = run([sys.executable, "-c", "import sys; from workerd.cli import main; "
-                  "sys.argv[0] = 'workerd'; sys.exit(main())", "--help"], cwd=REPO)
+    result = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from workerd.cli import main; sys.argv[0] = 'workerd'; sys.exit(main())",
+            "--help",
+        ],
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     options = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", result.stdout))
     man = (PACKAGING / "man" / "workerd.1").read_text().replace("\\-", "-")
@@ -312,14 +339,17 @@ def test_maintainer_scripts_reject_unknown_actions(script: str, tmp_path: Path) 
 
 def build_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not p.startswith(str(REPO / ".venv")))
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
+    )
     return env
 
 
 def need_venv_python() -> None:
     if run(["/usr/bin/python3", "-c", "import venv, ensurepip"]).returncode != 0:
-        pytest.skip("/usr/bin/python3 cannot create virtualenvs (python3-venv: make -f packaging/Makefile deps)")
+        pytest.skip(
+            "/usr/bin/python3 cannot make virtualenvs (python3-venv: make -f packaging/Makefile deps)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -328,8 +358,11 @@ def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_venv_python()
     out = tmp_path_factory.mktemp("deb")
     # Lintian runs in its own test, with its verdict asserted.
-    result = run(["sh", str(PACKAGING / "debian" / "build-deb.sh"), str(out)], timeout=BUILD_S,
-                 env={**build_env(), "LINTIAN": "0"})
+    result = run(
+        ["sh", str(PACKAGING / "debian" / "build-deb.sh"), str(out)],
+        timeout=BUILD_S,
+        env={**build_env(), "LINTIAN": "0"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     deb = Path(result.stdout.strip().splitlines()[-1])
     assert deb.parent == out and deb.name.startswith(f"workerd_{project_version()}-1_"), deb
@@ -362,8 +395,9 @@ def test_deb_contents(built_deb: Path) -> None:
         "/usr/share/doc/workerd/examples/workerd-burst.cron",
     ]:
         assert path in paths, f"{path} not in the package"
-    assert any(p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd/")
-               for p in paths)
+    assert any(
+        p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd/") for p in paths
+    )
     # Bytecode is compiled by postinst, not shipped (Debian policy).
     assert not [p for p in paths if "__pycache__" in p]
     # Everything root-owned (--root-owner-group): ownership comes from postinst.
@@ -390,13 +424,15 @@ def test_unpacked_deb_runs_workerd_check(unpacked_deb: Path, tmp_path: Path) -> 
     # Run from an unrelated directory with no PYTHON* variables: the code must come
     # from the unpacked tree, not from the repository or the test's virtualenv.
     env = build_env()
-    where = run([str(root / "opt/workerd/bin/python"), "-c", "import workerd; print(workerd.__file__)"],
-                cwd=tmp_path, env=env)
+    where = run(
+        [str(root / "opt/workerd/bin/python"), "-c", "import workerd; print(workerd.__file__)"],
+        cwd=tmp_path,
+        env=env,
+    )
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(root / "opt/workerd/lib/")), where.stdout
 
-    check = run([str(binary), "--check", "-c", str(root / "etc/workerd/example.toml")],
-                cwd=tmp_path, env=env)
+    check = run([str(binary), "--check", "-c", str(root / "etc/workerd/example.toml")], cwd=tmp_path, env=env)
     assert check.returncode == 0, check.stdout + check.stderr
 
     # Through a symlink, as /usr/bin/workerd is used: the script finds its venv from
@@ -422,8 +458,10 @@ def test_packaged_units_verify_with_the_packaged_binary(unpacked_deb: Path, tmp_
     binary = root / "opt/workerd/bin/workerd"
     assert os.access(binary, os.X_OK)
     units = []
-    for name, unit_name in [("workerd.service", "workerd.service"),
-                            ("workerd@.service", "workerd@app.service")]:
+    for name, unit_name in [
+        ("workerd.service", "workerd.service"),
+        ("workerd@.service", "workerd@app.service"),
+    ]:
         text = (root / "lib/systemd/system" / name).read_text()
         assert text == UNITS[name].read_text()
         target = tmp_path / unit_name
@@ -447,13 +485,22 @@ def test_deb_passes_lintian(built_deb: Path) -> None:
 def test_rpm_builds(tmp_path: Path) -> None:
     need("rpmbuild")
     need_venv_python()
-    result = run(["make", "-f", str(PACKAGING / "Makefile"), "rpm", f"DIST_DIR={tmp_path}"],
-                 timeout=BUILD_S, cwd=REPO, env=build_env())
+    result = run(
+        ["make", "-f", str(PACKAGING / "Makefile"), "rpm", f"DIST_DIR={tmp_path}"],
+        timeout=BUILD_S,
+        cwd=REPO,
+        env=build_env(),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (rpm,) = tmp_path.glob("workerd-*.rpm")
     files = run(["rpm", "-qpl", str(rpm)]).stdout.split()
-    for path in ["/opt/workerd/bin/workerd", "/usr/bin/workerd", "/etc/workerd/example.toml",
-                 "/usr/lib/systemd/system/workerd@.service", "/usr/share/man/man1/workerd.1.gz"]:
+    for path in [
+        "/opt/workerd/bin/workerd",
+        "/usr/bin/workerd",
+        "/etc/workerd/example.toml",
+        "/usr/lib/systemd/system/workerd@.service",
+        "/usr/share/man/man1/workerd.1.gz",
+    ]:
         assert path in files
     requires = run(["rpm", "-qpR", str(rpm)]).stdout
     assert re.search(r"^/usr/bin/python3\.\d+$", requires, re.M), requires

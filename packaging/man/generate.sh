@@ -16,13 +16,15 @@ command -v help2man >/dev/null || {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
 # help2man runs a program: a shim that runs this repository's CLI, not an installed one.
+# The --help output minus argparse's usage block (up to the first blank line), which
+# help2man would put in DESCRIPTION: workerd.h2m has a short SYNOPSIS instead.
 cat > "$tmp/workerd" <<SHIM
 #!/bin/sh
 cd "$repo"
-PYTHONPATH="$repo" exec "$python" -c 'import sys
+PYTHONPATH="$repo" "$python" -c 'import sys
 sys.argv[0] = "workerd"
 from workerd.cli import main
-main()' "\$@"
+main()' "\$@" | sed '/^usage:/,/^\$/d'
 SHIM
 chmod +x "$tmp/workerd"
 "$tmp/workerd" --help >/dev/null   # fail here, with its traceback, if --help is broken
