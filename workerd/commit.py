@@ -121,7 +121,7 @@ class Committer:
         keys = [schema.worker_key(self.worker_name)]
         keys += [schema.queue_key(q) for q in queues]
         keys += [schema.started_key(q) for q in queues]
-        args = [
+        args: list[Any] = [
             len(queues), self.worker_name, execution_id, utcformat(now), now.timestamp(), deadline,
             execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH,
         ]  # fmt: skip
@@ -179,14 +179,17 @@ class Committer:
     def _result_entry(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
                       stream_ttl_s: int | None, exc_string: str | None = None) -> None:  # fmt: skip
         key = schema.results_key(claim.job.id)
+        # A synchronous run (is_async=False) has no worker and no execution: RQ writes worker_name ''
+        # and leaves the execution fields out.
+        execution = bool(claim.execution_id)
         ops.xadd(key, {
             "type": int(result_type),
-            "worker_name": self.worker_name,
+            "worker_name": self.worker_name if self.record_worker else "",
             "return_value": outcome.return_value_b64 if result_type == ResultType.SUCCESSFUL else None,
             "exc_string": encode_exc_string(exc_string) if exc_string is not None else None,
-            "execution_id": claim.execution_id,
-            "execution_started_at": outcome.started_at,
-            "execution_ended_at": outcome.ended_at,
+            "execution_id": claim.execution_id if execution else None,
+            "execution_started_at": outcome.started_at if execution else None,
+            "execution_ended_at": outcome.ended_at if execution else None,
         })  # fmt: skip
         if stream_ttl_s == -1:
             ops.add("PERSIST", key)

@@ -85,18 +85,31 @@ def _func_reference(func: Any) -> tuple[str, Any]:
     if isinstance(func, str):
         return func, None
     if inspect.ismethod(func):
+        _refuse_unimportable(func.__self__ if isinstance(func.__self__, type) else type(func.__self__))
         return func.__name__, func.__self__
     if inspect.isfunction(func) or inspect.isbuiltin(func):
-        module = func.__module__
-        if module == "__main__":
-            raise ValueError(
-                f"{func.__qualname__} is defined in __main__, which a worker cannot import: move it "
-                "into a module the worker can import (for example tasks.py) and enqueue it from there"
-            )
-        return f"{module}.{func.__qualname__}", None
+        _refuse_unimportable(func)
+        return f"{func.__module__}.{func.__qualname__}", None
     if callable(func):
+        _refuse_unimportable(type(func))
         return "__call__", func
     raise TypeError(f"expected a function, a method, a callable or a dotted path, got {func!r}")
+
+
+def _refuse_unimportable(obj: Any) -> None:
+    """A worker finds a job's function (or the class of its instance) by importing it by name; refuse
+    at enqueue what no worker can import, instead of failing every run."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", repr(obj))
+    if module == "__main__":
+        raise ValueError(
+            f"{qualname} is defined in __main__, which a worker cannot import: move it into a module "
+            "the worker can import (for example tasks.py) and enqueue it from there"
+        )
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        raise ValueError(
+            f"{module}.{qualname} is a lambda or is defined inside a function, so a worker cannot import "
+            "it by name: define it at the top level of a module the worker can import"
+        )
 
 
 def _encode_ttl(value: int | None) -> str | None:
@@ -115,7 +128,7 @@ def _int_or_none(value: str | None) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(float(value))  # type: ignore[arg-type]
+        return int(float(value))
     except ValueError:
         return None
 
@@ -232,7 +245,8 @@ class Job:
                 ) from exc
             if not (isinstance(decoded, (list, tuple)) and len(decoded) == 4):
                 raise DeserializationError(
-                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), got {type(decoded)}"
+                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), "
+                    f"got {type(decoded)}"
                 )
             func_name, instance, args, kwargs = decoded
             if not isinstance(func_name, str) or not isinstance(kwargs, dict):
@@ -260,11 +274,11 @@ class Job:
     def func(self) -> Callable[..., Any]:
         name = self.func_name
         if self.instance is not None:
-            return getattr(self.instance, name)  # type: ignore[no-any-return]
+            return getattr(self.instance, name)
         func = import_attribute(name)
         if not callable(func):
             raise TypeError(f"{name} is not callable")
-        return func  # type: ignore[no-any-return]
+        return func
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -422,7 +436,7 @@ class Job:
             hashes = pipe.execute()
         return [
             cls.from_mapping(job_id, raw, connection=connection, serializer=serializer) if raw else None
-            for job_id, raw in zip(ids, hashes)
+            for job_id, raw in zip(ids, hashes, strict=True)
         ]
 
     @classmethod
@@ -445,7 +459,7 @@ class Job:
 
     def get_meta(self, refresh: bool = True) -> dict[str, Any]:
         if refresh:
-            raw = self._redis().hget(self.key, "meta")
+            raw: Any = self._redis().hget(self.key, "meta")
             self.meta = self.serializer.loads(raw) if raw else {}
         return self.meta
 
@@ -465,11 +479,11 @@ class Job:
     is_canceled = property(lambda self: self.get_status() == JobStatus.CANCELED)
 
     def results(self) -> list[Result]:
-        entries = self._redis().xrevrange(schema.results_key(self.id), "+", "-")
+        entries: Any = self._redis().xrevrange(schema.results_key(self.id), "+", "-")
         return [Result.from_entry(self.id, entry_id, fields, self.serializer) for entry_id, fields in entries]
 
     def latest_result(self, timeout: float = 0) -> Result | None:
-        redis = self._redis()
+        redis: Any = self._redis()  # redis-py's stream replies are loosely typed
         key = schema.results_key(self.id)
         if timeout:
             response = redis.xread({key: "0-0"}, block=int(timeout * 1000))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis as redis_module
@@ -87,14 +87,15 @@ class Queue:
 
     @property
     def count(self) -> int:
-        return int(self.connection.llen(self.key))  # type: ignore[arg-type]
+        return int(self.connection.llen(self.key))
 
     def is_empty(self) -> bool:
         return self.count == 0
 
     def get_job_ids(self, offset: int = 0, length: int = -1) -> list[str]:
         end = -1 if length < 0 else offset + length - 1
-        return [as_text(i) or "" for i in self.connection.lrange(self.key, offset, end)]  # type: ignore[union-attr]
+        ids: list[Any] = list(self.connection.lrange(self.key, offset, end))
+        return [as_text(i) or "" for i in ids]
 
     @property
     def job_ids(self) -> list[str]:
@@ -117,15 +118,15 @@ class Queue:
         """Remove every job of the queue (ids and hashes); returns how many."""
         removed = 0
         while True:
-            ids = self.connection.lpop(self.key, 1000)
+            ids: Any = self.connection.lpop(self.key, 1000)
             if not ids:
                 return removed
             with self.connection.pipeline() as pipe:
-                for job_id in ids:  # type: ignore[union-attr]
+                for job_id in ids:
                     text = as_text(job_id) or ""
                     pipe.delete(schema.job_key(text), schema.dependents_key(text))
                 pipe.execute()
-            removed += len(ids)  # type: ignore[arg-type]
+            removed += len(ids)
 
     def delete(self, delete_jobs: bool = True) -> None:
         if delete_jobs:
@@ -266,7 +267,8 @@ class Queue:
                     dependency_keys = [schema.job_key(i) for i in job.dependency_ids]
                     pipe.watch(schema.dependencies_key(job.id), *dependency_keys)
                     statuses = [pipe.hget(key, "status") for key in dependency_keys]
-                    waiting = [s for s in statuses if s is not None and as_text(s) != JobStatus.FINISHED.value]
+                    finished = JobStatus.FINISHED.value
+                    waiting = [s for s in statuses if s is not None and as_text(s) != finished]
                     if not waiting:
                         pipe.unwatch()
                         return False
@@ -293,9 +295,12 @@ class Queue:
 
         job.origin = self.name
         job.status = JobStatus.STARTED
-        job.started_at = utcnow()
+        job.enqueued_at = job.started_at = utcnow()
         job.worker_name = "sync"
-        job.save()
+        with self.connection.pipeline() as pipe:  # RQ records the queue and the job before running it
+            pipe.sadd(schema.QUEUES, self.key)
+            pipe.hset(job.key, mapping=job.to_mapping())  # type: ignore[arg-type]
+            pipe.execute()
         committer = Committer(self.connection, "sync", self.serializer, record_worker=False)
         claim = Claim(job=job, queue=self.name, execution_id="")
         outcome = perform(job)
@@ -326,7 +331,8 @@ def job(
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         def delay(*args: Any, **kwargs: Any) -> Job:
-            target = queue if isinstance(queue, Queue) else (queue_class or Queue)(queue, connection=connection)
+            queue_type = queue_class or Queue
+            target = queue if isinstance(queue, Queue) else queue_type(queue, connection=connection)
             call_depends_on = kwargs.pop("depends_on", depends_on)
             call_job_id = kwargs.pop("job_id", None)
             call_at_front = kwargs.pop("at_front", at_front)

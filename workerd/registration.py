@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workerd import __version__, schema
 from workerd.timeutil import now_stamp, utcparse
@@ -155,14 +155,15 @@ class WorkerInfo:
 
     @classmethod
     def find_by_key(cls, key: str, connection: Redis) -> WorkerInfo | None:
-        raw = connection.hgetall(key)
+        raw: Any = connection.hgetall(key)
         return cls.from_hash(schema.worker_name_from_key(key), raw) if raw else None
 
     @classmethod
     def all(cls, connection: Redis, queue: str | None = None) -> list[WorkerInfo]:
         """Registered, live workers (those whose hash still exists), of one queue or of all."""
         set_key = schema.workers_by_queue_key(queue) if queue else schema.WORKERS
-        keys = sorted(k.decode() for k in connection.smembers(set_key))
+        members: Any = connection.smembers(set_key)
+        keys = sorted(as_text(k) or "" for k in members)
         with connection.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)

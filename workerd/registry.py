@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workerd import schema
 from workerd.errors import InvalidJobOperation
@@ -45,9 +45,9 @@ class BaseRegistry:
 
     @property
     def count(self) -> int:
-        live = int(self.connection.zcount(self.key, self._min_score(), "+inf"))  # type: ignore[arg-type]
+        live = int(self.connection.zcount(self.key, self._min_score(), "+inf"))
         if self.scores_are_expiry:  # a negative score is RQ's "keep forever" (failure_ttl=-1)
-            live += int(self.connection.zcount(self.key, "-inf", "(0"))  # type: ignore[arg-type]
+            live += int(self.connection.zcount(self.key, "-inf", "(0"))
         return live
 
     def __len__(self) -> int:
@@ -58,17 +58,17 @@ class BaseRegistry:
         return job_id in self.get_job_ids()
 
     def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
-        members = self.connection.zrangebyscore(self.key, self._min_score(), "+inf")
+        members: list[Any] = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
         if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
-            members = self.connection.zrangebyscore(self.key, "-inf", "(0") + members  # type: ignore[operator]
-        ids = [as_text(m) or "" for m in members]  # type: ignore[union-attr]
+            members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
+        ids = [as_text(m) or "" for m in members]
         if desc:
             ids.reverse()
         return ids[start:] if end == -1 else ids[start : end + 1]
 
     def get_expiration_time(self, job: Job) -> float | None:
         score = self.connection.zscore(self.key, job.id)
-        return None if score is None else float(score)  # type: ignore[arg-type]
+        return None if score is None else float(score)
 
     def remove(self, job: Job | str, delete_job: bool = False) -> None:
         job_id = job.id if isinstance(job, Job) else job
@@ -81,7 +81,8 @@ class StartedJobRegistry(BaseRegistry):
     key_for = staticmethod(schema.started_key)
 
     def get_job_and_execution_ids(self) -> list[tuple[str, str]]:
-        return [schema.split_wip_member(m) for m in self.connection.zrange(self.key, 0, -1)]  # type: ignore[union-attr]
+        members: list[Any] = list(self.connection.zrange(self.key, 0, -1))
+        return [schema.split_wip_member(m) for m in members]
 
     def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
         ids = [job_id for job_id, _ in self.get_job_and_execution_ids()]
