@@ -279,6 +279,12 @@ def test_is_async_false_runs_at_once_with_the_same_result_semantics(r: redis.Red
 
     who = q.enqueue(testjobs.current_job_id)
     assert who.return_value() == who.id
+
+    # As in RQ, a dependency that has not finished defers the job even when not async.
+    parent = Queue("sync", connection=r).enqueue(testjobs.add, 0, 0)
+    waiting = q.enqueue(testjobs.add, 1, 1, depends_on=parent)
+    assert waiting.get_status() == JobStatus.DEFERRED and not r.exists(f"rq:results:{waiting.id}")
+    assert q.enqueue(testjobs.add, 2, 2, depends_on=ok).return_value() == 4  # a finished one is met
     assert get_current_job() is None
     assert not r.keys("rq:worker:*")  # no worker is registered for a synchronous run
 

@@ -235,10 +235,10 @@ class Queue:
         return job
 
     def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
+        if job.dependency_ids and self._defer_if_waiting(job):
+            return job  # as RQ, even with is_async=False: a job waits for its dependencies
         if not self.is_async:
             return self.run_sync(job)
-        if job.dependency_ids and self._defer_if_waiting(job):
-            return job
         job.origin = self.name
         job.status = JobStatus.QUEUED
         job.enqueued_at = utcnow()
