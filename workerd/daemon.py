@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workerd.errors import ExitCode
-from workerd.process import set_title
+from workerd.process import STOP_SIGNALS, set_title
 from workerd.settings import Settings
 
 log = logging.getLogger("workerd.daemon")
@@ -34,8 +34,9 @@ def run_daemon(daemon_class: type, settings: Settings, name: str, reporter: Call
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: stop_requested.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the master across fork()
     daemon = daemon_class()
     getattr(daemon, "init", lambda: None)()
     after_run = getattr(daemon, "after_run", lambda: None)

@@ -10,6 +10,7 @@ import signal
 import setproctitle
 
 _PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
 
 
 def set_title(title: str) -> None:

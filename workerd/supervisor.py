@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, WorkerdError
 from workerd.logs import reopen_log_files, rotate_log_file_if_needed
-from workerd.process import describe_wait_status, die_with_parent, set_title
+from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, set_title
 from workerd.sdnotify import Notifier
 from workerd.settings import Settings
 from workerd.utils import import_attribute
@@ -316,10 +316,15 @@ class Master:
         name = f"{self._name_base}.{group.name}.{self._serial}"
         predecessors, group.predecessors = group.predecessors, []
         master_pid = os.getpid()
+        # Block the stop signals across fork(): one sent to the child before it has installed its
+        # own handlers would otherwise hit the master's inherited handler and be lost. The child
+        # unblocks them once its handlers are in place; pending ones are delivered then.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
             self._child_main(group, name, write_fd, predecessors, master_pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd)
@@ -457,7 +462,9 @@ class Master:
             self._done = True
 
     def _scale_group(self, group: Group) -> None:
-        mine = [c for c in self.children.values() if c.group == group.name and c.stop_reason is None]
+        # A worker the master killed keeps its slot until it is reaped, so that its replacement
+        # is told about the job it held (see Group.predecessors).
+        mine = [c for c in self.children.values() if c.group == group.name and (c.stop_reason is None or c.kill_reason)]
         current = [c for c in mine if c.generation == self.generation]
         outdated = [c for c in mine if c.generation < self.generation]
         ready_current = [c for c in current if c.ready]

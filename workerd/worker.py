@@ -38,7 +38,7 @@ from workerd.execution import (
 from workerd.job import Job
 from workerd.logs import rotate_log_file_if_needed
 from workerd.memory import measure as measure_memory
-from workerd.process import describe_wait_status, set_title
+from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
 from workerd.utils import import_attribute
@@ -256,8 +256,9 @@ class Worker:
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         signal.set_wakeup_fd(self._wake_write)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._record_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by a master across fork()
 
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)

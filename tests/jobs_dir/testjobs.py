@@ -118,3 +118,32 @@ class Counter:
 
     def __call__(self, n):
         return self.start * n
+
+
+def getpid():
+    return os.getpid()
+
+
+try:  # workerd subprocesses import this module; the Worker subclass below needs workerd itself
+    from workerd.worker import Worker as _Worker
+
+    class BrokenWorker(_Worker):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("this worker cannot start")
+except ImportError:  # pragma: no cover
+    pass
+
+
+class Scanner:
+    """A custom daemon (a `daemon = ...` group): each unit of work records itself in Redis."""
+
+    def init(self):
+        self.client = redis.Redis.from_url(os.environ["SCANNER_URL"])
+
+    def run(self):
+        self.client.rpush("scanned", os.getpid())
+        time.sleep(0.05)
+        return True
+
+    def after_run(self):
+        pass
