@@ -290,10 +290,12 @@ class Committer:
         job_id = schema.split_wip_member(member)[0]
         keys = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
                 schema.results_key(job_id)]  # fmt: skip
-        args = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason), DEFAULT_FAILURE_TTL_S,
-                "1" if worker_is_dead else "0", encode_exc_string(kill_reason) if kill_reason else ""]  # fmt: skip
+        args: list[Any] = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason),
+                           DEFAULT_FAILURE_TTL_S, "1" if worker_is_dead else "0",
+                           encode_exc_string(kill_reason) if kill_reason else ""]  # fmt: skip
         result = self._recover(keys=keys, args=args, client=self.redis)
         return result.decode() if isinstance(result, bytes) else str(result)
+
 
 def _stamp(epoch: float) -> str:
     return utcformat(dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc))
