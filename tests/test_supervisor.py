@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -198,7 +199,9 @@ def test_inprocess_mode_runs_jobs_in_the_worker_and_still_enforces_limits(r, red
 
 
 def test_worker_groups_and_daemons(r, redis_url, workerd, tmp_path) -> None:
-    config = _toml(tmp_path, f"""
+    config = _toml(
+        tmp_path,
+        f"""
 redis_url = "{redis_url}"
 [[groups]]
 name = "fast"
@@ -215,7 +218,8 @@ max_jobs = 5
 name = "scanner"
 workers = 1
 daemon = "testjobs.Scanner"
-""")
+""",
+    )
     master = workerd("-c", config, env={"SCANNER_URL": redis_url})
     wait_until(lambda: len(_registered(r, "high")) == 2 and len(_registered(r, "low")) == 1, message="groups up")
     wait_until(lambda: r.llen("scanned") >= 3, message="the daemon doing units of work")
@@ -233,10 +237,8 @@ def test_systemd_notify_protocol(r, redis_url, workerd, tmp_path) -> None:
     received: list[str] = []
 
     def got(text: str) -> bool:
-        try:
+        with contextlib.suppress(TimeoutError):
             received.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
         return any(text in message for message in received)
 
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}

@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-from workerd.execution import get_current_job  # noqa: E402
-from workerd.job import Callback, Job, JobStatus, Result, Retry  # noqa: E402
-from workerd.queue import Queue, job  # noqa: E402
-from workerd.registration import WorkerInfo  # noqa: E402
-from workerd.registry import (  # noqa: E402
+from workerd.execution import get_current_job
+from workerd.job import Callback, Job, JobStatus, Result, Retry
+from workerd.queue import Queue, job
+from workerd.registration import WorkerInfo
+from workerd.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,
     FailedJobRegistry,
@@ -14,7 +14,7 @@ from workerd.registry import (  # noqa: E402
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
-from workerd.worker import Worker  # noqa: E402
+from workerd.worker import Worker
 
 __all__ = [
     "Callback", "CanceledJobRegistry", "DeferredJobRegistry", "FailedJobRegistry", "FinishedJobRegistry",

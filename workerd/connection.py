@@ -21,11 +21,11 @@ def connect(settings: Settings) -> redis.Redis:
     client_class: Any = import_attribute(settings.connection_class) if settings.connection_class else redis.Redis
     timeouts: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
     if settings.redis_url is not None:
-        return client_class.from_url(settings.redis_url.get_secret_value(), **timeouts)  # type: ignore[no-any-return]
+        return client_class.from_url(settings.redis_url.get_secret_value(), **timeouts)
     if settings.sentinel:
         return _sentinel_master(settings.sentinel, timeouts)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return client_class(  # type: ignore[no-any-return]
+    return client_class(
         host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
         password=password, ssl=settings.redis_ssl, **timeouts,
     )  # fmt: skip

@@ -29,7 +29,9 @@ log = logging.getLogger("workerd.daemon")
 DAEMON_IDLE_S = 1.0
 
 
-def run_daemon(daemon_class: type, settings: Settings, name: str, reporter: Callable[[dict[str, Any]], None]) -> ExitCode:
+def run_daemon(
+    daemon_class: type, settings: Settings, name: str, reporter: Callable[[dict[str, Any]], None]
+) -> ExitCode:
     stop_requested: list[int] = []
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

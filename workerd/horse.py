@@ -6,6 +6,7 @@ worker's code: whatever happens, it leaves with `os._exit`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -54,10 +55,8 @@ class Horse:
         return outcome if isinstance(outcome, Outcome) else None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.read_fd)
-        except OSError:
-            pass
 
 
 def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:

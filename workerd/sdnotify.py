@@ -5,6 +5,7 @@ A no-op without NOTIFY_SOCKET. Abstract-namespace sockets are written '@name' in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -35,10 +36,9 @@ class Notifier:
         if self._socket is None:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
-        try:
+        # systemd gone or busy: notification is best-effort by design.
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError, FileNotFoundError):
             self._socket.sendto(message, self._address)
-        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
-            pass  # systemd gone or busy: notification is best-effort by design
 
     def close(self) -> None:
         if self._socket is not None:

@@ -231,10 +231,8 @@ class Master:
 
     def wait_for_events(self, timeout_s: float) -> None:
         fds = [self._wake_read, *(c.status_fd for c in self.children.values())]
-        try:
+        with contextlib.suppress(InterruptedError):
             select.select(fds, [], [], timeout_s)
-        except InterruptedError:
-            pass
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_read, 512):
                 pass
@@ -583,4 +581,3 @@ def run_child(group: Group, name: str, reporter: Callable[[dict[str, Any]], None
 
 def uses_master(settings: Settings) -> bool:
     return settings.workers is not None or bool(settings.groups)
-

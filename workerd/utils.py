@@ -50,9 +50,7 @@ def validate_queue_name(name: str) -> str:
     if len(name) > MAX_QUEUE_NAME_LENGTH:
         raise ValueError(f"queue name is {len(name)} characters long; the limit is {MAX_QUEUE_NAME_LENGTH}")
     if not _QUEUE_NAME.fullmatch(name):
-        raise ValueError(
-            f"queue name {name!r} has forbidden characters: use letters, digits and _ . @ / + = -"
-        )
+        raise ValueError(f"queue name {name!r} has forbidden characters: use letters, digits and _ . @ / + = -")
     return name
 
 

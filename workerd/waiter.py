@@ -33,7 +33,7 @@ class QueueWaiter:
             connection = self._pool.make_connection()
             # We only read after select() says a reply is there; a socket timeout shorter than the
             # BLMOVE would only break healthy waits.
-            connection.socket_timeout = None
+            connection.socket_timeout = None  # type: ignore[attr-defined]
             connection.connect()
             self._connections[key] = connection
         return connection

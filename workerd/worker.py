@@ -41,7 +41,7 @@ from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
-from workerd.utils import import_attribute
+from workerd.utils import as_text, import_attribute
 
 if TYPE_CHECKING:
     from workerd.waiter import QueueWaiter
@@ -234,10 +234,8 @@ class Worker:
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
         if self.settings.pid:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.pid)
-            except FileNotFoundError:
-                pass
         for fd in (self._wake_read, self._wake_write):
             if fd >= 0:
                 os.close(fd)
@@ -335,7 +333,7 @@ class Worker:
         self.report(heartbeat=True)
         if recover:
             expired_per_queue = replies[-len(self.queues) :]
-            for queue, members in zip(self.queues, expired_per_queue):
+            for queue, members in zip(self.queues, expired_per_queue, strict=False):
                 for member in members:
                     self._recover(queue, member.decode())
 
@@ -354,16 +352,18 @@ class Worker:
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
         for name, kill_reason in self.predecessors:
-            job_id = self.redis.hget(schema.worker_key(name), "current_job")
+            job_id = as_text(self.redis.hget(schema.worker_key(name), "current_job"))
             if not job_id:
                 continue
             for queue in self.queues:
-                for member in self.redis.zrange(schema.started_key(queue), 0, -1):
-                    if schema.split_wip_member(member)[0] == job_id.decode():
-                        action = self.committer.recover(queue, member.decode(), time.time(),
-                                                        self.settings.abandoned_max_attempts, True, kill_reason)  # fmt: skip
-                        log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id.decode(),
-                                    name, action, f" ({kill_reason})" if kill_reason else "")  # fmt: skip
+                members = [as_text(m) or "" for m in self.redis.zrange(schema.started_key(queue), 0, -1)]  # type: ignore[arg-type]
+                for member in members:
+                    if schema.split_wip_member(member)[0] != job_id:
+                        continue
+                    attempts = self.settings.abandoned_max_attempts
+                    action = self.committer.recover(queue, member, time.time(), attempts, True, kill_reason)
+                    because = f" ({kill_reason})" if kill_reason else ""
+                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id, name, action, because)
 
     def report(self, **fields: Any) -> None:
         """Tell the master (if any) what this worker is doing; never blocks."""
@@ -662,7 +662,9 @@ class LeaseKeeper(threading.Thread):
         while not self._done.wait(interval):
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
-                    registration.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60)
+                    registration.queue_heartbeat(
+                        pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60
+                    )
                     self.worker.committer.renew_lease(self.claim, self.worker.settings.lease_s,
                                                       self.worker._working_time_s(), pipe)  # fmt: skip
                     pipe.execute()
@@ -684,6 +686,3 @@ def _failed_outcome(exc_string: str, started_monotonic: float | None = None) -> 
 
 def _clock() -> str:
     return time.strftime("%H:%M:%S")
-
-
-
