@@ -15,6 +15,18 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# The packaging tests build a .deb and an .rpm: their tools come from the distribution too.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -f packaging/Makefile ]; then
+  missing=""
+  for tool in dpkg-deb rpmbuild help2man lintian systemd-analyze; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+  done
+  if [ -n "$missing" ]; then
+    echo "setup: installing packaging tools (missing:$missing)" >&2
+    make -s -f packaging/Makefile deps >/dev/null
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
