@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
         json_schema_extra=_cli("--logging_level", "--logging-level", "-l", metavar="LEVEL"))  # fmt: skip
     log_format: str = Field(
-        "%(asctime)s %(message)s", description="logging format string.",
+        "%(asctime)s %(message)s", description="logging format string, or json: one JSON object per line.",
         json_schema_extra=_cli("--log-format", metavar="FORMAT"))  # fmt: skip
     date_format: str = Field(
         "%H:%M:%S", description="strftime format of %(asctime)s.",
@@ -190,6 +190,15 @@ class Settings(BaseSettings):
     boot_failure_limit: int = Field(
         5, ge=1, description="A worker that exits this many times in a row within 10 s of starting stops "
         "the master (exit code 3) instead of respawning forever.")  # fmt: skip
+
+    # -- observability ------------------------------------------------------------------------------
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics (/metrics) and a health probe (/health) "
+        "over HTTP on this port, from the master (or the single worker). Unset: off.",
+        json_schema_extra=_cli("--metrics-port", metavar="PORT"))  # fmt: skip
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics port listens on (0.0.0.0 for every interface).",
+        json_schema_extra=_cli("--metrics-host", metavar="ADDRESS"))  # fmt: skip
 
     @field_validator("queues", "path", "preload", "exception_handlers", mode="before")
     @classmethod
