@@ -80,9 +80,7 @@ class Procs:
         self.live: list[subprocess.Popen[bytes]] = []
         self.counter = 0
 
-    def spawn(
-        self, argv: Sequence[str], label: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: Sequence[str], label: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.counter += 1
         safe = "".join(c if c.isalnum() else "_" for c in label)[:40]
         logpath = self.logdir / f"{self.counter:03d}-{safe}.log"
@@ -283,9 +281,7 @@ def rq_worker(tools: Tools, *extra: str) -> Callable[[str, bool], list[list[str]
 
 def rq_pool(tools: Tools, n: int, *extra: str) -> Callable[[str, bool], list[list[str]]]:
     def argv(url: str, burst: bool) -> list[list[str]]:
-        return [
-            [tools.rq, "worker-pool", "-u", url, "-n", str(n), *extra, *(["--burst"] if burst else []), QUEUE]
-        ]
+        return [[tools.rq, "worker-pool", "-u", url, "-n", str(n), *extra, *(["--burst"] if burst else []), QUEUE]]
 
     return argv
 
@@ -374,9 +370,7 @@ class Counters:
 
     def minus(self, before: Counters) -> Counters:
         keys = set(self.calls) | set(before.calls)
-        return Counters(
-            {k: self.calls.get(k, 0) - before.calls.get(k, 0) for k in keys}, self.reads - before.reads
-        )
+        return Counters({k: self.calls.get(k, 0) - before.calls.get(k, 0) for k in keys}, self.reads - before.reads)
 
 
 @dataclasses.dataclass
@@ -420,8 +414,7 @@ class Bench:
 
     def spawn_all(self, system: System, burst: bool, label: str) -> list[subprocess.Popen[bytes]]:
         return [
-            self.procs.spawn(argv, f"{label}-{system.key}", system.env)
-            for argv in system.argv(self.server.url, burst)
+            self.procs.spawn(argv, f"{label}-{system.key}", system.env) for argv in system.argv(self.server.url, burst)
         ]
 
     def describe_failure(self, procs: list[subprocess.Popen[bytes]], what: str) -> BenchError:
@@ -457,9 +450,7 @@ class Bench:
                     if time.monotonic() - exited_at > 2.0:
                         raise self.describe_failure(procs, f"worker exited with {finished}/{n} jobs finished")
                 if time.monotonic() > deadline:
-                    raise self.describe_failure(
-                        procs, f"timeout after {timeout_s:.0f}s, {finished}/{n} finished"
-                    )
+                    raise self.describe_failure(procs, f"timeout after {timeout_s:.0f}s, {finished}/{n} finished")
                 time.sleep(POLL_S)
             cpu = 0.0
             for p in procs:
@@ -467,8 +458,7 @@ class Bench:
                 if res is None:
                     raise self.describe_failure(
                         procs,
-                        f"burst worker still running {WORKER_EXIT_TIMEOUT_S:.0f}s "
-                        "after the queue was drained",
+                        f"burst worker still running {WORKER_EXIT_TIMEOUT_S:.0f}s after the queue was drained",
                     )
                 if res[0] != 0:
                     raise self.describe_failure(procs, f"worker exited with code {res[0]}")
@@ -548,9 +538,7 @@ class Bench:
                 if self.procs.exited(root):
                     raise self.describe_failure(procs, "worker exited before registering")
                 if time.monotonic() > deadline:
-                    raise self.describe_failure(
-                        procs, f"only {self.client.scard('rq:workers')}/{k} workers registered"
-                    )
+                    raise self.describe_failure(procs, f"only {self.client.scard('rq:workers')}/{k} workers registered")
                 time.sleep(0.05)
             time.sleep(1.0)  # registered comes just before listening; let every worker block on its queue
             self.enqueue("benchmarks.jobs_bigmem.hold", k, args=(str(marker_dir),))
@@ -558,9 +546,7 @@ class Bench:
             while len([m for m in marker_dir.iterdir() if m.name != "release"]) < k:
                 _, failed = self.counts()
                 if failed or self.procs.exited(root):
-                    raise self.describe_failure(
-                        procs, f"bigmem job failed or worker exited ({failed} failed)"
-                    )
+                    raise self.describe_failure(procs, f"bigmem job failed or worker exited ({failed} failed)")
                 if time.monotonic() > deadline:
                     raise self.describe_failure(procs, "bigmem jobs did not all start")
                 time.sleep(0.05)
@@ -646,9 +632,7 @@ class Table:
     def __init__(self) -> None:
         self.rows: list[Row] = []
 
-    def row(
-        self, case: str, system: System, metric: str, baseline: str | None = None, fmt: str = "{:.1f}"
-    ) -> Row:
+    def row(self, case: str, system: System, metric: str, baseline: str | None = None, fmt: str = "{:.1f}") -> Row:
         for r in self.rows:
             if r.case == case and r.system.key == system.key and r.metric == metric:
                 return r
@@ -879,9 +863,7 @@ def throughput_case(
                 table.row(t6, label_sys, "round trips/job", base6, "{:.1f}").values.append(reads)
                 if rnd == 1:
                     per = {k: (v - one.by_command.get(k, 0)) / (n - 1) for k, v in many.by_command.items()}
-                    top = ", ".join(
-                        f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05
-                    )
+                    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05)
                     notes.append(f"case 6, {system.label} [{title.split()[0]}] commands/job: {top}")
             log(
                 f"  {title} | {system.label} | round {rnd}: T1 {one.t_done_s:.2f}s, "
@@ -1033,14 +1015,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per case (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="small job counts and 1 round: a ~1-minute smoke run")
-    p.add_argument(
-        "--cases", default="1,2,3,4,5,6,7", help="comma-separated case numbers (6 needs 1, 2 or 3)"
-    )
+    p.add_argument("--cases", default="1,2,3,4,5,6,7", help="comma-separated case numbers (6 needs 1, 2 or 3)")
     p.add_argument("--systems", default="rq,workerd", help="rq, workerd or both")
     p.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown to FILE")
-    p.add_argument(
-        "--rq", default=str(bindir / "rq") if (bindir / "rq").exists() else (shutil.which("rq") or "rq")
-    )
+    p.add_argument("--rq", default=str(bindir / "rq") if (bindir / "rq").exists() else (shutil.which("rq") or "rq"))
     p.add_argument(
         "--workerd",
         default=str(bindir / "workerd")
@@ -1048,9 +1026,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         else (shutil.which("workerd") or str(bindir / "workerd")),
     )
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
-    p.add_argument(
-        "--latency-gap-ms", type=float, default=20.0, help="pause after each latency job (default 20)"
-    )
+    p.add_argument("--latency-gap-ms", type=float, default=20.0, help="pause after each latency job (default 20)")
     p.add_argument("--jobs-scale", type=float, default=1.0, help="multiply every job count")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (worker logs) at the end")
     return p.parse_args(argv)
@@ -1072,9 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
 
-    workerd_problem, workerd_help = (
-        check_workerd(args.workerd) if "workerd" in kinds else ("not selected", "")
-    )
+    workerd_problem, workerd_help = check_workerd(args.workerd) if "workerd" in kinds else ("not selected", "")
     tools = Tools(args.rq, args.workerd, workerd_problem, workerd_help)
     if workerd_problem and "workerd" in kinds:
         log(f"workerd rows will be skipped: {workerd_problem}")
@@ -1107,9 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return [(s, b) for s, b in pairs if s.kind in kinds]
 
         rq_fork = System("rq-fork", "rq worker", "rq", rq_worker(tools))
-        rq_simple = System(
-            "rq-simple", "rq SimpleWorker", "rq", rq_worker(tools, "-w", "rq.worker.SimpleWorker")
-        )
+        rq_simple = System("rq-simple", "rq SimpleWorker", "rq", rq_worker(tools, "-w", "rq.worker.SimpleWorker"))
         wd_fork = wd_system(tools, "wd-fork", "workerd fork", "--execution", "fork")
         wd_inproc = wd_system(tools, "wd-inproc", "workerd inprocess", "--execution", "inprocess")
         do6 = "6" in cases
@@ -1191,10 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sizes.min_span_s,
             )
         if "5" in cases:
-            log(
-                f"case 5: {sizes.latency_jobs} jobs per round to an idle worker, "
-                f"{args.latency_gap_ms:.0f} ms apart"
-            )
+            log(f"case 5: {sizes.latency_jobs} jobs per round to an idle worker, {args.latency_gap_ms:.0f} ms apart")
             latency_case(
                 bench,
                 table,
@@ -1210,13 +1179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             mem: list[tuple[Callable[[int], System], str | None]] = []
             if want("rq"):
                 mem.append(
-                    (lambda k: System("rq-pool-mem", "rq worker-pool (fork)", "rq", rq_pool(tools, k)), None)
+                    (lambda k: System("rq-pool-mem", "rq worker-pool -n k (fork)", "rq", rq_pool(tools, k)), None)
                 )
                 mem.append(
                     (
                         lambda k: System(
                             "rq-pool-simple-mem",
-                            "rq worker-pool -w SimpleWorker",
+                            "rq worker-pool -n k -w SimpleWorker",
                             "rq",
                             rq_pool(tools, k, "-w", "rq.worker.SimpleWorker"),
                         ),
@@ -1229,7 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         lambda k: wd_system(
                             tools,
                             "wd-mem",
-                            "workerd fork --preload",
+                            "workerd --workers k fork --preload",
                             "--workers",
                             str(k),
                             "--execution",
@@ -1245,7 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         lambda k: wd_system(
                             tools,
                             "wd-mem-inproc",
-                            "workerd inprocess --preload",
+                            "workerd --workers k inprocess --preload",
                             "--workers",
                             str(k),
                             "--execution",
@@ -1313,11 +1282,7 @@ def render(
     ]
     notes = list(SKIPPED) + notes
     if notes:
-        out += (
-            ["### Notes", ""]
-            + [f"- {n.splitlines()[0]}" if len(n) < 400 else f"- {n[:400]}…" for n in notes]
-            + [""]
-        )
+        out += ["### Notes", ""] + [f"- {n.splitlines()[0]}" if len(n) < 400 else f"- {n[:400]}…" for n in notes] + [""]
     return "\n".join(out)
 
 
