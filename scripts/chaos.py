@@ -910,6 +910,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-dir", action="store_true")
     args = parser.parse_args(argv)
 
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # Started in the background by a non-interactive shell, SIGINT is ignored; make TERM and INT
+    # both unwind through run_scenario's ``finally``, which stops every process it started.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
     if args.render:
         text = markdown(_load(args.render))
         if args.markdown:
