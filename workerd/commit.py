@@ -52,6 +52,13 @@ class Claim:
         return schema.wip_member(self.job.id, self.execution_id) if self.execution_id else ""
 
 
+@dataclass(frozen=True)
+class Fetched:
+    claim: Claim | None
+    skipped: list[str]  # ids popped whose job hash was gone (expired ttl, deleted)
+    suspended: bool = False  # rq:suspended is set: nothing was taken
+
+
 @dataclass
 class Outcome:
     """What running a job produced; plain data, sent from the horse to the worker over a pipe."""
@@ -61,8 +68,9 @@ class Outcome:
     ended_at: float
     return_value_b64: str | None = None  # base64(serializer.dumps(value)); None for a None result
     exc_string: str | None = None  # traceback text, on failure
-    record_failure: bool = True  # False when an exception handler stopped the chain
+    record_failure: bool = True  # False with --disable-default-exception-handler
     reason: str = ""  # one line for the log
+    retry: tuple[int, list[int]] | None = None  # the job returned Retry(max, intervals)
 
     @property
     def duration_s(self) -> float:
@@ -106,14 +114,12 @@ class Committer:
         self._fetch_start: Script = redis.register_script(schema.FETCH_START)
         self._apply: Script = redis.register_script(schema.GUARDED_APPLY)
         self._recover: Script = redis.register_script(schema.RECOVER_ABANDONED)
+        self._from_intermediate: Script = redis.register_script(schema.REQUEUE_FROM_INTERMEDIATE)
 
     # -- start ---------------------------------------------------------------------------------
 
-    def fetch_and_start(self, queues: Sequence[str], lease_s: float) -> tuple[Claim | None, list[str]]:
-        """Atomically take the first job of the first non-empty queue and mark it started.
-
-        Returns the claim (or None) and the ids that were skipped because their hash was gone.
-        """
+    def fetch_and_start(self, queues: Sequence[str], lease_s: float) -> Fetched:
+        """Atomically take the first job of the first non-empty queue and mark it started."""
         now = utcnow()
         execution_id = uuid.uuid4().hex
         deadline = now.timestamp() + lease_s
@@ -127,11 +133,11 @@ class Committer:
         ]  # fmt: skip
         index, job_id, flat, skipped = self._fetch_start(keys=keys, args=args, client=self.redis)
         skipped_ids = [s.decode() for s in skipped]
-        if not index:
-            return None, skipped_ids
+        if index <= 0:
+            return Fetched(None, skipped_ids, suspended=index < 0)
         mapping = dict(zip(flat[::2], flat[1::2], strict=True))
         job = Job.from_mapping(job_id.decode(), mapping, connection=self.redis, serializer=self.serializer)
-        return Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids
+        return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
 
     # -- lease -----------------------------------------------------------------------------------
 
@@ -219,6 +225,27 @@ class Committer:
         self._release_execution(ops, claim)
         return self._run(claim, ops, release=JobStatus.FINISHED.value)
 
+    def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> tuple[int, str]:
+        """The job returned a Retry (rq's handle_job_retry): run it again, or fail it past max."""
+        assert outcome.retry is not None
+        maximum, intervals = outcome.retry
+        job = claim.job
+        count = job.number_of_retries or 0
+        ops = _Ops()
+        self._count(ops, "failed_job_count", outcome)
+        job_key = schema.job_key(job.id)
+        if count >= maximum:
+            ops.hset(job_key, {"status": JobStatus.FAILED.value, "ended_at": _stamp(outcome.ended_at)})
+            self._record_failed(ops, claim, outcome, ResultType.MAX_RETRIES_EXCEEDED, "")
+            self._release_execution(ops, claim)
+            return self._run(claim, ops, release=JobStatus.FAILED.value), f"failed: {maximum} retries used"
+        self._result_entry(ops, claim, outcome, ResultType.RETRIED, job.failure_ttl)
+        ops.add("HSET", job_key, "number_of_retries", count + 1)
+        delay_s = intervals[min(len(intervals) - 1, count)] if intervals else 0
+        self._requeue_ops(ops, claim, delay_s, at_front=False)
+        self._release_execution(ops, claim)
+        return self._run(claim, ops), f"retry {count + 1} of {maximum}" + (f" in {delay_s}s" if delay_s else "")
+
     def commit_failure(self, claim: Claim, outcome: Outcome, stopped: bool = False) -> tuple[int, str]:
         """Failed or stopped, or retried if the job has retries left. Returns (lease/released, what)."""
         job = claim.job
@@ -227,38 +254,42 @@ class Committer:
         job_key = schema.job_key(job.id)
         retry_in_s = None if stopped else _retry_delay_s(job)
         if retry_in_s is not None:
-            self._retry(ops, claim, retry_in_s)
+            ops.add("HINCRBY", job_key, "retries_left", -1)
+            self._requeue_ops(ops, claim, retry_in_s, at_front=job.enqueue_at_front_on_retry)
             self._release_execution(ops, claim)
             return self._run(claim, ops), f"retry in {retry_in_s}s" if retry_in_s else "retry now"
         status = JobStatus.STOPPED if stopped else JobStatus.FAILED
         ops.hset(job_key, {"status": status.value, "ended_at": _stamp(outcome.ended_at),
                            "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})
         if outcome.record_failure:
-            ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
-            self._expire_job(ops, job.id, ttl if ttl > 0 else -1)
-            # RQ stores a negative ttl (keep forever) as the raw score, which its clean-up never reaches.
-            score = ttl if ttl < 0 else int(outcome.ended_at) + ttl
-            ops.add("ZADD", schema.failed_key(claim.queue), score, job.id)
-            self._result_entry(ops, claim, outcome, ResultType.FAILED, job.failure_ttl,
-                               exc_string=outcome.exc_string or "")  # fmt: skip
+            self._record_failed(ops, claim, outcome, ResultType.FAILED, outcome.exc_string or "")
         self._release_execution(ops, claim)
         release = "" if stopped else JobStatus.FAILED.value
         return self._run(claim, ops, release=release), status.value
 
-    def _retry(self, ops: _Ops, claim: Claim, delay_s: int) -> None:
-        """RQ's Job.retry: one retry used; back on the queue, or scheduled after the interval."""
+    def _record_failed(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
+                       exc_string: str) -> None:  # fmt: skip
+        """rq's FailedJobRegistry.add plus the result entry: TTLs, registry score, stream."""
         job = claim.job
-        job_key = schema.job_key(job.id)
+        ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
+        self._expire_job(ops, job.id, ttl if ttl > 0 else -1)
+        # RQ stores a negative ttl (keep forever) as the raw score, which its clean-up never reaches.
+        score = ttl if ttl < 0 else int(outcome.ended_at) + ttl
+        ops.add("ZADD", schema.failed_key(claim.queue), score, job.id)
+        self._result_entry(ops, claim, outcome, result_type, job.failure_ttl, exc_string=exc_string)
+
+    def _requeue_ops(self, ops: _Ops, claim: Claim, delay_s: int, at_front: bool) -> None:
+        """Back on the queue now, or into the scheduled registry for `delay_s` (rq's Job.retry)."""
+        job_key = schema.job_key(claim.job.id)
         now = utcnow()
-        ops.add("HINCRBY", job_key, "retries_left", -1)
         queue_key = schema.queue_key(claim.queue)
         ops.add("SADD", schema.QUEUES, queue_key)
         if delay_s > 0:
             ops.hset(job_key, {"status": JobStatus.SCHEDULED.value})
-            ops.add("ZADD", schema.scheduled_key(claim.queue), int(now.timestamp()) + delay_s, job.id)
+            ops.add("ZADD", schema.scheduled_key(claim.queue), int(now.timestamp()) + delay_s, claim.job.id)
             return
         ops.hset(job_key, {"status": JobStatus.QUEUED.value, "enqueued_at": utcformat(now)})
-        ops.add("LPUSH" if job.enqueue_at_front_on_retry else "RPUSH", queue_key, job.id)
+        ops.add("LPUSH" if at_front else "RPUSH", queue_key, claim.job.id)
 
     def requeue(self, claim: Claim) -> int:
         """Put a job this worker holds back at the front of its queue (cold shutdown, lost horse)."""
@@ -296,6 +327,11 @@ class Committer:
         result = self._recover(keys=keys, args=args, client=self.redis)
         return result.decode() if isinstance(result, bytes) else str(result)
 
+
+    def requeue_from_intermediate(self, queue: str, job_id: str) -> bool:
+        """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""
+        keys = [schema.intermediate_key(queue), schema.queue_key(queue), schema.job_key(job_id)]
+        return bool(self._from_intermediate(keys=keys, args=[job_id, utcformat(utcnow())], client=self.redis))
 
 def _stamp(epoch: float) -> str:
     return utcformat(dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc))

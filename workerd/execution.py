@@ -18,7 +18,8 @@ from typing import Any
 
 from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
-from workerd.job import DEFAULT_TIMEOUT_S, Job, encode_return_value
+from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, encode_return_value
+from workerd.utils import import_attribute
 
 log = logging.getLogger("workerd.job")
 
@@ -103,27 +104,61 @@ def perform(
     exception_handlers: Sequence[ExceptionHandler] = (),
     record_failure: bool = True,
 ) -> Outcome:
-    """Run `job` to an Outcome. Never raises: every failure, timeout included, is in the Outcome."""
+    """Run `job` (and its success or failure callback) to an Outcome. Never raises: every failure,
+    timeout included, is in the Outcome."""
     started = time.time()
     _current_jobs.append(job)
     try:
         with death_penalty_class(effective_timeout_s(job), JobTimeoutException, job_id=job.id):
             value = _call(job)
+        retry = _as_retry(value)
         encoded = None if value is None else encode_return_value(value, job.serializer)
-        return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded)
+        if job.success_callback_name and retry is None:
+            run_callback(job, "success", death_penalty_class, value)
+        return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded,
+                       retry=retry)  # fmt: skip
     except BaseException as exc:  # SystemExit from a job is a failure of that job, not of the worker
         ended = time.time()
+        exc_string = format_exception(exc)
+        if job.failure_callback_name:
+            try:
+                run_callback(job, "failure", death_penalty_class, type(exc), exc, exc.__traceback__)
+            except BaseException as callback_exc:  # as rq: the callback's traceback replaces the job's
+                exc, exc_string = callback_exc, format_exception(callback_exc)
         run_exception_handlers(job, exc, exception_handlers)
         return Outcome(
             succeeded=False,
             started_at=started,
             ended_at=ended,
-            exc_string=format_exception(exc),
+            exc_string=exc_string,
             record_failure=record_failure,
             reason=_one_line(exc),
         )
     finally:
         _current_jobs.pop()
+
+
+def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], *args: Any) -> None:
+    """Call the job's on_success / on_failure / on_stopped as rq does: (job, connection, *args),
+    under its own timeout (default 60 s). Raises what the callback raises."""
+    name = getattr(job, f"{kind}_callback_name")
+    timeout = getattr(job, f"{kind}_callback_timeout") or CALLBACK_TIMEOUT_S
+    try:
+        callback = import_attribute(name)
+    except Exception as exc:
+        raise ImportError(f"the {kind} callback {name!r} of job {job.id} cannot be imported: {exc}") from exc
+    with death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+        callback(job, job.connection, *args)
+
+
+def _as_retry(value: Any) -> tuple[int, list[int]] | None:
+    """A job may return rq's or workerd's Retry to ask to be run again: (max, intervals)."""
+    if type(value).__name__ != "Retry":
+        return None
+    maximum, intervals = getattr(value, "max", None), getattr(value, "intervals", None)
+    if isinstance(maximum, int) and isinstance(intervals, list):
+        return maximum, [int(i) for i in intervals]
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -71,6 +71,21 @@ class Retry:
 
 
 @dataclass
+class Dependency:
+    """What a job waits for: `depends_on=Dependency([a, b], allow_failure=True)` (RQ's class)."""
+
+    jobs: Any
+    allow_failure: bool = False
+    enqueue_at_front: bool = False
+
+    def __post_init__(self) -> None:
+        items = self.jobs if isinstance(self.jobs, (list, tuple)) else [self.jobs]
+        if not items:
+            raise ValueError("Dependency(jobs=...) needs at least one job or job id")
+        self.jobs = list(items)
+
+
+@dataclass
 class Callback:
     func: str | Callable[..., Any]
     timeout: int = CALLBACK_TIMEOUT_S

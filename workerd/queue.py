@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ import redis as redis_module
 
 from workerd import schema
 from workerd.errors import NoSuchJobError
-from workerd.job import DEFAULT_TIMEOUT_S, Callback, Job, JobStatus, Retry
+from workerd.job import DEFAULT_TIMEOUT_S, Callback, Dependency, Job, JobStatus, Retry
 from workerd.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,
@@ -42,11 +43,20 @@ def _timeout_s(value: int | str | None) -> int | None:
     return seconds
 
 
-def _dependency_ids(depends_on: Any) -> list[str]:
+def _apply_dependencies(job: Job, depends_on: Any) -> None:
+    """depends_on: a job, an id, a Dependency, or a list of these (RQ's process_dependencies)."""
     if depends_on is None:
-        return []
+        return
     items = depends_on if isinstance(depends_on, (list, tuple)) else [depends_on]
-    return [item.id if isinstance(item, Job) else str(item) for item in items]
+    ids: list[str] = []
+    for item in items:
+        if isinstance(item, Dependency):
+            job.allow_dependency_failures = job.allow_dependency_failures or item.allow_failure
+            job.enqueue_at_front = job.enqueue_at_front or item.enqueue_at_front
+            ids += [dep.id if isinstance(dep, Job) else str(dep) for dep in item.jobs]
+        else:
+            ids.append(item.id if isinstance(item, Job) else str(item))
+    job.dependency_ids = ids
 
 
 class Queue:
@@ -231,8 +241,62 @@ class Queue:
             result_ttl=result_ttl, failure_ttl=failure_ttl, ttl=ttl, meta=meta, status=status, retry=retry,
             on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
         )  # fmt: skip
-        job.dependency_ids = _dependency_ids(depends_on)
+        _apply_dependencies(job, depends_on)
         return job
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def enqueue_at(self, when: dt.datetime, f: Any, *args: Any, **kwargs: Any) -> Job:
+        """Run f(*args, **kwargs) at `when` (a naive datetime is local time, as in rq). Needs a
+        worker started with --with-scheduler (workerd's or rq's)."""
+        at_front = bool(kwargs.pop("at_front", False))
+        options = {name: kwargs.pop(name) for name in _RESERVED if name in kwargs}
+        options.pop("pipeline", None)
+        timeout = options.pop("job_timeout", None)
+        job = self.create_job(f, args=args, kwargs=kwargs, timeout=timeout, status=JobStatus.SCHEDULED, **options)
+        job.enqueue_at_front = job.enqueue_at_front or at_front
+        return self.schedule_job(job, when)
+
+    def enqueue_in(self, delay: dt.timedelta, f: Any, *args: Any, **kwargs: Any) -> Job:
+        return self.enqueue_at(utcnow() + delay, f, *args, **kwargs)
+
+    def schedule_job(self, job: Job, when: dt.datetime) -> Job:
+        job.origin = self.name
+        job.status = JobStatus.SCHEDULED
+        with self.connection.pipeline() as pipe:
+            pipe.sadd(schema.QUEUES, self.key)
+            pipe.hset(job.key, mapping=job.to_mapping())  # type: ignore[arg-type]
+            pipe.zadd(schema.scheduled_key(self.name), {job.id: int(when.timestamp())})
+            if job.ttl:
+                pipe.expire(job.key, job.ttl)
+            pipe.execute()
+        return job
+
+    # -- many at once ----------------------------------------------------------------------------
+
+    @staticmethod
+    def prepare_data(func: Any, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                     **options: Any) -> dict[str, Any]:  # fmt: skip
+        """One entry for enqueue_many: the enqueue_call arguments of a job."""
+        return {"func": func, "args": args, "kwargs": kwargs, **options}
+
+    def enqueue_many(self, job_datas: Iterable[dict[str, Any]], pipeline: Pipeline | None = None) -> list[Job]:
+        """Enqueue many jobs; those without dependencies in one transaction (one round trip)."""
+        jobs = []
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        for data in job_datas:
+            options = dict(data)
+            at_front = bool(options.pop("at_front", False))
+            job = self.create_job(options.pop("func"), **options)
+            if job.dependency_ids:
+                self.enqueue_job(job, at_front=at_front)
+            else:
+                job.enqueued_at = utcnow()
+                self._push(pipe, job, at_front)
+            jobs.append(job)
+        if pipeline is None:
+            pipe.execute()
+        return jobs
 
     def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
         if job.dependency_ids and self._defer_if_waiting(job):

@@ -134,6 +134,14 @@ def scheduler_lock_key(queue: str) -> str:
     return f"rq:scheduler-lock:{queue}"
 
 
+def intermediate_first_seen_key(queue: str, job_id: str) -> str:
+    return f"{_QUEUE_PREFIX}{queue}:intermediate:first_seen:{job_id}"
+
+
+def scheduler_key(name: str) -> str:
+    return f"rq:scheduler:{name}"
+
+
 def wip_member(job_id: str, execution_id: str) -> str:
     return f"{job_id}:{execution_id}"
 
@@ -152,6 +160,7 @@ _LUA_PREFIXES = f"""
 local JOB_PREFIX = '{_JOB_PREFIX}'
 local QUEUE_PREFIX = '{_QUEUE_PREFIX}'
 local QUEUES_KEY = '{QUEUES}'
+local SUSPENDED_KEY = '{SUSPENDED}'
 local DEFERRED_PREFIX = 'rq:deferred:'
 local EXECUTION_PREFIX = 'rq:execution:'
 local EXECUTIONS_PREFIX = 'rq:executions:'
@@ -205,7 +214,9 @@ end
 # ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
 #       executions score, most ids to skip in one call.
 # Pops ids from the first non-empty queue until one whose hash exists, and marks it started in the
-# same atomic step. Returns {queue index (0: none), job id, HGETALL of the job, skipped ids}.
+# same atomic step. Returns {queue index (0: none, -1: workers are suspended), job id, HGETALL of
+# the job, skipped ids}. The suspension check is part of the same step, so no job is taken after
+# `rq suspend`, even by a worker that was already waiting.
 FETCH_START = (
     _LUA_PREFIXES
     + """
@@ -213,6 +224,7 @@ local n = tonumber(ARGV[1])
 local worker_name, exec_id, now_stamp, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local deadline, exec_ttl, execs_score = ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local max_skips = tonumber(ARGV[9])
+if redis.call('EXISTS', SUSPENDED_KEY) == 1 then return {-1, '', {}, {}} end
 local skipped = {}
 for i = 1, n do
   while true do
@@ -244,9 +256,9 @@ return {0, '', {}, skipped}
 
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
 # 'failed'), job id, now stamp, then commands as (argc, command, args...)*.
-# Releases dependents, then applies the commands, atomically and only while the member is still in the wip registry, i.e. while
-# this worker still holds the job. Returns -1 if the lease was lost, else the number of dependents
-# released.
+# Releases dependents, then applies the commands, atomically and only while the member is still
+# in the wip registry, i.e. while this worker still holds the job. Returns -1 if the lease was
+# lost, else the number of dependents released.
 GUARDED_APPLY = (
     _LUA_PREFIXES
     + _LUA_RELEASE_DEPENDENTS
@@ -310,5 +322,77 @@ if job_failure_ttl and tonumber(job_failure_ttl) and tonumber(job_failure_ttl) >
 end
 release_dependents(job_id, 'failed', now_stamp)
 return 'failed'
+"""
+)
+
+# KEYS: scheduler hash, then per queue i of n: lock key, scheduled registry, queue key.
+# ARGV: n, scheduler name, lock ttl, now (epoch), now stamp, hostname, pid, queue names (comma).
+# RQ's scheduler-lock protocol (rq-protocol.md 4.9): a lock absent is taken, one we hold is
+# refreshed, anyone else's is left alone. For each queue we hold, due jobs are promoted to the
+# queue (front if they asked for it) and removed from the scheduled registry - ids whose hash is
+# gone are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.
+SCHEDULER_TICK = (
+    _LUA_PREFIXES
+    + """
+local n, name, ttl, now, now_stamp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+redis.call('HSET', KEYS[1], 'name', name, 'hostname', ARGV[6], 'pid', ARGV[7], 'queues', ARGV[8],
+           'last_heartbeat', now_stamp)
+redis.call('HSETNX', KEYS[1], 'created_at', now_stamp)
+redis.call('EXPIRE', KEYS[1], ttl)
+local report = {}
+for i = 1, n do
+  local lock, scheduled, queue = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local owner = redis.call('GET', lock)
+  local held = 0
+  if not owner then
+    redis.call('SET', lock, name, 'EX', ttl)
+    held = 1
+  elseif owner == name then
+    redis.call('EXPIRE', lock, ttl)
+    held = 1
+  end
+  local promoted, dropped = 0, 0
+  if held == 1 then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, 0, now, 'LIMIT', 0, 1000)) do
+      local key = JOB_PREFIX .. id
+      if redis.call('EXISTS', key) == 1 then
+        local f = redis.call('HMGET', key, 'enqueue_at_front', 'enqueue_at_front_on_retry')
+        redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
+        redis.call('SADD', QUEUES_KEY, queue)
+        if f[1] == '1' or f[2] == '1' then redis.call('LPUSH', queue, id) else redis.call('RPUSH', queue, id) end
+        promoted = promoted + 1
+      else
+        dropped = dropped + 1
+      end
+      redis.call('ZREM', scheduled, id)
+    end
+  end
+  table.insert(report, {held, promoted, dropped})
+end
+return report
+"""
+)
+
+# KEYS: scheduler hash, lock keys. ARGV: scheduler name. Releases the locks this scheduler holds.
+SCHEDULER_RELEASE = """
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: intermediate list, queue key, job key. ARGV: job id, now stamp.
+# An id an RQ worker moved to its intermediate list and never recorded as started (it died in
+# between): back to the front of its queue - only if we are the one who removed it.
+REQUEUE_FROM_INTERMEDIATE = (
+    _LUA_PREFIXES
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], 'status', 'queued', 'enqueued_at', ARGV[2])
+redis.call('SADD', QUEUES_KEY, KEYS[2])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
 """
 )

@@ -11,6 +11,7 @@ script, which honours priority across all queues.
 from __future__ import annotations
 
 import selectors
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from workerd import schema
@@ -38,9 +39,9 @@ class QueueWaiter:
             self._connections[key] = connection
         return connection
 
-    def wait(self, timeout_s: float, wake_fd: int = -1) -> bool:
-        """Block up to `timeout_s` until some queue may hold a job, or `wake_fd` is readable (a
-        signal arrived). True if woken by a queue."""
+    def wait(self, timeout_s: float, wake_fds: Sequence[int] = ()) -> bool:
+        """Block up to `timeout_s` until some queue may hold a job, or one of `wake_fds` is readable
+        (a signal or a command arrived). True if woken by a queue."""
         for key in self._queue_keys:
             if key not in self._pending:
                 self._connection(key).send_command("BLMOVE", key, key, "LEFT", "LEFT", self._block_s)
@@ -50,8 +51,8 @@ class QueueWaiter:
             with selectors.DefaultSelector() as selector:
                 for key in self._pending:
                     selector.register(self._connections[key]._get_socket(), selectors.EVENT_READ, key)
-                if wake_fd >= 0:
-                    selector.register(wake_fd, selectors.EVENT_READ, None)
+                for fd in wake_fds:
+                    selector.register(fd, selectors.EVENT_READ, None)
                 ready = [event.data for event, _ in selector.select(timeout_s) if event.data is not None]
         woken = False
         for key in ready:

@@ -24,22 +24,26 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workerd import __version__, registration, schema
+from workerd import __version__, registration, schema, suspension
 from workerd import connection as connection_module
 from workerd import horse as horse_module
-from workerd.commit import LEASE_LOST, Claim, Committer, Outcome
+from workerd import scheduler as scheduler_module
+from workerd.commands import Command, parse_command
+from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome
 from workerd.errors import ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
     ExceptionHandler,
     effective_timeout_s,
     perform,
+    run_callback,
 )
 from workerd.job import Job
 from workerd.logs import rotate_log_file_if_needed
 from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
 from workerd.serializers import resolve_serializer
+from workerd.scheduler import Scheduler
 from workerd.settings import Settings
 from workerd.utils import as_text, import_attribute
 
@@ -140,6 +144,12 @@ class Worker:
     @classmethod
     def all(cls, connection: redis.Redis, queue: Any = None) -> list[registration.WorkerInfo]:
         """Live registered workers, of one queue (a name or a Queue) or of all."""
+        self.scheduler = Scheduler(self.redis, self.name, self.queues) if self.settings.with_scheduler else None
+        self._pubsub: Any = None
+        self._horse: horse_module.Horse | None = None
+        self._stop_job_id: str | None = None
+        self._suspended = False
+        self._next_maintenance = 0.0
         return registration.WorkerInfo.all(connection, queue=getattr(queue, "name", queue))
 
     @classmethod
@@ -179,9 +189,15 @@ class Worker:
         if self.stop_reason is not None or self._warm_stop_at is not None:
             self.stop(self.stop_reason or "warm shut down")
             return
-        claim = self.fetch()
+        fetched = self.fetch()
+        if fetched.suspended:
+            self.suspended()
+            return
+        claim = fetched.claim
         if claim is None:
+        self.handle_commands()
             self.idle()
+        self.housekeeping_if_due()
             return
         self.execute(claim)
         self.jobs_done += 1
@@ -204,6 +220,11 @@ class Worker:
         log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
+        self._subscribe()
+        if self.settings.burst and suspension.is_suspended(self.redis):
+            log.error('RQ is currently suspended, to resume job execution run "rq resume" (or workerd resume)')
+            self.exit_code = ExitCode.FAILURE
+            self.stop("suspended")
         self.report(state="idle")
 
     def _connect_with_retry(self) -> None:
@@ -234,6 +255,11 @@ class Worker:
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
         if self.settings.pid:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if self.scheduler is not None:
+                self.scheduler.release()
+            if self._pubsub is not None:
+                self._pubsub.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.pid)
         for fd in (self._wake_read, self._wake_write):
@@ -252,6 +278,7 @@ class Worker:
     def _install_signal_handlers(self) -> None:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
+            self.report(stopping=reason)
         os.set_blocking(self._wake_write, False)
         signal.set_wakeup_fd(self._wake_write)
         for signum in STOP_SIGNALS:
@@ -286,10 +313,10 @@ class Worker:
                     self.name, os.getpid())  # fmt: skip
         self.stop("cold shut down")
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once on a signal."""
+    def sleep(self, seconds: float, extra_fds: Sequence[int] = ()) -> None:
+        """Sleep, but wake at once on a signal (or when one of `extra_fds` is readable)."""
         if seconds > 0:
-            select.select([self._wake_read], [], [], seconds)
+            select.select([self._wake_read, *extra_fds], [], [], seconds)
             self._drain_wake_pipe()
 
     def _drain_wake_pipe(self) -> None:
@@ -298,6 +325,53 @@ class Worker:
                 pass
         except (BlockingIOError, OSError):
             pass
+    # -- commands over pub/sub -------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(schema.pubsub_channel(self.name))
+        log.info("Worker %s: subscribing to channel %s", self.name, schema.pubsub_channel(self.name))
+
+    def _command_fds(self) -> list[int]:
+        connection = getattr(self._pubsub, "connection", None)
+        sock = connection._get_socket() if connection is not None else None
+        return [sock.fileno()] if sock is not None else []
+
+    def handle_commands(self) -> None:
+        """Act on the commands waiting on our channel (never blocks)."""
+        while self._pubsub is not None:
+            message = self._pubsub.get_message(timeout=0)
+            if message is None:
+                return
+            if message.get("type") != "message":
+                continue
+            try:
+                command = parse_command(message["data"])
+            except ValueError as exc:
+                log.warning("Worker %s: ignored a malformed command %r: %s", self.name, message["data"][:200], exc)
+                continue
+            self.on_command(command)
+
+    def on_command(self, command: Command) -> None:
+        log.info("Worker %s: received command %s%s", self.name, command.name,
+                 f" for job {command.job_id}" if command.job_id else "")  # fmt: skip
+        if command.name == "shutdown":
+            self._signals.append(signal.SIGINT)  # as rq: the same as a first Ctrl+C
+            self.handle_signals()
+        elif command.name == "kill-horse":
+            if self._horse is None:
+                log.info("Worker %s: no horse to kill", self.name)
+            else:
+                _kill_group(self._horse.pid)
+        elif command.name == "stop-job":
+            if self._claim is None or self._claim.job.id != command.job_id:
+                log.info("Worker %s: Not working on job %s, command ignored.", self.name, command.job_id)
+            elif self._horse is None:
+                log.warning("Worker %s: cannot stop job %s: it runs in-process", self.name, command.job_id)
+            else:
+                self._stop_job_id = command.job_id
+                _kill_group(self._horse.pid)
+
 
     # -- heartbeats and recovery -------------------------------------------------------------------
 
@@ -348,6 +422,7 @@ class Worker:
         elif action == "failed":
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
                       self.name, job_id, self.settings.abandoned_max_attempts)  # fmt: skip
+        extra = {"job_id": job_id, "queue": queue, "worker": self.name}
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
@@ -387,13 +462,36 @@ class Worker:
 
     # -- fetching --------------------------------------------------------------------------------
 
-    def fetch(self) -> Claim | None:
-        claim, skipped = self.committer.fetch_and_start(self.queues, self.settings.lease_s)
-        for job_id in skipped:
+    def fetch(self) -> Fetched:
+        fetched = self.committer.fetch_and_start(self.queues, self.settings.lease_s)
+        for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name, job_id)
-        if claim is not None:
-            self._reorder_queues(claim.queue)
-        return claim
+        if not fetched.suspended and self._suspended:
+            self._suspended = False
+            log.info("Worker %s: resumed", self.name)
+        if fetched.claim is not None:
+            self._reorder_queues(fetched.claim.queue)
+        return fetched
+
+    def suspended(self) -> None:
+        """rq:suspended is set: take nothing; a burst worker leaves, others check again each second."""
+        if not self._suspended:
+            self._suspended = True
+            log.info("Worker %s: suspended, run `rq resume` (or `workerd resume`) to resume", self.name)
+            registration.set_state(self.redis, self.name, "suspended")
+        if self.settings.burst:
+            self.stop("suspended")
+            return
+        self.sleep(min(1.0, self.settings.effective_heartbeat_s), self._command_fds())
+
+    def housekeeping_if_due(self) -> None:
+        """The scheduler's tick (with --with-scheduler) and the periodic registry clean-up."""
+        if self.scheduler is not None:
+            self.scheduler.tick_if_due()
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + self.settings.maintenance_interval
+            clean_registries(self.redis, self.committer, self.queues)
 
     def _reorder_queues(self, served: str) -> None:
         strategy = self.settings.dequeue_strategy
@@ -418,7 +516,9 @@ class Worker:
 
             self._waiter = QueueWaiter(self.redis, self.queues, max(1, self.settings.worker_ttl - 15))
         wait_s = max(0.0, self._next_heartbeat - time.monotonic())
-        self._waiter.wait(wait_s, wake_fd=self._wake_read)
+        if self.scheduler is not None:
+            wait_s = min(wait_s, scheduler_module.TICK_S)
+        self._waiter.wait(wait_s, wake_fds=[self._wake_read, *self._command_fds()])
         self._drain_wake_pipe()
 
     # -- executing -------------------------------------------------------------------------------
@@ -457,7 +557,11 @@ class Worker:
         if self.settings.execution == "inprocess":
             return self.run_inprocess(claim)
         horse = horse_module.spawn(job, self.perform, title)
-        return self.monitor(claim, horse)
+        self._horse = horse
+        try:
+            return self.monitor(claim, horse)
+        finally:
+            self._horse = None
 
     def run_inprocess(self, claim: Claim) -> Outcome:
         """Run the job in this process; a thread keeps the lease while the job holds the main thread.
@@ -489,7 +593,7 @@ class Worker:
                 tick = max(0.01, self._next_heartbeat - time.monotonic())
                 if kill_at is not None:
                     tick = min(tick, max(0.01, kill_at - time.monotonic()))
-                select.select([horse.read_fd, self._wake_read], [], [], min(tick, 1.0))
+                select.select([horse.read_fd, self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
                 self._drain_wake_pipe()
                 horse.read_available()
                 pid, status_or_zero = os.waitpid(horse.pid, os.WNOHANG)
@@ -508,6 +612,10 @@ class Worker:
                 except CONNECTION_ERRORS as exc:
                     self.outage.failed(exc)  # keep the horse running; the commit waits for Redis
                 memory_kill = self._check_horse_memory(horse)
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    self.handle_commands()
+                    if self.scheduler is not None:
+                        self.scheduler.tick_if_due()
                 if memory_kill is not None:
                     killed_for_memory = memory_kill
                 if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
@@ -533,6 +641,8 @@ class Worker:
             return outcome
         signal_part = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
         return _failed_outcome(
+        if self._stop_job_id == claim.job.id:
+            return _failed_outcome("Job stopped by user, work-horse terminated.", horse.started_monotonic)
             f"Work-horse terminated unexpectedly; waitpid returned {status}{signal_part}; "
             f"the horse was {describe_wait_status(status)}\n",
             horse.started_monotonic,
@@ -568,11 +678,13 @@ class Worker:
     def _requeue(self, claim: Claim) -> None:
         try:
             self.committer.requeue(claim)
+            self.report(kill="hard_memory")
             log.warning("Worker %s: job %s put back at the front of %s", self.name, claim.job.id, claim.queue)
         except CONNECTION_ERRORS:
             log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
                       "when its lease expires", self.name, claim.job.id)  # fmt: skip
 
+            self.report(kill="soft_memory")
     # -- committing --------------------------------------------------------------------------------
 
     def commit(self, claim: Claim, outcome: Outcome) -> None:
@@ -608,12 +720,21 @@ class Worker:
         try:
             func_name = job.func_name
         except Exception:
+        if self._stop_job_id == job.id:
+            self._commit_stopped(claim, outcome)
+            return
+        if outcome.succeeded and outcome.retry is not None:
+            released, what = self.committer.commit_retry_requested(claim, outcome)
+            if released != LEASE_LOST:
+                log.info("Worker %s: job %s asked to be retried: %s", self.name, job.id, what)
+            return
             func_name = "<undecodable>"
         log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
                   self.name, job.id, func_name, outcome.exc_string)  # fmt: skip
         if what.startswith("retry"):
             log.info("Worker %s: job %s: %s (%s retries left)", self.name, job.id, what, (job.retries_left or 1) - 1)
 
+            self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
     def _log_success(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job
         described = job.id if self.settings.disable_job_desc_logging else job.description
