@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import logging.config
 import logging.handlers
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from workerd.settings import Settings
+
+if TYPE_CHECKING:
+    from workerd.job import Job
+
+# The worker this process is (set by the worker; None in a master): the `worker` of JSON lines.
+WORKER_NAME: str | None = None
+JOB_FIELDS = ("job_id", "queue", "worker", "attempt")
+
+
+def job_fields(job: Job, queue: str, worker: str) -> dict[str, Any]:
+    """The `extra=` of a log call about a job: what a JSON line carries to find every line of a job.
+
+    attempt: 1 + the times a dead worker lost the job + the retries it asked for (a returned
+    Retry); retries after an exception show as retries_left going down.
+    """
+    attempt = 1 + job.lost_count + (job.number_of_retries or 0)
+    return {"job_id": job.id, "queue": queue, "worker": worker, "attempt": attempt}
+
+
+class JsonFormatter(logging.Formatter):
+    """LOG_FORMAT = "json": one object a line: ts, level, logger, message, worker, pid, and for a
+    line about a job, job_id, queue and attempt (from `extra=job_fields(...)`); exc for a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+        line: dict[str, Any] = {
+            "ts": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "worker": getattr(record, "worker", None) or WORKER_NAME,
+            "pid": record.process,
+        }
+        for name in ("job_id", "queue", "attempt"):
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        return json.dumps(line, default=str, ensure_ascii=False)
 
 
 class _BelowError(logging.Filter):
@@ -27,7 +71,11 @@ def setup_logging(settings: Settings) -> None:
     if settings.dict_config:
         logging.config.dictConfig(settings.dict_config)
         return
-    formatter = logging.Formatter(settings.log_format, settings.date_format)
+    formatter: logging.Formatter
+    if settings.log_format.strip().lower() == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter(settings.log_format, settings.date_format)
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(_BelowError())
     err = logging.StreamHandler(sys.stderr)
@@ -69,3 +117,9 @@ def reopen_log_files() -> None:
     for handler in logging.getLogger("workerd").handlers:
         if isinstance(handler, logging.handlers.WatchedFileHandler):
             handler.reopenIfNeeded()
+
+
+def set_worker_name(name: str | None) -> None:
+    """Name the worker this process is, for the `worker` field of JSON lines."""
+    global WORKER_NAME
+    WORKER_NAME = name

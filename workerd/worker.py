@@ -39,11 +39,12 @@ from workerd.execution import (
     run_callback,
 )
 from workerd.job import Job
-from workerd.logs import rotate_log_file_if_needed
+from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
+from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
-from workerd.serializers import resolve_serializer
 from workerd.scheduler import Scheduler
+from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
 from workerd.utils import as_text, import_attribute
 
@@ -117,6 +118,11 @@ class Worker:
         self.exception_handlers: list[ExceptionHandler] = [
             import_attribute(path) for path in self.settings.exception_handlers
         ]
+        set_worker_name(self.name)
+        if self.settings.sentry_dsn is not None:  # first in the chain; the SDK starts here, after any fork
+            from workerd import sentry
+
+            self.exception_handlers.insert(0, sentry.exception_handler(self.settings, self.name))
         self.committer = Committer(self.redis, self.name, self.serializer)
         self.outage = Outage(connection_module.describe(self.settings))
         self.jobs_done = 0
@@ -138,18 +144,18 @@ class Worker:
         # master saw die (name, and the reason it killed them if it did).
         self.reporter = reporter
         self.predecessors = list(predecessors)
-
-    # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
-
-    @classmethod
-    def all(cls, connection: redis.Redis, queue: Any = None) -> list[registration.WorkerInfo]:
-        """Live registered workers, of one queue (a name or a Queue) or of all."""
         self.scheduler = Scheduler(self.redis, self.name, self.queues) if self.settings.with_scheduler else None
         self._pubsub: Any = None
         self._horse: horse_module.Horse | None = None
         self._stop_job_id: str | None = None
         self._suspended = False
         self._next_maintenance = 0.0
+
+    # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
+
+    @classmethod
+    def all(cls, connection: redis.Redis, queue: Any = None) -> list[registration.WorkerInfo]:
+        """Live registered workers, of one queue (a name or a Queue) or of all."""
         return registration.WorkerInfo.all(connection, queue=getattr(queue, "name", queue))
 
     @classmethod
@@ -185,7 +191,9 @@ class Worker:
     def run_once(self) -> None:
         """One step: act on signals, heartbeat when due, then fetch and run one job or wait for one."""
         self.handle_signals()
+        self.handle_commands()
         self.heartbeat_if_due()
+        self.housekeeping_if_due()
         if self.stop_reason is not None or self._warm_stop_at is not None:
             self.stop(self.stop_reason or "warm shut down")
             return
@@ -195,9 +203,8 @@ class Worker:
             return
         claim = fetched.claim
         if claim is None:
-        self.handle_commands()
-            self.idle()
-        self.housekeeping_if_due()
+            if not fetched.skipped:  # ids were skipped (hash gone): the queue may hold more, fetch again
+                self.idle()
             return
         self.execute(claim)
         self.jobs_done += 1
@@ -214,17 +221,17 @@ class Worker:
         self._registered = True
         self._recovery_after = time.monotonic() + self.settings.lease_s
         self._recover_predecessors()
+        self._subscribe()
+        if self.settings.burst and suspension.is_suspended(self.redis):
+            log.error('RQ is currently suspended, to resume job execution run "rq resume" (or workerd resume)')
+            self.exit_code = ExitCode.FAILURE
+            self.stop("suspended")
         if self.settings.pid:
             with open(self.settings.pid, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
         log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
-        self._subscribe()
-        if self.settings.burst and suspension.is_suspended(self.redis):
-            log.error('RQ is currently suspended, to resume job execution run "rq resume" (or workerd resume)')
-            self.exit_code = ExitCode.FAILURE
-            self.stop("suspended")
         self.report(state="idle")
 
     def _connect_with_retry(self) -> None:
@@ -249,17 +256,17 @@ class Worker:
     def teardown(self) -> None:
         if self._waiter is not None:
             self._waiter.close()
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if self.scheduler is not None:
+                self.scheduler.release()
+            if self._pubsub is not None:
+                self._pubsub.close()
         if self._registered:
             try:
                 registration.register_death(self.redis, self.name, self.queues)
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
         if self.settings.pid:
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            if self.scheduler is not None:
-                self.scheduler.release()
-            if self._pubsub is not None:
-                self._pubsub.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.pid)
         for fd in (self._wake_read, self._wake_write):
@@ -272,13 +279,13 @@ class Worker:
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("Worker %s: stopping: %s", self.name, reason)
+            self.report(stopping=reason)
 
     # -- signals: the handlers only record -----------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
-            self.report(stopping=reason)
         os.set_blocking(self._wake_write, False)
         signal.set_wakeup_fd(self._wake_write)
         for signum in STOP_SIGNALS:
@@ -319,12 +326,6 @@ class Worker:
             select.select([self._wake_read, *extra_fds], [], [], seconds)
             self._drain_wake_pipe()
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_read, 512):
-                pass
-        except (BlockingIOError, OSError):
-            pass
     # -- commands over pub/sub -------------------------------------------------------------------
 
     def _subscribe(self) -> None:
@@ -372,6 +373,12 @@ class Worker:
                 self._stop_job_id = command.job_id
                 _kill_group(self._horse.pid)
 
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
     # -- heartbeats and recovery -------------------------------------------------------------------
 
@@ -416,13 +423,15 @@ class Worker:
             return
         action = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
         job_id = schema.split_wip_member(member)[0]
+        extra = {"job_id": job_id, "queue": queue, "worker": self.name}
         if action == "requeued":
             log.warning("Worker %s: job %s was abandoned by a worker that stopped heartbeating; "
-                        "requeued at the front of %s", self.name, job_id, queue)  # fmt: skip
+                        "requeued at the front of %s", self.name, job_id, queue, extra=extra)  # fmt: skip
         elif action == "failed":
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
-                      self.name, job_id, self.settings.abandoned_max_attempts)  # fmt: skip
-        extra = {"job_id": job_id, "queue": queue, "worker": self.name}
+                      self.name, job_id, self.settings.abandoned_max_attempts, extra=extra)  # fmt: skip
+        if action in ("requeued", "failed"):
+            self.report(outcome=action, queue=queue)
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
@@ -438,7 +447,10 @@ class Worker:
                     attempts = self.settings.abandoned_max_attempts
                     action = self.committer.recover(queue, member, time.time(), attempts, True, kill_reason)
                     because = f" ({kill_reason})" if kill_reason else ""
-                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id, name, action, because)
+                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id, name, action, because,
+                                extra={"job_id": job_id, "queue": queue, "worker": self.name})  # fmt: skip
+                    if action in ("requeued", "failed"):
+                        self.report(outcome=action, queue=queue)
 
     def report(self, **fields: Any) -> None:
         """Tell the master (if any) what this worker is doing; never blocks."""
@@ -527,7 +539,7 @@ class Worker:
         self._claim = claim
         job = claim.job
         described = job.id if self.settings.disable_job_desc_logging else f"{job.description} ({job.id})"
-        log.info("Worker %s: %s: %s", self.name, claim.queue, described)
+        log.info("Worker %s: %s: %s", self.name, claim.queue, described, extra=job_fields(job, claim.queue, self.name))
         self._claim_started = time.monotonic()
         timeout_s = effective_timeout_s(job)
         self.report(state="busy", job=job.id, kill_at=time.time() + timeout_s + HORSE_KILL_GRACE_S if timeout_s
@@ -601,6 +613,10 @@ class Worker:
                     status = status_or_zero
                     break
                 self.handle_signals()
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    self.handle_commands()
+                    if self.scheduler is not None:
+                        self.scheduler.tick_if_due()
                 if self._cold_stop:
                     _kill_group(horse.pid)
                     os.waitpid(horse.pid, 0)
@@ -612,22 +628,22 @@ class Worker:
                 except CONNECTION_ERRORS as exc:
                     self.outage.failed(exc)  # keep the horse running; the commit waits for Redis
                 memory_kill = self._check_horse_memory(horse)
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    self.handle_commands()
-                    if self.scheduler is not None:
-                        self.scheduler.tick_if_due()
                 if memory_kill is not None:
                     killed_for_memory = memory_kill
                 if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
                     killed_for_timeout = True
                     log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
-                                self.name, claim.job.id, timeout_s)  # fmt: skip
+                                self.name, claim.job.id, timeout_s,
+                                extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+                    self.report(kill="timeout")
                     _kill_group(horse.pid)
             horse.read_available()
         finally:
             _kill_group(horse.pid)  # grandchildren the job left behind share the horse's group
             horse.close()
         outcome = horse.outcome()
+        if self._stop_job_id == claim.job.id:
+            return _failed_outcome("Job stopped by user, work-horse terminated.", horse.started_monotonic)
         if killed_for_memory is not None:
             return _failed_outcome(f"{killed_for_memory}; the horse was {describe_wait_status(status)}\n",
                                    horse.started_monotonic)  # fmt: skip
@@ -641,8 +657,6 @@ class Worker:
             return outcome
         signal_part = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
         return _failed_outcome(
-        if self._stop_job_id == claim.job.id:
-            return _failed_outcome("Job stopped by user, work-horse terminated.", horse.started_monotonic)
             f"Work-horse terminated unexpectedly; waitpid returned {status}{signal_part}; "
             f"the horse was {describe_wait_status(status)}\n",
             horse.started_monotonic,
@@ -665,11 +679,13 @@ class Worker:
         if hard is not None and use.uss_mib > hard:
             _kill_group(horse.pid)
             self.stop("replaced after its horse hit the hard memory limit")
+            self.report(kill="hard_memory")
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
                     f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
         if soft is not None and use.uss_mib > soft:
             horse.term_sent_at = now
             _signal_group(horse.pid, signal.SIGTERM)
+            self.report(kill="soft_memory")
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the soft memory "
                     f"limit of {soft} MiB, and was stopped (SIGTERM, then SIGKILL after "
                     f"{self.settings.memory_kill_grace:g} s)")  # fmt: skip
@@ -678,13 +694,13 @@ class Worker:
     def _requeue(self, claim: Claim) -> None:
         try:
             self.committer.requeue(claim)
-            self.report(kill="hard_memory")
-            log.warning("Worker %s: job %s put back at the front of %s", self.name, claim.job.id, claim.queue)
+            log.warning("Worker %s: job %s put back at the front of %s", self.name, claim.job.id, claim.queue,
+                        extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+            self.report(outcome="requeued", queue=claim.queue)
         except CONNECTION_ERRORS:
             log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
                       "when its lease expires", self.name, claim.job.id)  # fmt: skip
 
-            self.report(kill="soft_memory")
     # -- committing --------------------------------------------------------------------------------
 
     def commit(self, claim: Claim, outcome: Outcome) -> None:
@@ -705,21 +721,6 @@ class Worker:
 
     def _commit_once(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job
-        if outcome.succeeded:
-            released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
-            if released == LEASE_LOST:
-                self._lease_lost(claim)
-                return
-            self._log_success(claim, outcome)
-            return
-        self.jobs_failed += 1
-        released, what = self.committer.commit_failure(claim, outcome)
-        if released == LEASE_LOST:
-            self._lease_lost(claim)
-            return
-        try:
-            func_name = job.func_name
-        except Exception:
         if self._stop_job_id == job.id:
             self._commit_stopped(claim, outcome)
             return
@@ -728,26 +729,59 @@ class Worker:
             if released != LEASE_LOST:
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, job.id, what)
             return
+        if outcome.succeeded:
+            released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
+            if released == LEASE_LOST:
+                self._lease_lost(claim)
+                return
+            self._log_success(claim, outcome)
+            self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
+            return
+        self.jobs_failed += 1
+        released, what = self.committer.commit_failure(claim, outcome)
+        if released == LEASE_LOST:
+            self._lease_lost(claim)
+            return
+        self.report(outcome="retried" if what.startswith("retry") else "failed", queue=claim.queue,
+                    duration_s=outcome.duration_s)  # fmt: skip
+        extra = job_fields(job, claim.queue, self.name)
+        try:
+            func_name = job.func_name
+        except Exception:
             func_name = "<undecodable>"
         log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
-                  self.name, job.id, func_name, outcome.exc_string)  # fmt: skip
+                  self.name, job.id, func_name, outcome.exc_string, extra=extra)  # fmt: skip
         if what.startswith("retry"):
-            log.info("Worker %s: job %s: %s (%s retries left)", self.name, job.id, what, (job.retries_left or 1) - 1)
+            log.info("Worker %s: job %s: %s (%s retries left)", self.name, job.id, what, (job.retries_left or 1) - 1,
+                     extra=extra)  # fmt: skip
 
-            self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
+    def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
+        """stop-job: status stopped, failed registry, dependents not released; on_stopped runs here."""
+        job = claim.job
+        if job.stopped_callback_name:
+            try:
+                run_callback(job, "stopped", self.death_penalty_class)
+            except Exception as exc:
+                log.error("Worker %s: the stopped callback of job %s raised: %s", self.name, job.id, exc)
+        self.committer.commit_failure(claim, outcome, stopped=True)
+        self._stop_job_id = None
+        log.info("Worker %s: job %s stopped", self.name, job.id)
+
     def _log_success(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job
         described = job.id if self.settings.disable_job_desc_logging else job.description
+        extra = job_fields(job, claim.queue, self.name)
         log.info("Successfully completed %s job in %ss on worker %s", described,
-                 dt.timedelta(seconds=outcome.duration_s), self.name)  # fmt: skip
-        log.info("Worker %s: %s: Job OK (%s)", self.name, claim.queue, job.id)
+                 dt.timedelta(seconds=outcome.duration_s), self.name, extra=extra)  # fmt: skip
+        log.info("Worker %s: %s: Job OK (%s)", self.name, claim.queue, job.id, extra=extra)
         ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
         if ttl == 0:
-            log.info("Worker %s: job %s result discarded immediately", self.name, job.id)
+            log.info("Worker %s: job %s result discarded immediately", self.name, job.id, extra=extra)
         elif ttl < 0:
-            log.info("Worker %s: job %s result will never expire, clean up result key manually", self.name, job.id)
+            log.info("Worker %s: job %s result will never expire, clean up result key manually", self.name, job.id,
+                     extra=extra)  # fmt: skip
         else:
-            log.info("Worker %s: job %s result is kept for %d seconds", self.name, job.id, ttl)
+            log.info("Worker %s: job %s result is kept for %d seconds", self.name, job.id, ttl, extra=extra)
 
     # -- small helpers ---------------------------------------------------------------------------
 
