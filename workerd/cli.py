@@ -23,6 +23,8 @@ from workerd.utils import import_attribute
 
 log = logging.getLogger("workerd.cli")
 
+SUBCOMMANDS = ("info", "health")
+
 DESCRIPTION = """\
 Run workers for RQ-compatible Redis job queues. Listens on QUEUE... (highest priority first;
 default: the QUEUES setting, else 'default'). Every option of `rq worker` is accepted with the
@@ -32,6 +34,10 @@ the file.
 """
 
 EPILOG = """\
+subcommands: `workerd info [QUEUE...]` shows queues and workers (like rq info); `workerd health` exits
+0 or 1 (a probe for containers). Each takes -u/-c and --help. A queue literally named info or health
+is given after `--` (workerd -- info).
+
 exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 69 Redis unreachable at start
 (burst mode); 70 internal error; 78 invalid settings (do not restart; fix the settings).
 """
@@ -121,6 +127,11 @@ def check_imports(settings: Settings) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:  # a queue named info or health: `workerd -- info`
+        from workerd import info
+
+        return info.main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     config = args.config or os.environ.get("RQ_CONFIG") or None  # rq's environment name for -c
     settings, layers = build_settings(_cli_values(args), config)
@@ -133,12 +144,14 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     groups = build_groups(settings)
     if args.check:
-        print(f"workerd: settings OK ({layers.file_label or 'no settings file'}; "
-              f"{', '.join(f'{g.name}: {g.target}' for g in groups) if uses_master(settings) else 'single worker'})")
+        print(
+            f"workerd: settings OK ({layers.file_label or 'no settings file'}; "
+            f"{', '.join(f'{g.name}: {g.target}' for g in groups) if uses_master(settings) else 'single worker'})"
+        )
         return ExitCode.OK
     if uses_master(settings):
         cli_values = _cli_values(args)
-        return Master(settings, reload=lambda: build_settings(cli_values, args.config)[0]).run()
+        return Master(settings, reload=lambda: build_settings(cli_values, config)[0]).run()
     from workerd.worker import Worker
 
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
