@@ -11,9 +11,8 @@ Precedence: command line > environment > settings file > defaults.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
 import contextvars
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -247,15 +246,15 @@ class Settings(BaseSettings):
 
 # The values read from the settings file, for the duration of one Settings(...) call (see
 # workerd.config.build_settings): a source of its own, so that the environment beats the file.
-FILE_VALUES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("workerd_file_values", default={})
+FILE_VALUES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("workerd_file_values", default=None)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return FILE_VALUES.get().get(field_name), field_name, False
+        return (FILE_VALUES.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(FILE_VALUES.get())
+        return dict(FILE_VALUES.get() or {})
 
 
 SECRET_FIELDS = frozenset(
