@@ -13,6 +13,7 @@ finds its lease gone and writes nothing, so a re-run is never overwritten by a s
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
     from redis.commands.core import Script
+
+log = logging.getLogger("workerd.worker")
 
 MAX_SKIPS_PER_FETCH = 100
 LEASE_LOST = -1
@@ -132,11 +135,18 @@ class Committer:
             execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH,
         ]  # fmt: skip
         index, job_id, flat, skipped = self._fetch_start(keys=keys, args=args, client=self.redis)
-        skipped_ids = [s.decode() for s in skipped]
+        skipped_ids = [s.decode("utf-8", "replace") for s in skipped]  # only logged: any bytes will do
         if index <= 0:
             return Fetched(None, skipped_ids, suspended=index < 0)
         mapping = dict(zip(flat[::2], flat[1::2], strict=True))
-        job = Job.from_mapping(job_id.decode(), mapping, connection=self.redis, serializer=self.serializer)
+        text_id = job_id.decode("utf-8", "replace")
+        try:
+            job = Job.from_mapping(text_id, mapping, connection=self.redis, serializer=self.serializer)
+        except Exception as exc:  # a forged or corrupted hash: the job is started, so run what can be read
+            log.warning("job %s: its hash has malformed fields (%s: %s); using the defaults for them",
+                        text_id, type(exc).__name__, exc)  # fmt: skip
+            job = Job(id=text_id, origin=queues[index - 1], data=mapping.get(b"data", b""), connection=self.redis,
+                      serializer=self.serializer)  # fmt: skip
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
 
     # -- lease -----------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def _int_or_none(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "1e999", "inf", "nan"
         return None
 
 

@@ -16,6 +16,7 @@ import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -583,12 +584,14 @@ class Worker:
         """
         cwd = os.getcwd()
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+        stdio = _save_stdio()
         keeper = LeaseKeeper(self, claim)
         keeper.start()
         try:
             return self.perform(claim.job)
         finally:
             keeper.stop()
+            _restore_stdio(stdio)
             os.chdir(cwd)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
@@ -790,6 +793,31 @@ class Worker:
 
     def _set_idle_title(self) -> None:
         set_title(f"worker {self.name}: idle, listening on {','.join(self.queues)}")
+
+
+def _save_stdio() -> list[tuple[int, str, Any, int]]:
+    """Duplicates of fds 1 and 2 and the sys streams, so an in-process job that closes them cannot
+    take the worker's logging with it."""
+    saved = []
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            saved.append((fd, name, getattr(sys, name), os.dup(fd)))
+        except OSError:  # already closed when we started: nothing to restore
+            continue
+    return saved
+
+
+def _restore_stdio(saved: list[tuple[int, str, Any, int]]) -> None:
+    for fd, name, stream, copy in saved:
+        with contextlib.suppress(OSError):
+            os.dup2(copy, fd)
+        os.close(copy)
+        if stream is not None and getattr(stream, "closed", False):
+            fresh = open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+            setattr(sys, name, fresh)
+            for handler in logging.getLogger("workerd").handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                    handler.stream = fresh  # not setStream(): it flushes the closed stream, which raises
 
 
 def _signal_group(pid: int, signum: int) -> None:
