@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -38,6 +38,9 @@ from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent,
 from workerd.sdnotify import Notifier
 from workerd.settings import Settings
 from workerd.utils import import_attribute
+
+if TYPE_CHECKING:
+    from workerd.metrics import MetricsServer, PoolMetrics
 
 log = logging.getLogger("workerd.master")
 
@@ -121,6 +124,7 @@ class Child:
     outage: bool = False
     stop_reason: str | None = None  # why the master asked it to stop
     kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
+    worker_stop_reason: str | None = None  # why the worker said it stops (max jobs, ...)
 
     def apply(self, report: dict[str, Any]) -> None:
         if "state" in report:
@@ -136,6 +140,8 @@ class Child:
             self.outage = False
         if report.get("outage"):
             self.outage = True
+        if "stopping" in report:
+            self.worker_stop_reason = str(report["stopping"])
 
 
 class Master:
@@ -160,6 +166,8 @@ class Master:
         self._next_watchdog = 0.0
         self._next_status = 0.0
         self._burst_finished: set[str] = set()
+        self.metrics: PoolMetrics | None = None
+        self._metrics_server: MetricsServer | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -181,6 +189,8 @@ class Master:
         self.handle_signals()
         self.reap()
         self.enforce_limits()
+        if self.metrics is not None:  # one list swap: the HTTP thread reads it whole
+            self.metrics.pool = [(c.group, c.state, c.name, c.ready) for c in self.children.values()]
         rotate_log_file_if_needed(self.settings)
         if self._stopping:
             self.drain()
@@ -198,6 +208,10 @@ class Master:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):  # fmt: skip
             signal.signal(signum, self._record_signal)
+        if self.settings.pid:
+            with open(self.settings.pid, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+        self.start_metrics()
         self.preload(self.settings)
         # Move everything imported so far out of the collector's reach: a collection in a child
         # would otherwise write to (and so un-share) every preloaded object's page.
@@ -212,12 +226,34 @@ class Master:
             importlib.import_module(module)
             log.info("master: preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
 
+    def start_metrics(self) -> None:
+        """METRICS_PORT: serve /metrics and /health from a thread, started before any fork."""
+        if self.settings.metrics_port is None:
+            return
+        from workerd.metrics import MetricsServer, PoolMetrics
+
+        self.metrics = PoolMetrics(self.settings, self.groups)
+        try:
+            self._metrics_server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port,
+                                                 self.metrics.render, self.metrics.health)  # fmt: skip
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {self.settings.metrics_host}:{self.settings.metrics_port}: "
+                              f"{exc.strerror or exc}") from None  # fmt: skip
+        self._metrics_server.start()
+        log.info("master: metrics on http://%s:%d/metrics (and /health)", self.settings.metrics_host,
+                 self._metrics_server.port)  # fmt: skip
+
     def teardown(self) -> None:
         for child in list(self.children.values()):
             _signal(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while self.children and time.monotonic() < deadline:
             self.reap(block_s=0.05)
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        if self.settings.pid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.pid)
         self.notifier.close()
         signal.set_wakeup_fd(-1)
         for fd in (self._wake_read, self._wake_write):
@@ -250,7 +286,10 @@ class Master:
             *lines, child.buffer = child.buffer.split(b"\n")
             for line in lines:
                 with contextlib.suppress(ValueError):
-                    child.apply(json.loads(line))
+                    report = json.loads(line)
+                    child.apply(report)
+                    if self.metrics is not None:
+                        self.metrics.on_report(child.group, report)
 
     def handle_signals(self) -> None:
         while self._signals:
@@ -304,6 +343,8 @@ class Master:
             for child in self.children.values():
                 log.error("master: worker %s did not stop; SIGKILL", child.name)
                 _signal(child.pid, signal.SIGKILL)
+                if self.metrics is not None:
+                    self.metrics.on_shutdown_kill(child.group)
             self._kill_deadline = now + COLD_STOP_GRACE_S
 
     # -- children -------------------------------------------------------------------------------
@@ -337,7 +378,8 @@ class Master:
         try:
             die_with_parent(master_pid)
             signal.set_wakeup_fd(-1)
-            for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
+            server_fd = [self._metrics_server.socket_fd] if self._metrics_server is not None else []
+            for fd in (self._wake_read, self._wake_write, *server_fd, *(c.status_fd for c in self.children.values())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
@@ -377,6 +419,9 @@ class Master:
         lived_s = time.monotonic() - child.started
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         how = describe_wait_status(status)
+        if self.metrics is not None:
+            self.metrics.on_exit(child.group, clean, child.stop_reason if child.stop_reason != "killed" else None,
+                                 child.worker_stop_reason, child.kill_reason)  # fmt: skip
         if child.stop_reason or (clean and not self._stopping):
             log.info("master: worker %s exited (%s) after %.1f s%s", child.name, how, lived_s,
                      f": {child.stop_reason}" if child.stop_reason else "")  # fmt: skip
@@ -501,6 +546,8 @@ class Master:
         self.settings = settings
         self.groups = groups
         self.generation += 1
+        if self.metrics is not None:
+            self.metrics.set_groups(groups)
         log.info("master: settings reloaded; replacing workers one at a time")
         self.notifier.send(READY=1)
 
@@ -574,8 +621,9 @@ def run_child(group: Group, name: str, reporter: Callable[[dict[str, Any]], None
     if max_jobs is not None and settings.max_jobs_jitter:
         max_jobs += random.randint(0, settings.max_jobs_jitter)
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
+    # pid=None: the PID file is the master's.
     worker = worker_class(settings.queues, settings=settings, name=name, reporter=reporter,
-                          predecessors=predecessors, max_jobs=max_jobs)  # fmt: skip
+                          predecessors=predecessors, max_jobs=max_jobs, pid=None)  # fmt: skip
     return worker.run()
 
 

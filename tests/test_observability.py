@@ -1,0 +1,335 @@
+"""Observability against a running pool of the real binary: info, health, metrics, JSON logs, Sentry."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import http.server
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import run_workerd, wait_until
+from tests.redis_server import RedisServer, free_port
+from workerd import Queue, Retry, registration, schema
+from workerd.timeutil import utcformat, utcnow
+
+
+def _status(r: redis.Redis, job_id: str) -> str | None:
+    value = r.hget(schema.job_key(job_id), "status")
+    return value.decode() if value else None
+
+
+def _all_done(r: redis.Redis, jobs: list, statuses: tuple[str, ...] = ("finished", "failed")) -> bool:
+    return all(_status(r, j.id) in statuses for j in jobs)
+
+
+# -- info ---------------------------------------------------------------------------------------
+
+
+def test_info_shows_queues_registries_and_workerd_and_rq_workers(r, redis_url, workerd) -> None:
+    import rq
+
+    q = Queue("default", connection=r)
+    q.enqueue("testjobs.add", 1, 2)
+    q.enqueue("testjobs.fail")
+    Queue("low", connection=r).enqueue_in(dt.timedelta(hours=1), "testjobs.add", 1, 1)
+    pool = workerd("-u", redis_url, "--workers", "2", "--heartbeat-interval", "0.5", "default", "low")
+    wait_until(lambda: r.zcard(schema.finished_key("default")) == 1 and r.zcard(schema.failed_key("default")) == 1,
+               message="one finished and one failed job")  # fmt: skip
+    long_jobs = [q.enqueue("testjobs.mark_then_sleep", redis_url, "runs", 30) for _ in range(2)]
+    wait_until(lambda: r.llen("runs") == 2, message="both workers busy")
+    for _ in range(3):
+        q.enqueue("testjobs.add", 2, 2)
+    rq_worker = rq.Worker(["default"], connection=redis.Redis.from_url(redis_url), name="an-rq-worker")
+    rq_worker.register_birth()
+
+    done = run_workerd("info", "-u", redis_url)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    lines = out.splitlines()
+    default_line = next(line for line in lines if line.startswith("default "))
+    assert default_line.endswith(" 3, 2 executing, 1 finished, 1 failed, 0 deferred, 0 scheduled"), out
+    assert "\u2588" in default_line
+    low_line = next(line for line in lines if line.startswith("low "))
+    assert low_line.endswith(" 0, 0 executing, 0 finished, 0 failed, 0 deferred, 1 scheduled"), out
+    assert "2 queues, 3 jobs total" in out
+    for job in long_jobs:
+        busy = [line for line in lines if f": busy job {job.id} default, low." in line]
+        assert len(busy) == 1 and "s ago" in busy[0], out
+    assert any(line.startswith("an-rq-worker (") and ": ? default. jobs: 0 finished" in line for line in lines), out
+    assert "3 workers, 2 queues" in out
+    assert pool.process.poll() is None
+
+    raw = run_workerd("info", "-u", redis_url, "--raw", "default")
+    assert raw.returncode == 0
+    assert raw.stdout.splitlines()[0].startswith("queue default ")
+    assert all(line.startswith(("queue ", "worker ")) for line in raw.stdout.splitlines()), raw.stdout
+    assert not any(line.split()[1] == "low" for line in raw.stdout.splitlines() if line.startswith("queue "))
+
+    unreachable = run_workerd("info", "-u", f"redis://127.0.0.1:{free_port()}/0")
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+
+
+def test_a_queue_named_info_is_given_after_a_double_dash(r, redis_url) -> None:
+    job = Queue("info", connection=r).enqueue("testjobs.add", 3, 4)
+    done = run_workerd("--burst", "-u", redis_url, "--", "info")
+    assert done.returncode == 0, done.stderr
+    assert _status(r, job.id) == "finished"
+
+
+# -- health -------------------------------------------------------------------------------------
+
+
+def _fake_worker(r: redis.Redis, name: str, heartbeat_age_s: float) -> None:
+    registration.register_birth(r, name, ["default"], 420)
+    stamp = utcformat(utcnow().fromtimestamp(time.time() - heartbeat_age_s, utcnow().tzinfo))
+    r.hset(schema.worker_key(name), mapping={"last_heartbeat": stamp, "hostname": socket.gethostname()})
+
+
+def test_health_of_redis_and_of_this_hosts_worker_heartbeats(r, redis_url) -> None:
+    down = run_workerd("health", "-u", f"redis://127.0.0.1:{free_port()}/0")
+    assert down.returncode == 1 and "unreachable" in down.stdout, down.stdout
+    nobody = run_workerd("health", "-u", redis_url)
+    assert nobody.returncode == 1 and "no worker on" in nobody.stdout
+    _fake_worker(r, "stale", heartbeat_age_s=60)  # 3 x 3 s + 5 s is the limit by default
+    stale = run_workerd("health", "-u", redis_url)
+    assert stale.returncode == 1 and "(1 registered on this host)" in stale.stdout, stale.stdout
+    _fake_worker(r, "fresh", heartbeat_age_s=1)
+    ok = run_workerd("health", "-u", redis_url)
+    assert ok.returncode == 0 and ok.stdout.strip() == "workerd: healthy"
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def test_health_of_a_pool_by_pid_file_and_http_endpoint(r, redis_url, workerd, tmp_path) -> None:
+    port = free_port()
+    pid_file = tmp_path / "master.pid"
+    config = tmp_path / "pool.toml"
+    config.write_text(f'redis_url = "{redis_url}"\nworkers = 2\npid = "{pid_file}"\nmetrics_port = {port}\n'
+                      'heartbeat_interval = 0.5\n')  # fmt: skip
+    master = workerd("-c", str(config))
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/health")[0] == 200, message="the pool healthy over HTTP")
+    assert pid_file.read_text().strip() == str(master.pid)  # the master's pid, not a worker's
+    ok = run_workerd("health", "-c", str(config))
+    assert ok.returncode == 0, ok.stdout
+    assert _get(f"http://127.0.0.1:{port}/nothing")[0] == 404
+    os.kill(master.pid, signal.SIGKILL)  # workers die with it; the pid file stays behind
+    master.wait(10)
+    _fake_worker(r, "someone-else", heartbeat_age_s=1)  # a live worker of this host, not the master's
+    gone = run_workerd("health", "-c", str(config))
+    assert gone.returncode == 1 and "is not running" in gone.stdout, gone.stdout
+    pid_file.unlink()
+    no_http = run_workerd("health", "-u", redis_url, env={"WORKERD_METRICS_PORT": str(port)})
+    assert no_http.returncode == 1 and "does not answer" in no_http.stdout, no_http.stdout
+
+
+def test_http_health_turns_503_when_the_workers_stop_heartbeating(r, redis_url, workerd) -> None:
+    port = free_port()
+    master = workerd("-u", redis_url, "--workers", "1", "--metrics-port", str(port), "--heartbeat-interval", "0.1")
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/health")[0] == 200, message="the pool healthy over HTTP")
+    worker_pid = int(next(iter(r.hgetall(k)[b"pid"] for k in r.smembers(schema.WORKERS))))
+    os.kill(worker_pid, signal.SIGSTOP)  # alive to the master, silent to Redis: 3 x 0.1 s + 5 s later, unhealthy
+    try:
+        _, text = wait_until(lambda: (got := _get(f"http://127.0.0.1:{port}/health"))[0] == 503 and got,
+                                timeout=15, interval=0.2, message="/health to say 503")  # fmt: skip
+        assert "has heartbeaten in the last 5.3 s" in text, text
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/health")[0] == 200, message="healthy again")
+    assert master.process.poll() is None
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code, text = _get(f"http://127.0.0.1:{port}/metrics")
+    assert code == 200, text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_of_a_pool_across_horses_and_recycled_workers(r, redis_url, workerd) -> None:
+    port = free_port()
+    workerd("-u", redis_url, "--workers", "2", "--max-jobs", "4", "--metrics-port", str(port),
+            "--heartbeat-interval", "0.5", "--soft-memory-limit", "150")  # fmt: skip
+    q = Queue("default", connection=r)
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/metrics")[0] == 200, message="the metrics server up")
+    wait_until(lambda: _value(_scrape(port), "workerd_workers", group="default", state="idle") == 2,
+               message="two idle workers in the metrics")  # fmt: skip
+    sleepers = [q.enqueue("testjobs.mark_then_sleep", redis_url, "runs", 1.5) for _ in range(2)]
+    wait_until(lambda: r.llen("runs") == 2, message="both workers busy")
+    adds = [q.enqueue("testjobs.add", i, i) for i in range(3)]
+    busy = _scrape(port)
+    assert _value(busy, "workerd_workers", group="default", state="busy") == 2
+    assert _value(busy, "workerd_queue_depth", queue="default") == 3
+    assert _value(busy, "workerd_queue_registry_jobs", queue="default", registry="started") == 2
+    assert _value(busy, "workerd_redis_up") == 1
+
+    failing = [q.enqueue("testjobs.fail") for _ in range(2)]
+    retried = q.enqueue("testjobs.fail", retry=Retry(max=1))
+    hog = q.enqueue("testjobs.allocate_mib", 250, 3.0)  # its horse goes over the soft limit: SIGTERM
+    jobs = [*sleepers, *adds, *failing, retried, hog]
+    wait_until(lambda: _all_done(r, jobs), timeout=30, message="every job done")
+    # 11 executions, at most 4 per worker: at least two workers were recycled for max jobs.
+    samples = wait_until(
+        lambda: (
+            (s := _scrape(port))
+            and _value(s, "workerd_worker_recycles_total", group="default", reason="max_jobs") >= 2
+            and s
+        ),
+        message="two max-jobs recycles in the metrics",
+    )
+    assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 5
+    assert _value(samples, "workerd_jobs_total", queue="default", outcome="failed") == 4
+    assert _value(samples, "workerd_jobs_total", queue="default", outcome="retried") == 1
+    assert _value(samples, "workerd_job_duration_seconds_count", queue="default") == 10
+    assert _value(samples, "workerd_job_duration_seconds_bucket", queue="default", le="0.5") >= 7
+    assert _value(samples, "workerd_job_duration_seconds_bucket", queue="default", le="1.0") <= 8
+    assert _value(samples, "workerd_kills_total", group="default", process="horse", reason="soft_memory") == 1
+    assert _value(samples, "workerd_worker_deaths_total", group="default") == 0
+    assert _value(samples, "workerd_queue_registry_jobs", queue="default", registry="failed") == 4
+    assert _value(samples, "workerd_queue_registry_jobs", queue="default", registry="finished") == 5
+    assert _value(samples, "workerd_queue_depth", queue="default") == 0
+
+    started = time.perf_counter()
+    for _ in range(10):
+        _scrape(port)
+    per_scrape_ms = (time.perf_counter() - started) * 100
+    assert per_scrape_ms < 250, f"a scrape took {per_scrape_ms:.1f} ms"
+    print(f"scrape: {per_scrape_ms:.1f} ms, redis part {_value(samples, 'workerd_scrape_redis_seconds') * 1000:.2f} ms")
+
+
+# -- JSON logs --------------------------------------------------------------------------------
+
+
+def test_json_log_lines_carry_the_job_on_every_line_about_a_job(r, redis_url) -> None:
+    q = Queue("default", connection=r)
+    ok = q.enqueue("testjobs.add", 1, 2)
+    bad = q.enqueue("testjobs.fail", "kaput")
+    done = run_workerd("--burst", "-u", redis_url, "--log-format", "json", "-n", "jsonworker")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "message", "worker", "pid"} <= set(line) for line in lines)
+    assert all(line["worker"] == "jsonworker" for line in lines)
+    for job in (ok, bad):
+        about = [line for line in lines if job.id in line["message"]]
+        assert len(about) >= 2, lines
+        for line in about:
+            fields = (line["job_id"], line["queue"], line["worker"], line["attempt"])
+            assert fields == (job.id, "default", "jsonworker", 1), line
+    failure = next(line for line in lines if line.get("job_id") == bad.id and line["level"] == "ERROR")
+    assert "ValueError: kaput" in failure["message"]
+
+
+# -- Sentry -------------------------------------------------------------------------------------
+
+
+class _Ingest(http.server.BaseHTTPRequestHandler):
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+        elif encoding == "br":
+            import brotli  # type: ignore[import-not-found]
+
+            body = brotli.decompress(body)
+        type(self).bodies.append(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def ingest() -> Iterator[tuple[int, list[bytes]]]:
+    _Ingest.bodies = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ingest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1]), _Ingest.bodies
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def secret_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "secret-redis", password="s3cret-Pa55word")
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+def _events(bodies: list[bytes]) -> list[dict]:
+    events = []
+    for body in bodies:
+        items = body.split(b"\n")
+        for header, payload in zip(items[1::2], items[2::2], strict=False):
+            if json.loads(header).get("type") == "event":
+                events.append(json.loads(payload))
+    return events
+
+
+@pytest.mark.parametrize("mode", ["fork-pool", "inprocess-single"])
+def test_sentry_one_event_per_failed_job_tagged_without_the_password(secret_redis, ingest, mode) -> None:
+    port, bodies = ingest
+    url = secret_redis.url
+    client = secret_redis.client()
+    q = Queue("default", connection=client)
+    bad = [q.enqueue("testjobs.fail", f"could not reach {url}"), q.enqueue("testjobs.fail", "plain")]
+    good = q.enqueue("testjobs.add", 1, 1)
+    extra = ["--workers", "1"] if mode == "fork-pool" else ["--execution", "inprocess"]
+    done = run_workerd("--burst", "-u", url, "-n", "sentry-w", "--sentry-dsn", f"http://public@127.0.0.1:{port}/1",
+                       *extra)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _all_done(client, [*bad, good])
+    events = wait_until(lambda: len(_events(bodies)) >= 2 and _events(bodies), message="two Sentry events")
+    assert len(events) == 2, events  # one per failed job: the worker's error log line is not an event
+    assert sorted(e["tags"]["job_id"] for e in events) == sorted(j.id for j in bad)
+    for event in events:
+        assert event["tags"]["func"] == "testjobs.fail"
+        assert event["tags"]["queue"] == "default"
+        assert event["tags"]["worker"].startswith("sentry-w")
+        assert event["exception"]["values"][-1]["type"] == "ValueError"
+    everything = b"".join(bodies)
+    assert b"s3cret-Pa55word" not in everything
+    assert b"[Filtered]" in everything
+    with contextlib.suppress(Exception):
+        client.close()

@@ -1,0 +1,278 @@
+"""`workerd info` and `workerd health`: what is on the queues and who works them, read from Redis.
+
+`info` is `rq info` for workerd's and RQ's workers alike (rq-protocol.md 8.4), with the heartbeat
+age, current job and all registries added. Unlike `rq info` it is read-only: it cleans no
+registry and removes no stale worker; expired finished/failed entries are simply not counted.
+
+`health` is a probe for containers and load balancers: exit 0 when Redis answers, the master is
+alive (if its pid file or metrics port is configured) and at least one worker of this host has
+heartbeaten recently; else exit 1 with one line saying why. The master's HTTP `/health` applies the
+same rules to its own workers (workerd.metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from workerd import connection as connection_module
+from workerd import schema
+from workerd.config import build_settings
+from workerd.errors import ExitCode
+from workerd.registration import WorkerInfo
+from workerd.settings import Settings
+
+# A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
+HEALTH_GRACE_S = 5.0
+# How long a probe waits for Redis or the master's HTTP endpoint.
+PROBE_TIMEOUT_S = 3.0
+REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled", "canceled")
+
+
+@dataclass
+class QueueCounts:
+    name: str
+    queued: int
+    started: int
+    finished: int
+    failed: int
+    deferred: int
+    scheduled: int
+    canceled: int
+
+    def registry(self, name: str) -> int:
+        return int(getattr(self, name))
+
+
+def queue_counts(client: redis.Redis, queues: Sequence[str], now: float | None = None) -> list[QueueCounts]:
+    """Depth and registry sizes of `queues` in one round trip (8 O(1)/O(log n) commands a queue).
+
+    finished/failed entries whose score (their expiry) has passed are not counted: RQ's clean-up
+    would remove them. Failed entries kept forever have a negative score and always count.
+    """
+    moment = time.time() if now is None else now
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(schema.queue_key(queue))
+            pipe.zcard(schema.started_key(queue))
+            pipe.zcard(schema.finished_key(queue))
+            pipe.zcount(schema.finished_key(queue), 0, moment)
+            pipe.zcard(schema.failed_key(queue))
+            pipe.zcount(schema.failed_key(queue), 0, moment)
+            pipe.zcard(schema.deferred_key(queue))
+            pipe.zcard(schema.scheduled_key(queue))
+            pipe.zcard(schema.canceled_key(queue))
+        replies = [int(v) for v in pipe.execute()]
+    counts = []
+    for index, queue in enumerate(queues):
+        q, wip, fin, fin_old, fail, fail_old, deferred, scheduled, canceled = replies[index * 9 : index * 9 + 9]
+        counts.append(QueueCounts(queue, q, wip, fin - fin_old, fail - fail_old, deferred, scheduled, canceled))
+    return counts
+
+
+def known_queues(client: redis.Redis) -> list[str]:
+    members: Any = client.smembers(schema.QUEUES)
+    return sorted(schema.queue_name_from_key(m) for m in members)
+
+
+def heartbeat_age_s(worker: WorkerInfo, now: dt.datetime | None = None) -> float | None:
+    if worker.last_heartbeat is None:
+        return None
+    return ((now or dt.datetime.now(dt.timezone.utc)) - worker.last_heartbeat).total_seconds()
+
+
+def workers_of(client: redis.Redis, queues: Sequence[str]) -> list[WorkerInfo]:
+    if not queues:
+        return WorkerInfo.all(client)
+    seen: dict[str, WorkerInfo] = {}
+    for queue in queues:
+        for worker in WorkerInfo.all(client, queue):
+            seen.setdefault(worker.name, worker)
+    return sorted(seen.values(), key=lambda w: w.name)
+
+
+# -- info ---------------------------------------------------------------------------------------
+
+
+def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, only_queues: bool = False,
+                only_workers: bool = False, width: int = 20) -> str:  # fmt: skip
+    names = list(queues) or known_queues(client)
+    lines: list[str] = []
+    if not only_workers:
+        counts = queue_counts(client, names)
+        scale = max([c.queued for c in counts] + [1])
+        for c in counts:
+            rest = (f"{c.queued}, {c.started} executing, {c.finished} finished, {c.failed} failed, "
+                    f"{c.deferred} deferred, {c.scheduled} scheduled")  # fmt: skip
+            if raw:
+                lines.append(f"queue {c.name} {rest}")
+            else:
+                bar = "|" + "\u2588" * round(width * c.queued / scale)
+                lines.append(f"{c.name:<12} {bar} {rest}")
+        if not raw:
+            lines += [f"{len(counts)} queues, {sum(c.queued for c in counts)} jobs total", ""]
+    if not only_queues:
+        now = dt.datetime.now(dt.timezone.utc)
+        workers = workers_of(client, list(queues))
+        for w in workers:
+            age = heartbeat_age_s(w, now)
+            job = f" job {w.current_job_id}" if w.current_job_id else ""
+            heartbeat = f"heartbeat {age:.1f} s ago" if age is not None else "no heartbeat"
+            text = (f"{w.name} ({w.hostname} {w.ip_address} {w.pid}): {w.state}{job} {', '.join(w.queue_names)}. "
+                    f"jobs: {w.successful_job_count} finished, {w.failed_job_count} failed, "
+                    f"{w.total_working_time:.1f} s working; {heartbeat}; {w.version or 'unknown version'}")  # fmt: skip
+            lines.append(f"worker {text}" if raw else text)
+        if not raw:
+            lines += [f"{len(workers)} workers, {len(names)} queues", "",
+                      f"Updated: {dt.datetime.now().replace(microsecond=0)}"]  # fmt: skip
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# -- health -------------------------------------------------------------------------------------
+
+
+def heartbeat_limit_s(settings: Settings) -> float:
+    return 3 * settings.effective_heartbeat_s + HEALTH_GRACE_S
+
+
+def fresh_workers(workers: Iterable[WorkerInfo], max_age_s: float) -> list[WorkerInfo]:
+    now = dt.datetime.now(dt.timezone.utc)
+    return [w for w in workers if (age := heartbeat_age_s(w, now)) is not None and age < max_age_s]
+
+
+def check_health(settings: Settings, client: redis.Redis | None = None) -> str | None:
+    """None if healthy, else the reason in one line."""
+    where = connection_module.describe(settings)
+    client = client or _probe_client(settings)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        return f"Redis at {where} is unreachable: {exc}"
+    master_pid = None
+    if settings.pid:
+        try:
+            with open(settings.pid) as handle:
+                master_pid = int(handle.read().split()[0])
+            os.kill(master_pid, 0)
+        except (OSError, ValueError, IndexError) as exc:
+            return f"the process of pid file {settings.pid} is not running ({type(exc).__name__}: {exc})"
+    if settings.metrics_port:
+        url = f"http://{_http_host(settings.metrics_host)}:{settings.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            return f"the master says: {exc.read().decode(errors='replace').strip() or exc}"
+        except OSError as exc:
+            return f"the master does not answer on {url}: {exc}"
+    host = socket.gethostname()
+    workers = [w for w in WorkerInfo.all(client) if w.hostname == host]
+    if master_pid is not None:
+        # The pid file is the master's (its workers are its children), or a single worker's own.
+        own = [w for w in workers if w.pid == master_pid]
+        children = _children_of(master_pid)
+        if own:
+            workers = own
+        elif children is not None:
+            workers = [w for w in workers if w.pid in children]
+    limit = heartbeat_limit_s(settings)
+    if not fresh_workers(workers, limit):
+        return (f"no worker on {host} has heartbeaten in the last {limit:g} s "
+                f"({len(workers)} registered on this host)")  # fmt: skip
+    return None
+
+
+def _children_of(pid: int) -> set[int] | None:
+    try:
+        import psutil
+
+        return {child.pid for child in psutil.Process(pid).children()}
+    except Exception:  # psutil missing or the process gone: fall back to the host's workers
+        return None
+
+
+def _http_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _probe_client(settings: Settings) -> redis.Redis:
+    client = connection_module.connect(settings)
+    for kwargs in _connection_kwargs(client):
+        kwargs["socket_timeout"] = PROBE_TIMEOUT_S
+        kwargs["socket_connect_timeout"] = PROBE_TIMEOUT_S
+    return client
+
+
+def _connection_kwargs(client: redis.Redis) -> list[dict[str, Any]]:
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return [kwargs] if isinstance(kwargs, dict) else []
+
+
+# -- the subcommands ----------------------------------------------------------------------------
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    if command == "info":
+        parser = argparse.ArgumentParser(
+            prog="workerd info", description="Queues with their depths and registries, and the workers "
+            "(workerd's and RQ's) with their state, current job and heartbeat age. Read-only.")  # fmt: skip
+        parser.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to show [default: all]")
+        parser.add_argument("-r", "--raw", action="store_true", help="no bars or summaries; prefixed lines")
+        parser.add_argument("-Q", "--only-queues", action="store_true", help="show only queues")
+        parser.add_argument("-W", "--only-workers", action="store_true", help="show only workers")
+        parser.add_argument("-i", "--interval", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    else:
+        parser = argparse.ArgumentParser(
+            prog="workerd health",
+            description="Exit 0 if Redis answers, the master is alive (when PID or "
+            "METRICS_PORT is configured) and a worker of this host heartbeats; else exit 1 with the reason.",
+        )
+    parser.add_argument("-u", "--url", metavar="URL", help="Redis URL [default: the settings' REDIS_URL]")
+    parser.add_argument("-c", "--config", metavar="FILE|MODULE", help="settings file [env RQ_CONFIG]")
+    return parser
+
+
+def main(command: str, argv: Sequence[str]) -> int:
+    args = _parser(command).parse_args(list(argv))
+    config = args.config or os.environ.get("RQ_CONFIG") or None
+    settings, _ = build_settings({"redis_url": args.url} if args.url else {}, config)
+    if command == "health":
+        reason = check_health(settings)
+        if reason is not None:
+            print(f"workerd: unhealthy: {reason}")
+            return 1
+        print("workerd: healthy")
+        return ExitCode.OK
+    client = _probe_client(settings)
+    try:
+        while True:
+            width = min(20, shutil.get_terminal_size().columns - 20)
+            text = render_info(client, args.queues, args.raw, args.only_queues, args.only_workers, width)
+            if args.interval:
+                sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if not args.interval:
+                return ExitCode.OK
+            time.sleep(args.interval)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"workerd: error: Redis at {connection_module.describe(settings)} is unreachable: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
