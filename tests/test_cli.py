@@ -289,6 +289,24 @@ def test_log_format_and_date_format_shape_every_line(r: redis.Redis, redis_url: 
     assert any("Job OK" in line for line in lines)
 
 
+def test_dict_config_replaces_the_format_settings_and_keeps_workerd_lines(
+    tmp_path: Path, r: redis.Redis, redis_url: str
+) -> None:
+    # A typical DICT_CONFIG: one handler on the root logger. logging's own default would disable the
+    # already-created workerd loggers and print nothing at all.
+    module = tmp_path / "dictsettings.py"
+    module.write_text(
+        'DICT_CONFIG = {"version": 1, "formatters": {"f": {"format": "DC %(levelname)s %(message)s"}},\n'
+        '    "handlers": {"h": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "f"}},\n'
+        '    "root": {"handlers": ["h"], "level": "INFO"}}\n'
+    )
+    job = Queue("default", connection=r).enqueue("testjobs.add", 2, 3)
+    output = _ok(run_workerd("-c", str(module), "-u", redis_url, "--burst", "--log-format", "IGNORED %(message)s"))
+    assert _status(r, job.id) == "finished"
+    assert "DC INFO Worker" in output and "Job OK" in output, output
+    assert "IGNORED" not in output
+
+
 def test_disable_job_desc_logging_keeps_arguments_out_of_the_output(r: redis.Redis, redis_url: str) -> None:
     job = Queue("default", connection=r).enqueue("testjobs.echo", "card-4111-1111", token="tok-secret-77")
     output = _ok(run_workerd("-u", redis_url, "--burst", "--disable-job-desc-logging"))

@@ -253,6 +253,11 @@ ERROR_CASES: dict[str, tuple[dict[str, str], list[str], list[str]]] = {
     "verbose and quiet": ({}, ["-v", "-q"], ["-v/--verbose and -q/--quiet cannot be used together"]),
     "URL without scheme": ({}, ["-u", SECRET], ["redis_url", "must start with redis://"]),  # and is not shown
     "pid file directory": ({}, ["--pid", "{dir}/no/such/dir/w.pid"], ["pid", "does not exist"]),
+    "bad DICT_CONFIG": (
+        {"mod_dc.py": 'DICT_CONFIG = {"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}\n'},
+        ["-c", "{dir}/mod_dc.py"],
+        ["DICT_CONFIG is not a valid", "handler 'h'"],
+    ),
     "bad exception handler": ({}, ["--exception-handler", "cli_handlers.nope"],
                               ["cannot import 'cli_handlers.nope'"]),
     "bad serializer": ({}, ["-S", "yaml"], ["yaml"]),

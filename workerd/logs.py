@@ -11,6 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from workerd.errors import ConfigError
 from workerd.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def setup_logging(settings: Settings) -> None:
     two processes never rotate at once.
     """
     if settings.dict_config:
-        logging.config.dictConfig(settings.dict_config)
+        _apply_dict_config(settings.dict_config)
         return
     formatter: logging.Formatter
     if settings.log_format.strip().lower() == "json":
@@ -91,6 +92,22 @@ def setup_logging(settings: Settings) -> None:
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     root.propagate = False
+
+
+def _apply_dict_config(config: dict[str, Any]) -> None:
+    """The user's DICT_CONFIG, as rq applies it. Two differences from a bare dictConfig call: the
+    workerd loggers, created at import, stay enabled unless the config says otherwise (logging's
+    default disable_existing_loggers=True would silence every worker line), and they propagate to
+    whatever handlers the config gives the root logger. A config logging rejects is a config error."""
+    workerd_logger = logging.getLogger("workerd")
+    for handler in list(workerd_logger.handlers):
+        workerd_logger.removeHandler(handler)
+    workerd_logger.setLevel(logging.NOTSET)
+    workerd_logger.propagate = True
+    try:
+        logging.config.dictConfig({"disable_existing_loggers": False, **config})
+    except (ValueError, TypeError, AttributeError, ImportError, KeyError) as exc:
+        raise ConfigError(f"DICT_CONFIG is not a valid logging.config.dictConfig dictionary: {exc}") from exc
 
 
 def rotate_log_file_if_needed(settings: Settings) -> None:
