@@ -333,3 +333,18 @@ def test_sentry_one_event_per_failed_job_tagged_without_the_password(secret_redi
     assert b"[Filtered]" in everything
     with contextlib.suppress(Exception):
         client.close()
+
+
+def test_a_single_worker_serves_its_own_metrics(r, redis_url, workerd) -> None:
+    port = free_port()
+    workerd("-u", redis_url, "--metrics-port", str(port), "-n", "solo", "--heartbeat-interval", "0.5")
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/health")[0] == 200, message="the worker healthy over HTTP")
+    q = Queue("default", connection=r)
+    jobs = [q.enqueue("testjobs.add", 1, 1), q.enqueue("testjobs.fail")]
+    wait_until(lambda: _all_done(r, jobs), message="both jobs done")
+    samples = wait_until(
+        lambda: (s := _scrape(port)) and _value(s, "workerd_jobs_total", queue="default", outcome="failed") and s,
+        message="the failure counted",
+    )
+    assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 1
+    assert _value(samples, "workerd_workers", group="default", state="idle") == 1

@@ -270,3 +270,40 @@ class MetricsServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_single_worker(worker: Any, settings: Settings) -> MetricsServer:
+    """No master (a single worker): the worker serves its own metrics, fed by its own reports.
+
+    The worker's reports (which would go to a master) are applied to the metrics in-process; the
+    HTTP thread is started before the first horse is forked, and horses never serve it.
+    """
+    metrics = PoolMetrics(settings, [_SingleGroup(settings)])
+    metrics.pool = [("default", "starting", worker.name, True)]
+    forward = worker.report
+
+    def report(**fields: Any) -> None:
+        metrics.on_report("default", fields)
+        if "state" in fields:
+            metrics.pool = [("default", str(fields["state"]), worker.name, True)]
+        forward(**fields)
+
+    worker.report = report
+    try:
+        server = MetricsServer(settings.metrics_host, settings.metrics_port or 0, metrics.render, metrics.health)
+    except OSError as exc:
+        from workerd.errors import ConfigError
+
+        raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                          f"{exc.strerror or exc}") from None  # fmt: skip
+    server.start()
+    log.info("metrics on http://%s:%d/metrics (and /health)", settings.metrics_host, server.port)
+    return server
+
+
+class _SingleGroup:
+    name = "default"
+    daemon = None
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
