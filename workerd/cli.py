@@ -155,7 +155,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     from workerd.worker import Worker
 
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
-    return worker_class(settings.queues, settings=settings).run()
+    worker = worker_class(settings.queues, settings=settings)
+    if settings.metrics_port is not None:  # no master: the worker serves its own metrics
+        from workerd.metrics import serve_single_worker
+
+        serve_single_worker(worker, settings)
+    return worker.run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
