@@ -430,7 +430,7 @@ def test_help_lists_every_flag_with_default_and_environment_name_and_the_exit_co
         for flag in action.option_strings:
             assert re.search(rf"(^|[ ,\[]){re.escape(flag)}[ ,\]]", text), flag
     assert flagged >= 30
-    for code in ("0 ", "1 ", "2 ", "69 ", "78 "):
+    for code in ("0 ", "1 ", "2 ", "3 ", "69 ", "70 ", "78 "):
         assert f" {code}" in text.split("exit codes:")[1]
     assert "%(asctime)s %(message)s" in text
 

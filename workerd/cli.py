@@ -38,8 +38,8 @@ subcommands: `workerd info [QUEUE...]` shows queues and workers (like rq info); 
 0 or 1 (a probe for containers). Each takes -u/-c and --help. A queue literally named info or health
 is given after `--` (workerd -- info).
 
-exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 69 Redis unreachable at start
-(burst mode); 70 internal error; 78 invalid settings (do not restart; fix the settings).
+exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 3 workers could not boot; 69 Redis
+unreachable at start (burst mode); 70 internal error; 78 invalid settings (do not restart; fix them).
 """
 
 
