@@ -169,6 +169,7 @@ def test_a_long_rq_worker_command_line_means_the_same(tmp_path: Path, monkeypatc
         (["--quiet"], "WARNING"),
         (["--logging_level", "error"], "ERROR"),
         (["-l", "critical"], "CRITICAL"),
+        (["--logging_level", "warn"], "WARNING"),
     ],
 )
 def test_log_level_flags(argv: list[str], level: str) -> None:

@@ -217,7 +217,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_level(cls, value: Any) -> Any:
         if isinstance(value, str):
-            level = value.upper()
+            level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.upper(), value.upper())  # logging's aliases
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
                 raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
             return level
