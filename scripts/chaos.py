@@ -545,6 +545,7 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
         return min(times) if times else None
 
     dup_killed = dup_other = 0
+    dup_other_examples: list[dict[str, Any]] = []
     recovery_gaps: list[float] = []
     other_gaps: list[float] = []
     for jid in ids:
@@ -564,6 +565,15 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
             dup_killed += 1
         else:
             dup_other += 1
+            if len(dup_other_examples) < 10:
+                dup_other_examples.append(
+                    {
+                        "job_id": jid,
+                        "starts": runs,
+                        "ends": ends[jid],
+                        "killed": {pid: killed.get(pid, []) for _, pid in runs},
+                    }
+                )
     executions = sum(len(r) for r in starts.values())
     first = min((r[0][0] for r in starts.values() if r), default=None)
     last = max((r[-1][0] for r in ends.values() if r), default=None)
@@ -581,6 +591,7 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
         "dup_jobs": dup_killed + dup_other,
         "dup_after_kill": dup_killed,
         "dup_other": dup_other,
+        "dup_other_examples": dup_other_examples,
         "longest_abandoned_s": round(max(recovery_gaps), 3) if recovery_gaps else None,
         "median_abandoned_s": round(statistics.median(recovery_gaps), 3) if recovery_gaps else None,
         "longest_gap_other_s": round(max(other_gaps), 3) if other_gaps else None,
