@@ -67,27 +67,41 @@ CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Outage:
-    """Log a Redis outage once and its end once, and pace the retries with exponential backoff."""
+    """Log a Redis outage once and its end once, and pace the retries with exponential backoff.
 
-    def __init__(self, where: str) -> None:
+    The backoff is capped at `max_backoff_s` (the heartbeat interval): a worker holding a finished
+    job retries its commit at least once per heartbeat, so it is back well within the grace period
+    other workers give it after an outage (`settled`), and never loses its lease to them.
+    """
+
+    def __init__(self, where: str, who: str = "", max_backoff_s: float = MAX_BACKOFF_S) -> None:
         self.where = where
+        self.who = who
+        self.max_backoff_s = max_backoff_s
         self.since: float | None = None
-        self.backoff_s = 0.5
+        self.ended_at = 0.0  # monotonic time the last outage ended
+        self.backoff_s = min(0.5, max_backoff_s)
 
     def failed(self, exc: BaseException) -> float:
         """Record a failure; returns how long to wait before the next try."""
         if self.since is None:
             self.since = time.monotonic()
-            log.error("cannot reach Redis at %s (%s); retrying with backoff", self.where, exc)
+            log.error("%scannot reach Redis at %s (%s); retrying with backoff", self.who, self.where, exc)
         delay = self.backoff_s
-        self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+        self.backoff_s = min(self.backoff_s * 2, self.max_backoff_s)
         return delay
 
     def succeeded(self) -> None:
         if self.since is not None:
-            log.warning("Redis at %s is reachable again after %.1f s", self.where, time.monotonic() - self.since)
+            self.ended_at = time.monotonic()
+            log.warning("%sRedis at %s is reachable again after %.1f s", self.who, self.where,
+                        self.ended_at - self.since)  # fmt: skip
         self.since = None
-        self.backoff_s = 0.5
+        self.backoff_s = min(0.5, self.max_backoff_s)
+
+    def settled(self, grace_s: float) -> bool:
+        """Redis is up, and has been for `grace_s` (time for every worker to renew its leases)."""
+        return self.since is None and time.monotonic() >= self.ended_at + grace_s
 
     @property
     def down_for_s(self) -> float:
@@ -125,7 +139,8 @@ class Worker:
 
             self.exception_handlers.insert(0, sentry.exception_handler(self.settings, self.name))
         self.committer = Committer(self.redis, self.name, self.serializer)
-        self.outage = Outage(connection_module.describe(self.settings))
+        self.outage = Outage(connection_module.describe(self.settings), f"Worker {self.name}: ",
+                             max_backoff_s=self.settings.effective_heartbeat_s)  # fmt: skip
         self.jobs_done = 0
         self.jobs_failed = 0
         self.exit_code = ExitCode.OK
@@ -383,21 +398,24 @@ class Worker:
 
     # -- heartbeats and recovery -------------------------------------------------------------------
 
-    def heartbeat_if_due(self) -> None:
+    def heartbeat_if_due(self) -> bool:
+        """Heartbeat if it is time; True if it did (and so reached Redis)."""
         now = time.monotonic()
         if now < self._next_heartbeat:
-            return
+            return False
         self._next_heartbeat = now + self.settings.effective_heartbeat_s
         if self.reporter is None:  # a single worker rotates its own log file; in a pool, the master does
             rotate_log_file_if_needed(self.settings)
         self.heartbeat()
+        return True
 
     def heartbeat(self) -> None:
         """One round trip: worker heartbeat, lease renewal, and a look for expired leases."""
         claim = self._claim
         busy_ttl = self.settings.job_monitoring_interval + 60
         ttl = busy_ttl if claim else registration.idle_ttl_s(self.settings.worker_ttl)
-        recover = time.monotonic() >= self._recovery_after
+        # After an outage, leases look expired until their workers renew them: wait a lease first.
+        recover = time.monotonic() >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
             registration.queue_heartbeat(pipe, self.name, ttl)
             if claim is not None:
@@ -462,9 +480,19 @@ class Worker:
         log.error("Worker %s: lost the lease on job %s (it was recovered while this worker was not "
                   "heartbeating); its outcome here will be discarded", self.name, claim.job.id)  # fmt: skip
 
-    def _on_outage(self, exc: BaseException) -> None:
+    def _redis_failed(self, exc: BaseException) -> float:
+        """Record a failed Redis call; returns the backoff. Every pooled socket is dropped, so that
+        after a Redis restart no stale one fails again (which would log a second outage)."""
         delay = self.outage.failed(exc)
         self.report(outage=True)
+        self.redis.connection_pool.disconnect()
+        connection = getattr(self._pubsub, "connection", None)
+        if connection is not None:  # it reconnects and subscribes again on its next read
+            connection.disconnect()
+        return delay
+
+    def _on_outage(self, exc: BaseException) -> None:
+        delay = self._redis_failed(exc)
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
@@ -626,10 +654,10 @@ class Worker:
                     self._requeue(claim)
                     return None
                 try:
-                    self.heartbeat_if_due()
-                    self.outage.succeeded()
+                    if self.heartbeat_if_due():  # not due is no news: Redis may still be down
+                        self.outage.succeeded()
                 except CONNECTION_ERRORS as exc:
-                    self.outage.failed(exc)  # keep the horse running; the commit waits for Redis
+                    self._redis_failed(exc)  # keep the horse running; the commit waits for Redis
                 memory_kill = self._check_horse_memory(horse)
                 if memory_kill is not None:
                     killed_for_memory = memory_kill
@@ -715,7 +743,7 @@ class Worker:
                 self.outage.succeeded()
                 return
             except CONNECTION_ERRORS as exc:
-                self.sleep(self.outage.failed(exc))
+                self.sleep(self._redis_failed(exc))
                 self.handle_signals()
                 if self._cold_stop:
                     log.error("Worker %s: cold stop while Redis is unreachable: job %s will be recovered "
