@@ -32,6 +32,20 @@ class Horse:
     buffer: bytearray = field(default_factory=bytearray)
     eof: bool = False
     term_sent_at: float | None = None  # when a soft memory limit sent it SIGTERM (monotonic)
+    # Readable once the horse has exited (Linux 5.3+), so the worker sleeps in select() instead of
+    # polling waitpid() between the pipe's end-of-file and the exit; -1 where unavailable.
+    pidfd: int = -1
+
+    def __post_init__(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            self.pidfd = os.pidfd_open(self.pid)
+
+    def wait_fds(self) -> list[int]:
+        """What to select() on: the report pipe until its end, and the exit of the horse."""
+        fds = [] if self.eof else [self.read_fd]
+        if self.pidfd >= 0:
+            fds.append(self.pidfd)
+        return fds
 
     def read_available(self) -> None:
         """Read what the pipe holds now (the worker polls it, so a big result never blocks the horse)."""
@@ -55,8 +69,10 @@ class Horse:
         return outcome if isinstance(outcome, Outcome) else None
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.read_fd)
+        for fd in (self.read_fd, self.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:

@@ -6,6 +6,7 @@ Durations inside workerd use `time.monotonic()`; these helpers are only for valu
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -21,8 +22,13 @@ def utcformat(moment: dt.datetime) -> str:
 
 
 def utcparse(text: str | bytes) -> dt.datetime:
+    """Parse RQ's timestamp strings (with or without microseconds; always UTC)."""
     if isinstance(text, bytes):
         text = text.decode()
+    if text.endswith("Z"):
+        # fromisoformat is C code, ~20x faster than strptime; before 3.11 it does not accept "Z".
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.timezone.utc)
     try:
         parsed = dt.datetime.strptime(text, _FORMAT)
     except ValueError:
