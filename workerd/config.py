@@ -24,6 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from workerd.errors import ConfigError
 from workerd.settings import ENV_PREFIX, FILE_VALUES, SECRET_FIELDS, Settings
+from workerd.untrusted import settings_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,14 +153,50 @@ def _read_module(spec: str) -> dict[str, Any]:
         else:
             # rq settings modules often hold constants of their own; rq ignores them, so we warn.
             log.warning("%s: %s is not a workerd setting and is ignored%s", spec, name, _suggest(name))
+    warn_if_password_exposed(getattr(module, "__file__", None), values)
     return values
 
 
 def read_settings_file(spec: str) -> dict[str, Any]:
     """A TOML file (*.toml), or a Python settings module given by path or dotted name."""
     if spec.endswith(".toml"):
-        return _read_toml(_check_file(spec))
+        path = _check_file(spec)
+        values = _read_toml(path)
+        warn_if_password_exposed(str(path), values)
+        return values
     return _read_module(spec)
+
+
+def _holds_password(values: Mapping[str, Any]) -> bool:
+    if values.get("redis_password") or values.get("sentry_dsn"):
+        return True
+    url = values.get("redis_url")
+    if isinstance(url, str):
+        try:
+            parts = urlsplit(url)
+            if parts.password or "pass" in parts.query.lower():
+                return True
+        except ValueError:
+            return True  # cannot tell: assume the worst
+    sentinel = values.get("sentinel")
+    if isinstance(sentinel, Mapping):
+        kwargs = sentinel.get("CONNECTION_KWARGS", sentinel.get("connection_kwargs", {}))
+        return any("password" in str(key).lower() for key in [*sentinel, *(kwargs if isinstance(kwargs, Mapping)
+                                                                            else {})])  # fmt: skip
+    return False
+
+
+def warn_if_password_exposed(path: str | None, values: Mapping[str, Any]) -> None:
+    """Warn when a settings file that holds a password can be read by other users (group or world)."""
+    if not path or not _holds_password(values):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o044:
+        log.warning("%s holds a password and is readable by other users (mode %04o); restrict it: "
+                    "chmod 600 %s (and chown it to the user workerd runs as)", path, mode & 0o7777, path)  # fmt: skip
 
 
 def _rq_environment() -> dict[str, str]:
@@ -226,6 +263,9 @@ _URL_SCHEMES = ("redis", "rediss", "unix")
 def _check_values(settings: Settings) -> list[tuple[str, str]]:
     """Checks pydantic's types cannot express; found here rather than as a crash once started."""
     problems = []
+    untrusted_problem = settings_problem(settings.serializer, settings.allowed_functions)
+    if untrusted_problem is not None:
+        problems.append(("allowed_functions", untrusted_problem))
     if settings.redis_url is not None:
         scheme = urlsplit(settings.redis_url.get_secret_value()).scheme
         if scheme not in _URL_SCHEMES:

@@ -199,7 +199,15 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the metrics port listens on (0.0.0.0 for every interface).",
         json_schema_extra=_cli("--metrics-host", metavar="ADDRESS"))  # fmt: skip
 
-    @field_validator("queues", "path", "preload", "exception_handlers", mode="before")
+    # -- untrusted Redis ----------------------------------------------------------------------------
+    allowed_functions: CommaList = Field(
+        default_factory=list, description="fnmatch patterns of the dotted function paths jobs may run (e.g. "
+        "myapp.tasks.*); callbacks too. Checked before importing, in the worker: anything else fails. Needs "
+        "SERIALIZER = 'json' (pickle data runs code when decoded); jobs on a bound method or callable "
+        "instance are refused. Unset: any function (Redis is trusted). See docs/SECURITY.md.",
+        json_schema_extra=_cli("--allowed-function", metavar="PATTERN", repeat=True))  # fmt: skip
+
+    @field_validator("queues", "path", "preload", "exception_handlers", "allowed_functions", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workerd import __version__, registration, schema, suspension
+from workerd import __version__, registration, schema, suspension, untrusted
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
 from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome
-from workerd.errors import ExitCode, RedisUnavailableError
+from workerd.errors import ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
     ExceptionHandler,
@@ -127,6 +127,9 @@ class Worker:
         self.name: str = self.settings.name or uuid.uuid4().hex
         self.redis = connection if connection is not None else connection_module.connect(self.settings)
         self.queues: list[str] = list(self.settings.queues)
+        problem = untrusted.settings_problem(self.settings.serializer, self.settings.allowed_functions)
+        if problem is not None:
+            raise ConfigError(f"allowed_functions: {problem}")
         self.serializer = resolve_serializer(self.settings.serializer)
         self.job_class: type[Job] = import_attribute(self.settings.job_class) if self.settings.job_class else Job
         self.death_penalty_class: type[BaseDeathPenalty] = import_attribute(self.settings.death_penalty_class)
@@ -594,6 +597,9 @@ class Worker:
             title = f"horse of {self.name}: {job.id} {job.func_name} from {claim.queue} since {_clock()}"
         except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
             return _failed_outcome(f"{type(exc).__name__}: {exc}\n")
+        refused = untrusted.refusal(job, self.settings.allowed_functions)  # before any import or fork
+        if refused is not None:
+            return _failed_outcome(f"{refused}\n")
         set_title(f"worker {self.name}: busy with {job.id} {job.func_name} from {claim.queue} since {_clock()}")
         if self.settings.execution == "inprocess":
             return self.run_inprocess(claim)

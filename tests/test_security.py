@@ -1,0 +1,175 @@
+"""Untrusted-Redis mode (ALLOWED_FUNCTIONS with json) and passwords that never leak (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.conftest import WorkerdProcess, run_workerd, wait_until
+from tests.redis_server import RedisServer
+from workerd import Job, Queue, schema
+from workerd.errors import ConfigError
+from workerd.worker import Worker
+
+ALLOW = ("--serializer", "json", "--allowed-function", "reliability_jobs.*", "--allowed-function", "testjobs.add")
+
+
+def _status(r: redis.Redis, job_id: str) -> str | None:
+    value = r.hget(schema.job_key(job_id), "status")
+    return value.decode() if value else None
+
+
+def _exc(r: redis.Redis, job_id: str) -> str:
+    return Job.fetch(job_id, connection=r, serializer="json").exc_info or ""
+
+
+def _forge(r: redis.Redis, data: bytes, **fields: str) -> str:
+    """A job written straight into Redis, as anyone with write access could."""
+    job = Queue("default", connection=r, serializer="json").enqueue("reliability_jobs.add", 0, 0)
+    r.hset(schema.job_key(job.id), mapping={"data": data, **fields})
+    return job.id
+
+
+class _PickleBomb:
+    """Unpickling this creates a file: proof that something was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+# -- untrusted-Redis mode ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("execution", ["fork", "inprocess"])
+def test_forged_jobs_cannot_run_outside_the_allowlist(r: redis.Redis, redis_url: str, tmp_path: Path,
+                                                      execution: str) -> None:  # fmt: skip
+    touched = tmp_path / "touched"
+    system = _forge(r, zlib.compress(json.dumps(["os.system", None, [f"touch {touched}"], {}]).encode()))
+    on_import = _forge(r, zlib.compress(json.dumps(["raises_on_import.run", None, [], {}]).encode()))
+    method = _forge(r, zlib.compress(json.dumps(["add", {"start": 1}, [2], {}]).encode()))
+    call = _forge(r, zlib.compress(json.dumps(["__call__", {"x": 1}, [], {}]).encode()))
+    callback = _forge(r, zlib.compress(json.dumps(["reliability_jobs.add", None, [1, 2], {}]).encode()),
+                      success_callback_name="os.system")  # fmt: skip
+    bomb = _forge(r, zlib.compress(pickle.dumps(_PickleBomb(str(touched)))))
+    allowed = Queue("default", connection=r, serializer="json").enqueue("reliability_jobs.add", 20, 22)
+    also_allowed = Queue("default", connection=r, serializer="json").enqueue("testjobs.add", 1, 1)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution, *ALLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job_id in (system, on_import, method, call, callback, bomb):
+        assert _status(r, job_id) == "failed", job_id
+    assert "function 'os.system' of job" in _exc(r, system) and "not in ALLOWED_FUNCTIONS" in _exc(r, system)
+    assert "not in ALLOWED_FUNCTIONS" in _exc(r, on_import)
+    assert "refuses to be imported" not in _exc(r, on_import)  # refused before importing
+    assert "on an instance" in _exc(r, method) and "on an instance" in _exc(r, call)
+    assert "the success callback 'os.system'" in _exc(r, callback)
+    assert "could not be decoded with the json serializer" in _exc(r, bomb)
+    assert not touched.exists()  # neither os.system ran nor the pickle was loaded
+    assert Job.fetch(allowed.id, connection=r, serializer="json").return_value() == 42
+    assert _status(r, also_allowed.id) == "finished"
+
+
+def test_the_allowlist_with_pickle_refuses_to_start(redis_url: str) -> None:
+    result = run_workerd("-u", redis_url, "--burst", "--allowed-function", "myapp.tasks.*")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "allowed_functions" in result.stderr and "needs SERIALIZER = 'json'" in result.stderr
+    with pytest.raises(ConfigError, match="needs SERIALIZER = 'json'"):
+        Worker(["default"], connection=redis.Redis.from_url(redis_url), allowed_functions=["myapp.*"])
+
+
+def test_patterns_match_dotted_paths() -> None:
+    from workerd.untrusted import is_allowed
+
+    assert is_allowed("myapp.tasks.send", ["myapp.tasks.*"])
+    assert not is_allowed("myapp.tasksx.send", ["myapp.tasks.*"])
+    assert not is_allowed("os.system", ["myapp.tasks.*"])
+    assert not is_allowed("MYAPP.tasks.send", ["myapp.tasks.*"])  # case-sensitive, as import paths are
+
+
+# -- passwords ------------------------------------------------------------------------------------
+
+PASSWORD = "pw-Zq81-never-print"
+
+
+@pytest.fixture
+def locked_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", password=PASSWORD, appendonly=True)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def test_the_password_never_appears(locked_server: RedisServer, workerd: Callable[..., WorkerdProcess],
+                                    tmp_path: Path) -> None:  # fmt: skip
+    r = locked_server.client()
+    url = locked_server.url
+    assert PASSWORD in url
+    log_file = tmp_path / "workerd.log"
+    job = Queue("default", connection=r).enqueue("reliability_jobs.record", str(tmp_path / "runs"), "slow", 3.0)
+    proc = workerd("-u", url, "--workers", "2", "--heartbeat-interval", "0.5", "--log-file", str(log_file))
+    wait_until(lambda: (tmp_path / "runs").exists(), message="the job to start")
+    master = psutil.Process(proc.pid)
+    processes = [master, *master.children(recursive=True)]
+    assert len(processes) >= 4  # master, 2 workers, 1 horse
+    for process in processes:
+        assert PASSWORD not in _cmdline(process.pid), _cmdline(process.pid)
+    for key in r.keys("rq:worker:*"):
+        assert PASSWORD.encode() not in b" ".join(k + b"=" + v for k, v in r.hgetall(key).items())
+    clients = r.execute_command("CLIENT", "LIST")
+    assert PASSWORD not in (clients if isinstance(clients, str) else clients.decode())
+    # An outage: the logged URL is masked too.
+    locked_server.stop()
+    proc.wait_for_output("cannot reach Redis", timeout=15)
+    locked_server.start()
+    wait_until(lambda: _status(locked_server.client(), job.id) == "finished", timeout=30, message="the job")
+    proc.wait_for_output("reachable again", timeout=15)
+    proc.signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    for text in (proc.output(), log_file.read_text()):
+        assert "cannot reach Redis at redis://:***@127.0.0.1" in text
+        assert PASSWORD not in text
+    printed = run_workerd("-u", url, "--print-config")
+    assert printed.returncode == 0 and "redis_url" in printed.stdout
+    assert PASSWORD not in printed.stdout + printed.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o600])
+@pytest.mark.parametrize("kind", ["toml", "py"])
+def test_a_settings_file_with_a_password_readable_by_others_gets_a_warning(tmp_path: Path, mode: int,
+                                                                            kind: str) -> None:  # fmt: skip
+    path = tmp_path / f"settings.{kind}"
+    if kind == "toml":
+        path.write_text(f'redis_url = "redis://:{PASSWORD}@127.0.0.1:6379/0"\n')
+    else:
+        path.write_text(f'REDIS_PASSWORD = "{PASSWORD}"\n')
+    os.chmod(path, mode)
+    result = run_workerd("-c", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    warned = f"{path} holds a password and is readable by other users" in result.stderr
+    assert warned == bool(mode & 0o044), result.stderr
+    if warned:
+        assert f"chmod 600 {path}" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_settings_file_without_a_password_gets_no_warning(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n')
+    os.chmod(path, 0o644)
+    result = run_workerd("-c", str(path), "--print-config")
+    assert result.returncode == 0 and "readable by other users" not in result.stderr
