@@ -187,8 +187,8 @@ class Settings(BaseSettings):
         "and put back on their queues.",
         json_schema_extra=_cli("--graceful-timeout", metavar="SECONDS"))  # fmt: skip
     boot_failure_limit: int = Field(
-        5, ge=1, description="A worker that exits this many times in a row within 10 s of starting stops "
-        "the master (exit code 3) instead of respawning forever.")  # fmt: skip
+        5, ge=1, description="Workers of a group that die this many times in a row before they are ready "
+        "stop the master (exit code 3) instead of respawning forever.")  # fmt: skip
 
     # -- observability ------------------------------------------------------------------------------
     metrics_port: int | None = Field(

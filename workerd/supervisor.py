@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workerd.master")
 
-# A worker that exits within this long of starting (other than by request) failed to boot.
-BOOT_WINDOW_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
 # After the graceful timeout, workers get a cold stop (their jobs go back to the queue), and this
 # long to do it before SIGKILL.
@@ -434,7 +432,9 @@ class Master:
             group.predecessors.append((child.name, child.kill_reason))
         if clean and group.settings.burst:
             self._burst_finished.add(child.group)
-        failed_to_boot = not clean and not child.stop_reason and lived_s < BOOT_WINDOW_S and not child.kill_reason
+        # Only a worker that died before it was ready (registered, listening) failed to boot; one
+        # killed from outside after that (OOM killer, an operator) is simply replaced.
+        failed_to_boot = not clean and not child.ready and not child.stop_reason and not child.kill_reason
         if failed_to_boot and not self._stopping:
             group.consecutive_boot_failures += 1
             delay = min(0.5 * 2 ** (group.consecutive_boot_failures - 1), MAX_RESTART_BACKOFF_S)

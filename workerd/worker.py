@@ -169,6 +169,7 @@ class Worker:
         self._stop_job_id: str | None = None
         self._suspended = False
         self._next_maintenance = 0.0
+        self._keeper: LeaseKeeper | None = None
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
@@ -273,6 +274,8 @@ class Worker:
                     raise SystemExit(0) from None
 
     def teardown(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
         if self._waiter is not None:
             self._waiter.close()
         with contextlib.suppress(*CONNECTION_ERRORS):
@@ -619,12 +622,14 @@ class Worker:
         cwd = os.getcwd()
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
         stdio = _save_stdio()
-        keeper = LeaseKeeper(self, claim)
-        keeper.start()
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self)
+            self._keeper.start()
+        self._keeper.claim = claim
         try:
             return self.perform(claim.job)
         finally:
-            keeper.stop()
+            self._keeper.claim = None
             _restore_stdio(stdio)
             os.chdir(cwd)
             for signum, handler in handlers.items():
@@ -642,7 +647,7 @@ class Worker:
                 tick = max(0.01, self._next_heartbeat - time.monotonic())
                 if kill_at is not None:
                     tick = min(tick, max(0.01, kill_at - time.monotonic()))
-                select.select([horse.read_fd, self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
+                select.select(horse.wait_fds() + [self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
                 self._drain_wake_pipe()
                 horse.read_available()
                 pid, status_or_zero = os.waitpid(horse.pid, os.WNOHANG)
@@ -864,25 +869,30 @@ def _kill_group(pid: int) -> None:
 
 
 class LeaseKeeper(threading.Thread):
-    """In-process mode: renews the job's lease (and reports to the master) while the job runs."""
+    """In-process mode: one thread per worker that renews the lease of the job in hand (and reports
+    to the master) while the job holds the main thread. Started once: a thread per job would cost
+    more than the jobs it is made for."""
 
-    def __init__(self, worker: Worker, claim: Claim) -> None:
+    def __init__(self, worker: Worker) -> None:
         super().__init__(name="workerd-lease-keeper", daemon=True)
         self.worker = worker
-        self.claim = claim
+        self.claim: Claim | None = None  # set by the main thread around each job
         self._done = threading.Event()
-        # Its own connection: redis-py connections are not shared between threads mid-command.
+        # Its own client on the shared pool: a connection is never used by two threads at once.
         self.redis = redis.Redis(connection_pool=worker.redis.connection_pool)
 
     def run(self) -> None:
         interval = self.worker.settings.effective_heartbeat_s
         while not self._done.wait(interval):
+            claim = self.claim
+            if claim is None:
+                continue
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
                     registration.queue_heartbeat(
                         pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60
                     )
-                    self.worker.committer.renew_lease(self.claim, self.worker.settings.lease_s,
+                    self.worker.committer.renew_lease(claim, self.worker.settings.lease_s,
                                                       self.worker._working_time_s(), pipe)  # fmt: skip
                     pipe.execute()
                 self.worker.report(heartbeat=True)
