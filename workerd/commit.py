@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("workerd.worker")
 
 MAX_SKIPS_PER_FETCH = 100
+# Result entries that carry the value the job returned: a success, and (as rq) the Retry a job
+# returned to ask for another run - also when that run is refused past Retry.max (no exc_string then).
+_WITH_RETURN_VALUE = (ResultType.SUCCESSFUL, ResultType.RETRIED, ResultType.MAX_RETRIES_EXCEEDED)
 LEASE_LOST = -1
 
 
@@ -201,7 +204,7 @@ class Committer:
         ops.xadd(key, {
             "type": int(result_type),
             "worker_name": self.worker_name if self.record_worker else "",
-            "return_value": outcome.return_value_b64 if result_type == ResultType.SUCCESSFUL else None,
+            "return_value": outcome.return_value_b64 if result_type in _WITH_RETURN_VALUE else None,
             "exc_string": encode_exc_string(exc_string) if exc_string is not None else None,
             "execution_id": claim.execution_id if execution else None,
             "execution_started_at": outcome.started_at if execution else None,
@@ -246,7 +249,7 @@ class Committer:
         job_key = schema.job_key(job.id)
         if count >= maximum:
             ops.hset(job_key, {"status": JobStatus.FAILED.value, "ended_at": _stamp(outcome.ended_at)})
-            self._record_failed(ops, claim, outcome, ResultType.MAX_RETRIES_EXCEEDED, "")
+            self._record_failed(ops, claim, outcome, ResultType.MAX_RETRIES_EXCEEDED, None)
             self._release_execution(ops, claim)
             return self._run(claim, ops, release=JobStatus.FAILED.value), f"failed: {maximum} retries used"
         self._result_entry(ops, claim, outcome, ResultType.RETRIED, job.failure_ttl)
@@ -270,7 +273,7 @@ class Committer:
             return self._run(claim, ops), f"retry in {retry_in_s}s" if retry_in_s else "retry now"
         status = JobStatus.STOPPED if stopped else JobStatus.FAILED
         ops.hset(job_key, {"status": status.value, "ended_at": _stamp(outcome.ended_at),
-                           "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})
+                           "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})  # fmt: skip
         if outcome.record_failure:
             self._record_failed(ops, claim, outcome, ResultType.FAILED, outcome.exc_string or "")
         self._release_execution(ops, claim)
@@ -278,7 +281,7 @@ class Committer:
         return self._run(claim, ops, release=release), status.value
 
     def _record_failed(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
-                       exc_string: str) -> None:  # fmt: skip
+                       exc_string: str | None) -> None:  # fmt: skip
         """rq's FailedJobRegistry.add plus the result entry: TTLs, registry score, stream."""
         job = claim.job
         ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
@@ -337,11 +340,11 @@ class Committer:
         result = self._recover(keys=keys, args=args, client=self.redis)
         return result.decode() if isinstance(result, bytes) else str(result)
 
-
     def requeue_from_intermediate(self, queue: str, job_id: str) -> bool:
         """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""
         keys = [schema.intermediate_key(queue), schema.queue_key(queue), schema.job_key(job_id)]
         return bool(self._from_intermediate(keys=keys, args=[job_id, utcformat(utcnow())], client=self.redis))
+
 
 def _stamp(epoch: float) -> str:
     return utcformat(dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc))
