@@ -23,7 +23,7 @@ from workerd.utils import import_attribute
 
 log = logging.getLogger("workerd.cli")
 
-SUBCOMMANDS = ("info", "health")
+SUBCOMMANDS = ("info", "health", "suspend", "resume")
 
 DESCRIPTION = """\
 Run workers for RQ-compatible Redis job queues. Listens on QUEUE... (highest priority first;
@@ -35,8 +35,9 @@ the file.
 
 EPILOG = """\
 subcommands: `workerd info [QUEUE...]` shows queues and workers (like rq info); `workerd health` exits
-0 or 1 (a probe for containers). Each takes -u/-c and --help. A queue literally named info or health
-is given after `--` (workerd -- info).
+0 or 1 (a probe for containers); `workerd suspend [--duration S]` / `workerd resume` stop and restart
+the taking of new jobs by every worker, workerd's and rq's (like rq suspend/resume). Each takes -u/-c
+and --help. A queue literally named like a subcommand is given after `--` (workerd -- info).
 
 exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 3 workers could not boot; 69 Redis
 unreachable at start (burst mode); 70 internal error; 78 invalid settings (do not restart; fix them).

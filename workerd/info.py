@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from workerd import connection as connection_module
-from workerd import schema
+from workerd import schema, suspension
 from workerd.config import build_settings
 from workerd.errors import ExitCode
 from workerd.registration import WorkerInfo
@@ -238,6 +238,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("-Q", "--only-queues", action="store_true", help="show only queues")
         parser.add_argument("-W", "--only-workers", action="store_true", help="show only workers")
         parser.add_argument("-i", "--interval", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    elif command == "suspend":
+        parser = argparse.ArgumentParser(
+            prog="workerd suspend", description="Workers (workerd's and RQ's) finish their current job and "
+            "take no new one until `workerd resume` (or `rq resume`).")  # fmt: skip
+        parser.add_argument("--duration", type=int, metavar="SECONDS", help="resume by itself after SECONDS")
+    elif command == "resume":
+        parser = argparse.ArgumentParser(prog="workerd resume", description="Undo `workerd suspend`.")
     else:
         parser = argparse.ArgumentParser(
             prog="workerd health",
@@ -262,6 +269,8 @@ def main(command: str, argv: Sequence[str]) -> int:
         return ExitCode.OK
     client = _probe_client(settings)
     try:
+        if command in ("suspend", "resume"):
+            return _suspend_or_resume(client, command, getattr(args, "duration", None))
         while True:
             width = min(20, shutil.get_terminal_size().columns - 20)
             text = render_info(client, args.queues, args.raw, args.only_queues, args.only_workers, width)
@@ -276,3 +285,17 @@ def main(command: str, argv: Sequence[str]) -> int:
         print(f"workerd: error: Redis at {connection_module.describe(settings)} is unreachable: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1
+
+
+def _suspend_or_resume(client: redis.Redis, command: str, duration_s: int | None) -> int:
+    if command == "resume":
+        suspension.resume(client)
+        print("Resuming workers.")
+        return ExitCode.OK
+    if duration_s is not None and duration_s < 1:
+        print("workerd: error: --duration must be at least 1 second", file=sys.stderr)
+        return ExitCode.USAGE
+    suspension.suspend(client, duration_s)
+    until = f" for {duration_s} seconds" if duration_s else ""
+    print(f"Suspending workers{until}. No new jobs will be started, running jobs will be completed.")
+    return ExitCode.OK
