@@ -50,6 +50,8 @@ import parity_jobs as pj
 
 RQ = str(Path(sys.executable).with_name("rq"))
 UTC = dt.timezone.utc
+# Bare functions as on_success/on_failure/on_stopped are deprecated in RQ, and still used: tested too.
+pytestmark = pytest.mark.filterwarnings("ignore:Passing a string or function:DeprecationWarning")
 
 
 # -- running workers ----------------------------------------------------------------------------------
@@ -690,6 +692,22 @@ def test_bad_retry_intervals() -> None:
             retry(max=2, interval=[1, -1])
         with pytest.raises(ValueError):
             retry(max=0)
+
+
+def test_bad_retry_intervals_in_a_job_hash_are_handled_by_workerd(r: redis.Redis, redis_url: str) -> None:
+    """RQ's client accepts `Retry(interval=[])` (and its worker then fails on an IndexError); a forged
+    negative interval can be in a hash too. workerd retries at once in both cases: no job lost or
+    run twice."""
+    q = rq.Queue("badretry", connection=r)
+    empty = q.enqueue(pj.fail_counted, redis_url, "t:bad:empty", retry=rq.Retry(max=1, interval=[]))
+    negative = q.enqueue(pj.fail_counted, redis_url, "t:bad:negative", retry=rq.Retry(max=1, interval=[5]))
+    r.hset(f"rq:job:{negative.id}", "retry_intervals", "[-5]")
+    wd_burst(redis_url, "badretry")
+    for job, key in ((empty, "t:bad:empty"), (negative, "t:bad:negative")):
+        assert len(runs(r, key)) == 2, key  # the run and its one retry
+        assert status(r, job.id) == "failed" and field(r, job.id, "retries_left") == "0"
+        assert [e["type"] for e in results(r, job.id)] == [2]
+    assert r.zcard("rq:scheduled:badretry") == 0
 
 
 # -- maintenance ----------------------------------------------------------------------------------------
