@@ -63,6 +63,11 @@ class Scheduler:
         return promoted_total
 
     def release(self) -> None:
-        keys = [schema.scheduler_key(self.name), *(schema.scheduler_lock_key(q) for q in self.queues)]
-        self._release(keys=keys, args=[self.name], client=self.redis)
+        self.release_for(self.name)
         self.held.clear()
+
+    def release_for(self, name: str) -> None:
+        """Release the locks `name` holds on our queues: ours at exit, or a dead predecessor's, so
+        that a scheduler takes over at once instead of after LOCK_TTL_S."""
+        keys = [schema.scheduler_key(name), *(schema.scheduler_lock_key(q) for q in self.queues)]
+        self._release(keys=keys, args=[name], client=self.redis)

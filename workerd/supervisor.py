@@ -428,7 +428,7 @@ class Master:
                         f"; it was running job {child.job}" if child.job else "")  # fmt: skip
         if group is None:
             return
-        if not clean and child.job:
+        if not clean:  # its replacement recovers its job (if any) and frees its scheduler locks
             group.predecessors.append((child.name, child.kill_reason))
         if clean and group.settings.burst:
             self._burst_finished.add(child.group)

@@ -461,6 +461,8 @@ class Worker:
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
         for name, kill_reason in self.predecessors:
+            if self.scheduler is not None:
+                self.scheduler.release_for(name)
             job_id = as_text(self.redis.hget(schema.worker_key(name), "current_job"))
             if not job_id:
                 continue
