@@ -10,9 +10,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from settings import jobs  # noqa: E402
+from settings import jobs
 
-from workerd import Job, Queue  # noqa: E402
+from workerd import Job, Queue
 
 IDS_KEY = "workerd-demo:ids"
 

@@ -355,7 +355,7 @@ def test_rq_client_on_workerd(rq_reference: dict[str, Any], r: redis.Redis, redi
     result = failed.latest_result()
     assert result.type == rq.results.Result.Type.FAILED
     assert "Traceback (most recent call last)" in result.exc_string
-    assert 'raise ValueError(message)' in result.exc_string
+    assert "raise ValueError(message)" in result.exc_string
     assert result.exc_string.rstrip().endswith("ValueError: bad")
     assert failed.return_value() is None
 

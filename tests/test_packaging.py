@@ -347,9 +347,7 @@ def build_env() -> dict[str, str]:
 
 def need_venv_python() -> None:
     if run(["/usr/bin/python3", "-c", "import venv, ensurepip"]).returncode != 0:
-        pytest.skip(
-            "/usr/bin/python3 cannot make virtualenvs (python3-venv: make -f packaging/Makefile deps)"
-        )
+        pytest.skip("/usr/bin/python3 cannot make virtualenvs (python3-venv: make -f packaging/Makefile deps)")
 
 
 @pytest.fixture(scope="module")
@@ -395,9 +393,7 @@ def test_deb_contents(built_deb: Path) -> None:
         "/usr/share/doc/workerd/examples/workerd-burst.cron",
     ]:
         assert path in paths, f"{path} not in the package"
-    assert any(
-        p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd/") for p in paths
-    )
+    assert any(p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd/") for p in paths)
     # Bytecode is compiled by postinst, not shipped (Debian policy).
     assert not [p for p in paths if "__pycache__" in p]
     # Everything root-owned (--root-owner-group): ownership comes from postinst.

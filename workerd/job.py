@@ -260,8 +260,7 @@ class Job:
                 ) from exc
             if not (isinstance(decoded, (list, tuple)) and len(decoded) == 4):
                 raise DeserializationError(
-                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), "
-                    f"got {type(decoded)}"
+                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), got {type(decoded)}"
                 )
             func_name, instance, args, kwargs = decoded
             if not isinstance(func_name, str) or not isinstance(kwargs, dict):
@@ -349,9 +348,7 @@ class Job:
         """Decode a job hash. Tolerates what RQ tolerates; a field of the wrong type reads as unset."""
         chosen_serializer = resolve_serializer(serializer)
         fields: dict[str, bytes] = {
-            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (
-                v if isinstance(v, bytes) else v.encode()
-            )
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): (v if isinstance(v, bytes) else v.encode())
             for k, v in raw.items()
         }
 
@@ -577,8 +574,12 @@ class Job:
         with redis.pipeline() as pipe:
             pipe.hset(
                 self.key,
-                mapping={"status": JobStatus.QUEUED.value, "started_at": "", "ended_at": "",
-                         "enqueued_at": utcformat(utcnow())},
+                mapping={
+                    "status": JobStatus.QUEUED.value,
+                    "started_at": "",
+                    "ended_at": "",
+                    "enqueued_at": utcformat(utcnow()),
+                },
             )
             pipe.sadd(schema.QUEUES, schema.queue_key(self.origin))
             queue = schema.queue_key(self.origin)

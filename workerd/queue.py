@@ -411,4 +411,3 @@ def job(
         return f
 
     return decorate
-

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         description="Modules imported once before forking, so every horse starts with them loaded.",
         json_schema_extra=_cli("--preload", metavar="MODULE", repeat=True))  # fmt: skip
     burst: bool = Field(
-        False, description="Run until the queues are empty, then exit 0.", json_schema_extra=_cli("-b", "--burst"))
+        False, description="Run until the queues are empty, then exit 0.", json_schema_extra=_cli("-b", "--burst")
+    )
     max_jobs: int | None = Field(
         None, ge=1, description="Exit after this many jobs.",
         json_schema_extra=_cli("--max-jobs", metavar="N"))  # fmt: skip
@@ -136,7 +137,8 @@ class Settings(BaseSettings):
         "%H:%M:%S", description="strftime format of %(asctime)s.",
         json_schema_extra=_cli("--date-format", metavar="FORMAT"))  # fmt: skip
     dict_config: dict[str, Any] | None = Field(
-        None, description="A logging.config.dictConfig dictionary; replaces the format settings.")
+        None, description="A logging.config.dictConfig dictionary; replaces the format settings."
+    )
     disable_job_desc_logging: bool = Field(
         False, description="Log job ids instead of job descriptions (which may hold arguments).",
         json_schema_extra=_cli("--disable-job-desc-logging"))  # fmt: skip
@@ -144,7 +146,8 @@ class Settings(BaseSettings):
         None, description="Report job exceptions to Sentry.",
         json_schema_extra=_cli("--sentry-dsn", metavar="DSN"))  # fmt: skip
     pid: str | None = Field(
-        None, description="Write the process id to this file.", json_schema_extra=_cli("--pid", metavar="FILE"))
+        None, description="Write the process id to this file.", json_schema_extra=_cli("--pid", metavar="FILE")
+    )
     log_file: str | None = Field(
         None, description="Also log to this file, rotated by size (USR1 reopens it after external rotation).",
         json_schema_extra=_cli("--log-file", metavar="FILE"))  # fmt: skip
@@ -179,9 +182,11 @@ class Settings(BaseSettings):
         "with a reason naming the limit and the size measured.",
         json_schema_extra=_cli("--hard-memory-limit", metavar="MIB"))  # fmt: skip
     memory_kill_grace: float = Field(
-        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL for a horse over the soft memory limit.")
+        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL for a horse over the soft memory limit."
+    )
     memory_check_interval: float = Field(
-        0.25, gt=0, le=10, description="Seconds between memory checks of each worker and horse.")
+        0.25, gt=0, le=10, description="Seconds between memory checks of each worker and horse."
+    )
     graceful_timeout: float = Field(
         30.0, ge=0, description="On SIGTERM, seconds running jobs get to finish before they are killed "
         "and put back on their queues.",

@@ -649,7 +649,7 @@ class Worker:
                 tick = max(0.01, self._next_heartbeat - time.monotonic())
                 if kill_at is not None:
                     tick = min(tick, max(0.01, kill_at - time.monotonic()))
-                select.select(horse.wait_fds() + [self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
+                select.select([*horse.wait_fds(), self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
                 self._drain_wake_pipe()
                 horse.read_available()
                 pid, status_or_zero = os.waitpid(horse.pid, os.WNOHANG)
