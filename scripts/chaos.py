@@ -404,10 +404,13 @@ def _decode(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "replace")
 
 
-def _parse_records(raw: list[bytes]) -> list[tuple[float, int]]:
+def _parse_records(raw: list[bytes], parents: dict[int, int]) -> list[tuple[float, int]]:
+    """(time, pid) per record; the parent pid of each recorded process goes into `parents`."""
     out = []
     for item in raw:
-        ts, pid = item.decode().split()
+        ts, pid, *rest = item.decode().split()
+        if rest:
+            parents[int(pid)] = int(rest[0])
         out.append((float(ts), int(pid)))
     return out
 
@@ -485,6 +488,7 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
     statuses: dict[str, str | None] = {}
     starts: dict[str, list[tuple[float, int]]] = {}
     ends: dict[str, list[tuple[float, int]]] = {}
+    parents: dict[int, int] = {}  # pid of a process that ran a job -> its parent's (the worker)
     for chunk in _chunks(ids, 1000):
         pipe = conn.pipeline(transaction=False)
         for jid in chunk:
@@ -496,12 +500,14 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
         for k, jid in enumerate(chunk):
             status, exists, st, en = replies[4 * k : 4 * k + 4]
             statuses[jid] = _decode(status) if status is not None else ("created" if exists else None)
-            starts[jid] = _parse_records(st)
-            ends[jid] = _parse_records(en)
+            starts[jid] = _parse_records(st, parents)
+            ends[jid] = _parse_records(en, parents)
     # Records that could not reach Redis in time were spooled to files by the job.
     for path in spool_dir.glob("spool-*.txt"):
         for line in path.read_text().splitlines():
-            kind, jid, ts, pid = line.split()
+            kind, jid, ts, pid, *rest = line.split()
+            if rest:
+                parents[int(pid)] = int(rest[0])
             (starts if kind == "start" else ends).setdefault(jid, []).append((float(ts), int(pid)))
     for recs in (*starts.values(), *ends.values()):
         recs.sort()
@@ -541,7 +547,9 @@ def analyze(conn: redis.Redis, jobs: list[JobSpec], killed: Kills, spool_dir: Pa
                 lost_examples.append({"job_id": jid, "status": status, "executions": len(starts[jid])})
 
     def killed_at(pid: int, since: float) -> float | None:
-        times = [t for t in killed.get(pid, ()) if t >= since - 0.05]
+        """When the process that ran a job, or its parent (the worker), was killed after `since`."""
+        suspects = (pid, parents.get(pid, -1))
+        times = [t for suspect in suspects for t in killed.get(suspect, ()) if t >= since - 0.05]
         return min(times) if times else None
 
     dup_killed = dup_other = 0

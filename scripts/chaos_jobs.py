@@ -3,7 +3,7 @@
 Every execution of a job is recorded, so the harness can count executions per job and tell a
 re-run from a first run:
 
-* ``RPUSH chaos:start:<job_id> "<epoch> <pid>"`` when the function begins,
+* ``RPUSH chaos:start:<job_id> "<epoch> <pid> <ppid>"`` when the function begins,
 * ``RPUSH chaos:end:<job_id> "<epoch> <pid>"`` when it returns normally.
 
 The records go through a Redis connection of their own (URL from ``CHAOS_REDIS_URL``), opened in
@@ -43,8 +43,12 @@ def _spool(kind: str, job_id: str, line: str) -> None:
 
 
 def _record(kind: str, job_id: str) -> None:
-    """Append ``"<epoch> <pid>"`` to ``chaos:<kind>:<job_id>``, retrying across Redis outages."""
-    line = f"{time.time():.6f} {os.getpid()}"
+    """Append ``"<epoch> <pid> <ppid>"`` to ``chaos:<kind>:<job_id>``, retrying across Redis outages.
+
+    The parent pid (the worker of a horse) lets the harness attribute a re-run to the kill of the
+    worker, e.g. a horse that finished just before its worker was killed, so the outcome was never
+    committed, or a horse taken down with its worker by PR_SET_PDEATHSIG."""
+    line = f"{time.time():.6f} {os.getpid()} {os.getppid()}"
     url = os.environ["CHAOS_REDIS_URL"]
     deadline = time.monotonic() + RECORD_DEADLINE_S
     while True:
