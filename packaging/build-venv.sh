@@ -110,6 +110,11 @@ if command -v strip >/dev/null; then
 fi
 # Some wheels mark plain modules executable; only the bin/ scripts should be.
 find "$venv/lib" -type f ! -name '*.so' ! -name '*.so.*' -perm /111 -exec chmod a-x {} +
+# ...and some keep a "#!" line on library modules (prometheus_client): not scripts, so no shebang.
+find "$venv/lib" -type f -name '*.py' -exec grep -l -m1 '^#!' {} + 2>/dev/null \
+    | while read -r module; do
+        if head -n1 "$module" | grep -q '^#!'; then sed -i '1d' "$module"; fi
+    done
 # The venv's include/ directory stays empty (no package installs C headers).
 rmdir "$venv"/include/python* "$venv/include" 2>/dev/null || true
 

@@ -61,17 +61,20 @@ chmod 0644 "$root/usr/share/man/man1/workerd.1.gz"
 doc=$root/usr/share/doc/workerd
 install -d "$doc/examples"
 install -m 0644 "$here/copyright" "$doc/copyright"
-for f in README.md CHANGELOG.md docs/PACKAGING.md; do
+for f in README.md docs/PACKAGING.md; do
     if [ -f "$repo/$f" ]; then install -m 0644 "$repo/$f" "$doc/"; fi
 done
+# Debian's name for the upstream changelog is "changelog" (compressed, as policy asks).
+gzip -9nc "$repo/CHANGELOG.md" > "$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
 install -m 0644 "$pkgdir/cron/workerd-burst.cron" "$doc/examples/workerd-burst.cron"
 install -m 0644 "$pkgdir/cron/README" "$doc/examples/README.cron"
-# Debian wants a changelog.Debian; ours is generated, the real history is CHANGELOG.md.
+# Debian wants a changelog.Debian; ours is generated, the real history is changelog.gz.
 date=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}")
 {
     echo "workerd ($version) unstable; urgency=medium"
     echo
-    echo "  * Package built from the workerd repository; see CHANGELOG.md."
+    echo "  * Package built from the workerd repository; see changelog.gz (upstream CHANGELOG.md)."
     echo
     echo " -- $maintainer  $date"
 } | gzip -9n > "$doc/changelog.Debian.gz"
