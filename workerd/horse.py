@@ -2,21 +2,30 @@
 
 It never writes job state (the worker does, in one transaction), and it never returns into the
 worker's code: whatever happens, it leaves with `os._exit`.
+
+A worker keeps the next horse forked in advance (`prefork`): it waits on a pipe until the worker
+hands it a job (`Horse.give`). fork() then happens while the previous job runs or while the worker
+is idle, not between a job's arrival and its start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from workerd.commit import Outcome
 from workerd.job import Job
 from workerd.process import die_with_parent, set_title
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 # A horse that could not even report leaves with this code; the worker then fails the job with it.
 REPORT_FAILED_EXIT_CODE = 1
@@ -35,6 +44,7 @@ class Horse:
     # Readable once the horse has exited (Linux 5.3+), so the worker sleeps in select() instead of
     # polling waitpid() between the pipe's end-of-file and the exit; -1 where unavailable.
     pidfd: int = -1
+    job_fd: int = -1  # a pre-forked horse waits for its job on this pipe
 
     def __post_init__(self) -> None:
         with contextlib.suppress(AttributeError, OSError):
@@ -68,8 +78,33 @@ class Horse:
             return None
         return outcome if isinstance(outcome, Outcome) else None
 
+    def give(self, job: Job, title: str) -> bool:
+        """Hand a pre-forked horse its job. False if it cannot take it (it died, or the job does not
+        pickle, e.g. a custom serializer): then discard() it and spawn() a horse for the job."""
+        try:
+            payload = pickle.dumps((dataclasses.replace(job, connection=None, _decoded=None), title))
+            view = memoryview(payload)
+            os.set_blocking(self.job_fd, True)
+            while view:
+                view = view[os.write(self.job_fd, view) :]
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            return False
+        finally:
+            os.close(self.job_fd)
+            self.job_fd = -1
+        self.started_monotonic = time.monotonic()
+        return True
+
+    def discard(self) -> None:
+        """Kill and reap a horse that will not run a job."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.close()
+
     def close(self) -> None:
-        for fd in (self.read_fd, self.pidfd):
+        for fd in (self.read_fd, self.pidfd, self.job_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -82,13 +117,43 @@ def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
     pid = os.fork()
     if pid == 0:  # the horse
         os.close(read_fd)
-        _horse_main(job, run, title, write_fd, parent_pid)
+        _horse_main(lambda: (job, title), run, write_fd, parent_pid)
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Horse(pid=pid, read_fd=read_fd)
 
 
-def _horse_main(job: Job, run: Callable[[Job], Outcome], title: str, write_fd: int, parent_pid: int) -> None:
+def prefork(run: Callable[[Job], Outcome], connection: Redis, worker_name: str) -> Horse:
+    """Fork a horse now that waits for its job (see Horse.give); returns in the worker."""
+    job_read, job_write = os.pipe()
+    read_fd, write_fd = os.pipe()
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the horse
+        os.close(read_fd)
+        os.close(job_write)
+        set_title(f"horse of {worker_name}: waiting for a job")
+        _horse_main(lambda: _receive_job(job_read, connection), run, write_fd, parent_pid)
+    os.close(write_fd)
+    os.close(job_read)
+    os.set_blocking(read_fd, False)
+    return Horse(pid=pid, read_fd=read_fd, job_fd=job_write)
+
+
+def _receive_job(job_read: int, connection: Redis) -> tuple[Job, str]:
+    chunks = []
+    while chunk := os.read(job_read, 1 << 20):
+        chunks.append(chunk)
+    os.close(job_read)
+    if not chunks:  # discarded before it got a job
+        os._exit(0)
+    job, title = pickle.loads(b"".join(chunks))
+    job.connection = connection  # redis-py opens fresh sockets in a forked child
+    return job, title
+
+
+def _horse_main(obtain: Callable[[], tuple[Job, str]], run: Callable[[Job], Outcome], write_fd: int,
+                parent_pid: int) -> None:  # fmt: skip
     code = 0
     try:
         # Its own process group, so the worker can kill the job together with any grandchildren.
@@ -99,6 +164,7 @@ def _horse_main(job: Job, run: Callable[[Job], Outcome], title: str, write_fd: i
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)  # the worker's wake-up pipe is not ours to write
+        job, title = obtain()
         set_title(title)
         os.environ["RQ_JOB_ID"] = job.id
         payload = pickle.dumps(run(job), protocol=pickle.HIGHEST_PROTOCOL)

@@ -170,6 +170,7 @@ class Worker:
         self._suspended = False
         self._next_maintenance = 0.0
         self._keeper: LeaseKeeper | None = None
+        self._warm_horse: horse_module.Horse | None = None
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
@@ -253,6 +254,7 @@ class Worker:
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
         self.report(state="idle")
+        self.prefork()
 
     def _connect_with_retry(self) -> None:
         give_up_at = time.monotonic() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
@@ -274,6 +276,9 @@ class Worker:
                     raise SystemExit(0) from None
 
     def teardown(self) -> None:
+        if self._warm_horse is not None:
+            self._warm_horse.discard()
+            self._warm_horse = None
         if self._keeper is not None:
             self._keeper.stop()
         if self._waiter is not None:
@@ -608,12 +613,26 @@ class Worker:
         set_title(f"worker {self.name}: busy with {job.id} {job.func_name} from {claim.queue} since {_clock()}")
         if self.settings.execution == "inprocess":
             return self.run_inprocess(claim)
-        horse = horse_module.spawn(job, self.perform, title)
+        horse = self._horse_for(job, title)
         self._horse = horse
+        self.prefork()  # the next job's horse forks while this one runs
         try:
             return self.monitor(claim, horse)
         finally:
             self._horse = None
+
+    def prefork(self) -> None:
+        """Keep one horse forked in advance (fork mode), so a job starts without waiting for fork()."""
+        if self.settings.execution == "fork" and self._warm_horse is None and self.stop_reason is None:
+            self._warm_horse = horse_module.prefork(self.perform, self.redis, self.name)
+
+    def _horse_for(self, job: Job, title: str) -> horse_module.Horse:
+        warm, self._warm_horse = self._warm_horse, None
+        if warm is not None and warm.give(job, title):
+            return warm
+        if warm is not None:
+            warm.discard()  # killed while waiting, or a job that cannot be pickled
+        return horse_module.spawn(job, self.perform, title)
 
     def run_inprocess(self, claim: Claim) -> Outcome:
         """Run the job in this process; a thread keeps the lease while the job holds the main thread.
