@@ -25,3 +25,14 @@ def test_suspend_and_resume_reach_rq_and_running_workers(r, redis_url, workerd) 
 def test_suspend_rejects_a_zero_duration(redis_url) -> None:
     result = run_workerd("suspend", "-u", redis_url, "--duration", "0")
     assert result.returncode == 2 and "at least 1 second" in result.stderr
+
+
+def test_rq_stock_worker_classes_are_understood(r, redis_url) -> None:
+    q = Queue("default", connection=r)
+    jobs = [q.enqueue("testjobs.getpid") for _ in range(3)]
+    result = run_workerd("-u", redis_url, "--burst", "-w", "rq.worker.SimpleWorker")
+    assert result.returncode == 0, result.stderr
+    pids = {job.return_value() for job in jobs}
+    assert len(pids) == 1  # in-process: every job ran in the worker itself
+    other = run_workerd("-u", redis_url, "--burst", "-w", "testjobs.Counter")
+    assert other.returncode == 78 and "not a subclass of workerd.Worker" in other.stderr

@@ -117,6 +117,15 @@ def check_imports(settings: Settings) -> None:
             import_attribute(path)
         except Exception as exc:
             raise ConfigError(f"cannot import '{path}': {type(exc).__name__}: {exc}") from exc
+    if settings.worker_class:
+        from workerd.worker import Worker
+
+        found = import_attribute(settings.worker_class)
+        if not (isinstance(found, type) and issubclass(found, Worker)):
+            raise ConfigError(
+                f"worker_class = '{settings.worker_class}' is not a subclass of workerd.Worker (rq's "
+                "rq.Worker and rq.SimpleWorker are understood; other rq worker classes must be ported)"
+            )
     for module in settings.preload:
         try:
             importlib.import_module(module)

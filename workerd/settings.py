@@ -14,12 +14,16 @@ from __future__ import annotations
 import contextvars
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workerd.utils import validate_queue_name
 
 ENV_PREFIX = "WORKERD_"
+_RQ_WORKER_CLASSES = {
+    "rq.Worker": "fork", "rq.worker.Worker": "fork",
+    "rq.SimpleWorker": "inprocess", "rq.worker.SimpleWorker": "inprocess",
+}  # fmt: skip
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -218,6 +222,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _rq_worker_classes(self) -> Settings:
+        """rq's stock worker classes, as existing command lines name them (`-w rq.SimpleWorker`),
+        mean workerd's own worker in the matching execution mode."""
+        mode = _RQ_WORKER_CLASSES.get(self.worker_class or "")
+        if mode is not None:
+            self.worker_class = None
+            self.execution = mode  # type: ignore[assignment]
+        return self
 
     @field_validator("queues")
     @classmethod
