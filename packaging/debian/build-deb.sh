@@ -74,7 +74,7 @@ date=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}")
 {
     echo "workerd ($version) unstable; urgency=medium"
     echo
-    echo "  * Package built from the workerd repository; see changelog.gz (upstream CHANGELOG.md)."
+    echo "  * Package built from the workerd repository; see changelog.gz."
     echo
     echo " -- $maintainer  $date"
 } | gzip -9n > "$doc/changelog.Debian.gz"
