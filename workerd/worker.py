@@ -237,10 +237,13 @@ class Worker:
 
     def setup(self) -> None:
         self._install_signal_handlers()
-        self._connect_with_retry()
+        redis_was_down = self._connect_with_retry()
         registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
         self._registered = True
-        self._recovery_after = time.monotonic() + self.settings.lease_s
+        # Leases already expired at a normal start belong to dead workers: recover them at once
+        # (a pool whose master keeps dying never lives a lease period). Only after an outage do
+        # live workers need one lease period to renew theirs before anyone judges them.
+        self._recovery_after = time.monotonic() + (self.settings.lease_s if redis_was_down else 0.0)
         self._recover_predecessors()
         self._subscribe()
         if self.settings.burst and suspension.is_suspended(self.redis):
@@ -256,14 +259,17 @@ class Worker:
         self.report(state="idle")
         self.prefork()
 
-    def _connect_with_retry(self) -> None:
+    def _connect_with_retry(self) -> bool:
+        """Wait for Redis (with backoff). Returns True if it was unreachable at first."""
         give_up_at = time.monotonic() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
+        was_down = False
         while True:
             try:
                 connection_module.check_version(self.redis)
                 self.outage.succeeded()
-                return
+                return was_down
             except CONNECTION_ERRORS as exc:
+                was_down = True
                 delay = self.outage.failed(exc)
                 if give_up_at is not None and time.monotonic() + delay > give_up_at:
                     raise RedisUnavailableError(
