@@ -268,3 +268,25 @@ def test_log_file_rotation(tmp_path) -> None:
 def _fast_heartbeats(monkeypatch) -> None:
     # Short heartbeats keep recovery in these tests to a second or two.
     monkeypatch.setenv("WORKERD_HEARTBEAT_INTERVAL", "0.5")
+
+
+def test_a_worker_over_the_soft_limit_finishes_its_job_then_is_replaced(r, redis_url, workerd) -> None:
+    q = Queue("default", connection=r)
+    hog = q.enqueue("testjobs.allocate_mib", 250, 1.5)  # in-process: the worker itself grows
+    master = workerd("-u", redis_url, "--workers", "1", "--execution", "inprocess", "--soft-memory-limit", "150")
+    wait_until(lambda: _status(r, hog.id) == "finished", timeout=30, message="the job allowed to finish")
+    master.wait_for_output("soft memory limit", timeout=15)
+    wait_until(lambda: master.output().count("started worker") >= 2, message="a replacement worker")
+    after = q.enqueue("testjobs.add", 2, 2)
+    wait_until(lambda: _status(r, after.id) == "finished", message="the replacement working")
+
+
+def test_usr1_reopens_the_log_file_after_rotation(r, redis_url, workerd, tmp_path) -> None:
+    log_file = tmp_path / "workerd.log"
+    master = workerd("-u", redis_url, "--workers", "1", "--log-file", str(log_file))
+    wait_until(lambda: log_file.exists() and "workers ready" in log_file.read_text(), message="logging to the file")
+    log_file.rename(tmp_path / "workerd.log.1")  # what logrotate does
+    master.signal(signal.SIGUSR1)
+    wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), message="a new log file")
+    job = Queue("default", connection=r).enqueue("testjobs.add", 1, 2)
+    wait_until(lambda: job.id in log_file.read_text(), message="worker lines in the new file")
