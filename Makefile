@@ -6,7 +6,7 @@ demo:
 	bash scripts/demo.sh
 test:
 	bash scripts/test.sh
-bench:
+bench: setup
 	.venv/bin/python benchmarks/bench.py
 
 include packaging/Makefile

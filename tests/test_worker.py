@@ -188,3 +188,10 @@ def test_a_job_that_keeps_killing_its_worker_is_failed_as_a_poison_pill(r: redis
     assert "worker lost 2 times" in _exc(r, job.id)
     assert r.zscore(schema.failed_key("default"), job.id) is not None
     assert Job.fetch(job.id, connection=r).get_status() == JobStatus.FAILED
+
+
+def test_a_custom_death_penalty_class_stops_jobs_past_their_timeout(r: redis.Redis, redis_url: str) -> None:
+    job = Queue("default", connection=r).enqueue("testjobs.sleep_for", 30, job_timeout=1)
+    result = run_workerd("-u", redis_url, "--burst", "--death-penalty-class", "testjobs.PoliteDeathPenalty")
+    assert result.returncode == 0, result.stderr
+    assert "stopped by PoliteDeathPenalty after 1 s" in _exc(r, job.id)

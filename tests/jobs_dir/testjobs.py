@@ -147,3 +147,13 @@ class Scanner:
 
     def after_run(self):
         pass
+
+
+from workerd.execution import UnixSignalDeathPenalty  # noqa: E402
+
+
+class PoliteDeathPenalty(UnixSignalDeathPenalty):
+    """A custom death penalty (DEATH_PENALTY_CLASS): says in its own words why the job stopped."""
+
+    def _raise(self, signum, frame):
+        raise self.exception(f"stopped by PoliteDeathPenalty after {self.timeout_s:g} s")
