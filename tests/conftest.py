@@ -58,15 +58,16 @@ def redis_url(r: redis.Redis, redis_server: RedisServer) -> str:
 
 
 class WorkerdProcess:
-    """The real `workerd` binary, run as a subprocess in its own session, output captured to a file."""
+    """The real `workerd` binary (or another `program`, such as `rq`), run as a subprocess in its own
+    session, output captured to a file."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:  # fmt: skip
+                 cwd: Path | None = None, program: str = WORKERD) -> None:  # fmt: skip
         self.log_path = log_path
         environment = {**os.environ, "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
         environment.update(env or {})
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen([WORKERD, *args], stdout=self._log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen([program, *args], stdout=self._log, stderr=subprocess.STDOUT,
                                         env=environment, cwd=cwd or JOBS_DIR, start_new_session=True)  # fmt: skip
 
     @property

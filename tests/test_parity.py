@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -42,7 +41,7 @@ from rq.job import Job as RQJob
 import workerd
 import workerd.errors
 import workerd.suspension
-from tests.conftest import JOBS_DIR, ROOT, run_workerd, wait_until
+from tests.conftest import JOBS_DIR, ROOT, WorkerdProcess, run_workerd, wait_until
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
@@ -74,26 +73,6 @@ def wd_burst(url: str, *args: str, code: int = 0) -> str:
     return res.stdout + res.stderr
 
 
-class Background:
-    """`rq worker` (non-burst) in its own session, output to a file."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=JOBS_DIR,
-                                        start_new_session=True)  # fmt: skip
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        self._log.close()
-
-
 @pytest.fixture
 def wd_worker(workerd: Any) -> Any:
     """conftest's `workerd` fixture (the real binary in the background), under a name that leaves the
@@ -102,17 +81,19 @@ def wd_worker(workerd: Any) -> Any:
 
 
 @pytest.fixture
-def rq_worker(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Background]]:
-    started: list[Background] = []
+def rq_worker(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., WorkerdProcess]]:
+    """`rq worker` (non-burst) in the background, like conftest's `workerd` fixture."""
+    started: list[WorkerdProcess] = []
 
-    def start(*args: str) -> Background:
-        proc = Background([RQ, "worker", "-u", redis_url, *args], tmp_path / f"rq-{len(started)}.log")
+    def start(*args: str) -> WorkerdProcess:
+        log_path = tmp_path / f"rq-{len(started)}.log"
+        proc = WorkerdProcess(["worker", "-u", redis_url, *args], log_path, program=RQ)
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.kill_all()
 
 
 # -- reading Redis --------------------------------------------------------------------------------------

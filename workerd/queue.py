@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis as redis_module
 
@@ -12,6 +12,7 @@ from workerd import schema
 from workerd.errors import NoSuchJobError
 from workerd.job import DEFAULT_TIMEOUT_S, Callback, Dependency, Job, JobStatus, Retry
 from workerd.registry import (
+    BaseRegistry,
     CanceledJobRegistry,
     DeferredJobRegistry,
     FailedJobRegistry,
@@ -26,6 +27,8 @@ from workerd.utils import as_text, validate_queue_name
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
+
+R = TypeVar("R", bound=BaseRegistry)
 
 # Keyword arguments of enqueue() that configure the job instead of being passed to the function.
 _RESERVED = (
@@ -57,6 +60,15 @@ def _apply_dependencies(job: Job, depends_on: Any) -> None:
         else:
             ids.append(item.id if isinstance(item, Job) else str(item))
     job.dependency_ids = ids
+
+
+def _registry_property(registry_class: type[R]) -> property:
+    """`queue.failed_job_registry` and its siblings: the registry of this queue's name."""
+
+    def get(queue: Queue) -> R:
+        return registry_class(queue.name, queue.connection, serializer=queue.serializer)
+
+    return property(get, doc=f"This queue's {registry_class.__name__}.")
 
 
 class Queue:
@@ -146,31 +158,14 @@ class Queue:
             pipe.delete(self.key)
             pipe.execute()
 
-    # -- registries ------------------------------------------------------------------------------
+    # -- registries (rq's attribute names) ----------------------------------------------------------
 
-    @property
-    def started_job_registry(self) -> StartedJobRegistry:
-        return StartedJobRegistry(self.name, self.connection, serializer=self.serializer)
-
-    @property
-    def finished_job_registry(self) -> FinishedJobRegistry:
-        return FinishedJobRegistry(self.name, self.connection, serializer=self.serializer)
-
-    @property
-    def failed_job_registry(self) -> FailedJobRegistry:
-        return FailedJobRegistry(self.name, self.connection, serializer=self.serializer)
-
-    @property
-    def deferred_job_registry(self) -> DeferredJobRegistry:
-        return DeferredJobRegistry(self.name, self.connection, serializer=self.serializer)
-
-    @property
-    def scheduled_job_registry(self) -> ScheduledJobRegistry:
-        return ScheduledJobRegistry(self.name, self.connection, serializer=self.serializer)
-
-    @property
-    def canceled_job_registry(self) -> CanceledJobRegistry:
-        return CanceledJobRegistry(self.name, self.connection, serializer=self.serializer)
+    started_job_registry = _registry_property(StartedJobRegistry)
+    finished_job_registry = _registry_property(FinishedJobRegistry)
+    failed_job_registry = _registry_property(FailedJobRegistry)
+    deferred_job_registry = _registry_property(DeferredJobRegistry)
+    scheduled_job_registry = _registry_property(ScheduledJobRegistry)
+    canceled_job_registry = _registry_property(CanceledJobRegistry)
 
     # -- enqueueing ------------------------------------------------------------------------------
 
