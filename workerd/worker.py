@@ -171,6 +171,7 @@ class Worker:
         self._next_maintenance = 0.0
         self._keeper: LeaseKeeper | None = None
         self._warm_horse: horse_module.Horse | None = None
+        self._idle_written = False  # whether "state idle" is in our hash since we last changed it
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
@@ -443,6 +444,7 @@ class Worker:
         if not replies[0]:
             # Our key expired (a long stall or outage): register again so rq's tools see us.
             registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
+            self._idle_written = False
             if claim is not None:
                 registration.set_state(self.redis, self.name, "busy")
         if claim is not None and replies[3] == LEASE_LOST:
@@ -530,6 +532,7 @@ class Worker:
             self._suspended = False
             log.info("Worker %s: resumed", self.name)
         if fetched.claim is not None:
+            self._idle_written = False  # the fetch script marked us busy
             self._reorder_queues(fetched.claim.queue)
         return fetched
 
@@ -539,6 +542,7 @@ class Worker:
             self._suspended = True
             log.info("Worker %s: suspended, run `rq resume` (or `workerd resume`) to resume", self.name)
             registration.set_state(self.redis, self.name, "suspended")
+            self._idle_written = False
         if self.settings.burst:
             self.stop("suspended")
             return
@@ -570,7 +574,9 @@ class Worker:
         if max_idle is not None and time.monotonic() - self._last_job_at >= max_idle:
             self.stop(f"idle for {max_idle} s (max idle time)")
             return
-        registration.set_state(self.redis, self.name, "idle")
+        if not self._idle_written:  # once per idle spell, not on every wake-up
+            registration.set_state(self.redis, self.name, "idle")
+            self._idle_written = True
         if self._waiter is None:
             from workerd.waiter import QueueWaiter
 
