@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import run_workerd, wait_until
-from workerd import Job, JobStatus, Queue, schema
+from workerd import Callback, Job, JobStatus, Queue, schema
 
 
 def _status(r: redis.Redis, job_id: str) -> str | None:
@@ -177,7 +178,7 @@ def test_jobs_of_a_killed_worker_are_recovered_within_seconds(r: redis.Redis, re
 def test_a_job_that_keeps_killing_its_worker_is_failed_as_a_poison_pill(r: redis.Redis, redis_url: str,
                                                                         workerd) -> None:  # fmt: skip
     q = Queue("default", connection=r)
-    job = q.enqueue("testjobs.mark_then_sleep", redis_url, "runs", 60)
+    job = q.enqueue("testjobs.mark_then_sleep", redis_url, "runs", 60, on_failure=Callback("parity_jobs.on_failure"))
     fast = ("--heartbeat-interval", "0.3", "--abandoned-max-attempts", "2")
     for attempt in (1, 2):
         proc = workerd("-u", redis_url, *fast)
@@ -188,6 +189,11 @@ def test_a_job_that_keeps_killing_its_worker_is_failed_as_a_poison_pill(r: redis
     assert "worker lost 2 times" in _exc(r, job.id)
     assert r.zscore(schema.failed_key("default"), job.id) is not None
     assert Job.fetch(job.id, connection=r).get_status() == JobStatus.FAILED
+    # As RQ's cleanup: the failure callback runs once, in the worker that failed it, with AbandonedJobError.
+    wait_until(lambda: r.llen(f"test:cb:{job.id}") == 1, message="the failure callback")
+    kind, _, exc_type, message, tb_type = json.loads(r.lindex(f"test:cb:{job.id}", 0))
+    assert (kind, exc_type, tb_type) == ("failure", "AbandonedJobError", "StackSummary")
+    assert "worker lost 2 times" in message
 
 
 def test_a_custom_death_penalty_class_stops_jobs_past_their_timeout(r: redis.Redis, redis_url: str) -> None:

@@ -327,10 +327,7 @@ class Committer:
         """Recover one wip entry: requeue at the front, or fail it past `max_attempts` or when its
         worker was killed for a reason that would kill it again (`kill_reason`). The lease must have
         expired unless the worker is known to be dead."""
-        reason = (
-            f"AbandonedJobError: worker lost {max_attempts} times while running this job: possible "
-            "poison pill (a job that kills its process); not retried again"
-        )
+        reason = f"AbandonedJobError: {poison_pill_reason(max_attempts)}"
         job_id = schema.split_wip_member(member)[0]
         keys = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
                 schema.results_key(job_id)]  # fmt: skip
@@ -344,6 +341,14 @@ class Committer:
         """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""
         keys = [schema.intermediate_key(queue), schema.queue_key(queue), schema.job_key(job_id)]
         return bool(self._from_intermediate(keys=keys, args=[job_id, utcformat(utcnow())], client=self.redis))
+
+
+def poison_pill_reason(max_attempts: int) -> str:
+    """Why a job abandoned `max_attempts` times is failed instead of requeued once more."""
+    return (
+        f"worker lost {max_attempts} times while running this job: possible poison pill (a job that "
+        "kills its process); not retried again"
+    )
 
 
 def _stamp(epoch: float) -> str:

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,14 +31,15 @@ from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
-from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome
-from workerd.errors import ConfigError, ExitCode, RedisUnavailableError
+from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
+from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
     ExceptionHandler,
     effective_timeout_s,
     perform,
     run_callback,
+    run_exception_handlers,
 )
 from workerd.job import Job
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
@@ -468,8 +470,7 @@ class Worker:
         elif action == "failed":
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
                       self.name, job_id, self.settings.abandoned_max_attempts, extra=extra)  # fmt: skip
-        if action in ("requeued", "failed"):
-            self.report(outcome=action, queue=queue)
+        self._after_recovery(queue, job_id, action, poison_pill_reason(self.settings.abandoned_max_attempts))
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
@@ -489,8 +490,33 @@ class Worker:
                     because = f" ({kill_reason})" if kill_reason else ""
                     log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id, name, action, because,
                                 extra={"job_id": job_id, "queue": queue, "worker": self.name})  # fmt: skip
-                    if action in ("requeued", "failed"):
-                        self.report(outcome=action, queue=queue)
+                    self._after_recovery(queue, job_id, action, kill_reason or poison_pill_reason(attempts))
+
+    def _after_recovery(self, queue: str, job_id: str, action: str, reason: str) -> None:
+        """Count a recovery. A job it failed gets its failure callback and the exception handlers
+        here, with AbandonedJobError, as RQ's registry cleanup does in the process that cleans up.
+        A requeued job gets neither: it will run again, and report its own outcome then."""
+        if action not in ("requeued", "failed"):
+            return
+        self.report(outcome=action, queue=queue)
+        if action != "failed":
+            return
+        try:
+            job = Job.fetch(job_id, connection=self.redis, serializer=self.serializer)
+        except Exception:  # gone (failure_ttl) or undecodable: nothing to call back
+            return
+        if untrusted.refusal(job, self.settings.allowed_functions) is not None:
+            return  # a forged callback path is never imported (docs/SECURITY.md)
+        exc = AbandonedJobError(reason)
+        if job.failure_callback_name:
+            try:
+                # As RQ: the "traceback" is the cleaning process's stack; no job frame exists.
+                run_callback(job, "failure", self.death_penalty_class, AbandonedJobError, exc,
+                             traceback.extract_stack())  # fmt: skip
+            except Exception:
+                log.exception("Worker %s: the failure callback of abandoned job %s raised", self.name, job_id,
+                              extra={"job_id": job_id, "queue": queue, "worker": self.name})  # fmt: skip
+        run_exception_handlers(job, exc, self.exception_handlers)
 
     def report(self, **fields: Any) -> None:
         """Tell the master (if any) what this worker is doing; never blocks."""
