@@ -641,6 +641,7 @@ def test_ttl_failure_ttl_and_allow_failure_both_ways(r: redis.Redis, redis_url: 
     for side, queue, dependency in (("w", rq_q, RQDependency), ("r", wd_q, workerd.Dependency)):
         jobs[side, "ttl"] = queue.enqueue(pj.record, redis_url, "t:misc:ttl", side, ttl=1)
         jobs[side, "fttl"] = queue.enqueue(pj.fail, "short", failure_ttl=100)
+        jobs[side, "fttl0"] = queue.enqueue(pj.fail, "unkept", failure_ttl=0)
         ok = jobs[side, "ok"] = queue.enqueue(pj.add, 1, 1)
         bad = jobs[side, "bad"] = queue.enqueue(pj.fail, "parent")
         jobs[side, "allow"] = queue.enqueue(pj.record, redis_url, f"t:misc:allow:{side}", "allow",
@@ -662,6 +663,9 @@ def test_ttl_failure_ttl_and_allow_failure_both_ways(r: redis.Redis, redis_url: 
         assert 90 <= (r.zscore(f"rq:failed:{queue}", fttl) or 0) - now <= 101
         assert 90 <= r.ttl(f"rq:job:{fttl}") <= 100 and 90 <= r.ttl(f"rq:results:{fttl}") <= 100
         assert r.ttl(f"rq:results:{jobs[side, 'bad'].id}") == -1  # no failure_ttl: no TTL on the stream (rq)
+        unkept = jobs[side, "fttl0"].id  # failure_ttl=0: the job and its results are deleted (rq's Job.cleanup)
+        assert not r.exists(f"rq:job:{unkept}", f"rq:results:{unkept}", f"rq:executions:{unkept}"), side
+        assert now - 5 <= (r.zscore(f"rq:failed:{queue}", unkept) or 0) <= now + 1, side
         assert [t for t, _ in runs(r, f"t:misc:allow:{side}")] == ["allow"]
         assert status(r, jobs[side, "allow"].id) == "finished"
         assert status(r, jobs[side, "strict"].id) == "deferred" and runs(r, f"t:misc:strict:{side}") == []

@@ -198,6 +198,9 @@ class Committer:
     def _result_entry(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
                       stream_ttl_s: int | None, exc_string: str | None = None) -> None:  # fmt: skip
         key = schema.results_key(claim.job.id)
+        if stream_ttl_s == 0:  # rq's Result.save: EXPIRE 0, so the job keeps no results at all
+            ops.add("DEL", key)
+            return
         # A synchronous run (is_async=False) has no worker and no execution: RQ writes worker_name ''
         # and leaves the execution fields out.
         execution = bool(claim.execution_id)
@@ -285,7 +288,7 @@ class Committer:
         """rq's FailedJobRegistry.add plus the result entry: TTLs, registry score, stream."""
         job = claim.job
         ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
-        self._expire_job(ops, job.id, ttl if ttl > 0 else -1)
+        self._expire_job(ops, job.id, ttl)
         # RQ stores a negative ttl (keep forever) as the raw score, which its clean-up never reaches.
         score = ttl if ttl < 0 else int(outcome.ended_at) + ttl
         ops.add("ZADD", schema.failed_key(claim.queue), score, job.id)
