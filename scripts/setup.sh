@@ -15,6 +15,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# The TLS test makes its certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing openssl with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "setup: openssl is missing (the TLS test needs it). Install the 'openssl' package." >&2
+    exit 1
+  fi
+fi
+
 # The packaging tests build a .deb and an .rpm: their tools come from the distribution too.
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -f packaging/Makefile ]; then
   missing=""

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 password: str | None = None) -> None:  # fmt: skip
+                 password: str | None = None, tls_dir: Path | None = None) -> None:  # fmt: skip
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -32,6 +32,9 @@ class RedisServer:
         self.appendonly = appendonly
         self.password = password  # requirepass: clients (and the URL) need it
         self.process: subprocess.Popen[bytes] | None = None
+        # With tls_dir (ca.crt, server.crt, server.key: see make_tls_files), a TLS port as well.
+        self.tls_dir = tls_dir
+        self.tls_port = free_port() if tls_dir else None
 
     @property
     def url(self) -> str:
@@ -48,6 +51,10 @@ class RedisServer:
                 "--logfile", str(self.directory / "redis.log")]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls_dir:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls_dir / "server.crt"),
+                     "--tls-key-file", str(self.tls_dir / "server.key"),
+                     "--tls-ca-cert-file", str(self.tls_dir / "ca.crt"), "--tls-auth-clients", "no"]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -71,3 +78,20 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def make_tls_files(directory: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it, made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=workerd test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+    return directory

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import WorkerdProcess, run_workerd, wait_until
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, make_tls_files
 from workerd import Job, Queue, schema
 from workerd.errors import ConfigError
 from workerd.worker import Worker
@@ -173,3 +173,45 @@ def test_a_settings_file_without_a_password_gets_no_warning(tmp_path: Path) -> N
     os.chmod(path, 0o644)
     result = run_workerd("-c", str(path), "--print-config")
     assert result.returncode == 0 and "readable by other users" not in result.stderr
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", tls_dir=make_tls_files(tmp_path / "tls"))
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+def test_rqs_tls_settings_reach_redis(tls_server: RedisServer, tmp_path: Path,
+                                      workerd: Callable[..., WorkerdProcess]) -> None:  # fmt: skip
+    """rq's REDIS_SSL_* names in a settings module, and the same options with a rediss:// URL in TOML:
+    the job runs over TLS, verified against the CA given. Without the CA, verification fails."""
+    assert tls_server.tls_dir is not None
+    ca = tls_server.tls_dir / "ca.crt"
+    rq_module = tmp_path / "rq_settings.py"
+    rq_module.write_text(f"REDIS_HOST = '127.0.0.1'\nREDIS_PORT = {tls_server.tls_port}\nREDIS_SSL = True\n"
+                         f"REDIS_SSL_CA_CERTS = '{ca}'\nREDIS_SSL_CERT_REQS = 'required'\n")  # fmt: skip
+    toml = tmp_path / "settings.toml"
+    toml.write_text(f'redis_url = "rediss://127.0.0.1:{tls_server.tls_port}/0"\nredis_ssl_ca_certs = "{ca}"\n')
+    r = tls_server.client()  # the plain port, to look at what the TLS clients wrote
+    for config in (rq_module, toml):
+        job = Queue("default", connection=r).enqueue("testjobs.add", 2, 3)
+        result = run_workerd("-c", str(config), "--burst")
+        assert result.returncode == 0, result.stderr
+        assert _status(r, job.id) == "finished", config
+    toml.write_text(f'redis_url = "rediss://127.0.0.1:{tls_server.tls_port}/0"\n')
+    unverified = workerd("-c", str(toml))  # it retries, as for any connection error: look at what it says
+    unverified.wait_for_output("certificate verify failed")
+    unverified.wait_for_output("REDIS_SSL_CA_CERTS")
+
+
+def test_tls_options_without_tls_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "settings.toml"
+    toml.write_text(f'redis_url = "redis://127.0.0.1:1/0"\nredis_ssl_ca_certs = "{toml}"\n')
+    result = run_workerd("-c", str(toml), "--check")
+    assert result.returncode == 78
+    assert "redis_ssl_ca_certs" in result.stderr and "does not use TLS" in result.stderr

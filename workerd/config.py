@@ -270,6 +270,11 @@ def _check_values(settings: Settings) -> list[tuple[str, str]]:
         scheme = urlsplit(settings.redis_url.get_secret_value()).scheme
         if scheme not in _URL_SCHEMES:
             problems.append(("redis_url", "must start with redis://, rediss:// or unix://"))
+    if settings.tls_options and not settings.uses_tls:
+        key = "redis_" + next(iter(settings.tls_options))
+        why = ("set, but the connection does not use TLS: set REDIS_SSL = true, use a rediss:// URL, or remove "
+               "it (with SENTINEL, give TLS options in its CONNECTION_KWARGS)")  # fmt: skip
+        problems.append((key, why))
     if settings.pid:
         directory = os.path.dirname(os.path.abspath(settings.pid))
         if not os.path.isdir(directory):

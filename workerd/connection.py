@@ -19,15 +19,16 @@ MINIMUM_REDIS_VERSION = (6, 2, 0)  # BLMOVE, used to wait on queues without taki
 def connect(settings: Settings) -> redis.Redis:
     """A client for the configured Redis. Nothing is sent until the first command."""
     client_class: Any = import_attribute(settings.connection_class) if settings.connection_class else redis.Redis
-    timeouts: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    tls = settings.tls_options  # validated: set only when the connection uses TLS
     if settings.redis_url is not None:
-        return client_class.from_url(settings.redis_url.get_secret_value(), **timeouts)
-    if settings.sentinel:
-        return _sentinel_master(settings.sentinel, timeouts)
+        return client_class.from_url(settings.redis_url.get_secret_value(), **options, **tls)
+    if settings.sentinel:  # its own SSL and CONNECTION_KWARGS, as rq's SENTINEL
+        return _sentinel_master(settings.sentinel, options)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return client_class(
         host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
-        password=password, ssl=settings.redis_ssl, **timeouts,
+        password=password, ssl=settings.redis_ssl, **options, **tls,
     )  # fmt: skip
 
 
@@ -54,6 +55,13 @@ def describe(settings: Settings) -> str:
         return f"sentinel master {settings.sentinel.get('MASTER_NAME', 'mymaster')}"
     scheme = "rediss" if settings.redis_ssl else "redis"
     return f"{scheme}://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def hint(exc: BaseException) -> str:
+    """What to check when Redis cannot be reached with this error."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return "check REDIS_SSL_CA_CERTS (the CA that signed Redis's certificate) or REDIS_SSL_CERT_REQS"
+    return "check REDIS_URL / --url and that Redis is running"
 
 
 def check_version(client: redis.Redis) -> None:

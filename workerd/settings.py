@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workerd.utils import validate_queue_name
@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     redis_db: int = Field(0, ge=0, description="Redis database number, used when no URL is given.")
     redis_password: SecretStr | None = Field(None, description="Redis password, used when no URL is given.")
     redis_ssl: bool = Field(False, description="Use TLS to Redis, used when no URL is given.")
+    # rq's names for the TLS options of its REDIS_SSL connection; workerd applies them to rediss:// URLs too.
+    redis_ssl_ca_certs: FilePath | None = Field(
+        None, description="CA bundle to verify Redis's certificate with (TLS: REDIS_SSL or a rediss:// URL)."
+    )
+    redis_ssl_ca_data: str | None = Field(None, description="CA certificates as PEM text, instead of a file (TLS).")
+    redis_ssl_certfile: FilePath | None = Field(None, description="Client certificate file, for TLS client auth.")
+    redis_ssl_keyfile: FilePath | None = Field(None, description="Private key file of the client certificate (TLS).")
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        "required", description="Whether Redis's TLS certificate must verify: required, optional or none."
+    )
     sentinel: dict[str, Any] | None = Field(
         None, description="Redis Sentinel, as RQ's SENTINEL: INSTANCES, MASTER_NAME, DB, USERNAME, PASSWORD, "
         "SOCKET_TIMEOUT, SSL, CONNECTION_KWARGS, SENTINEL_KWARGS.")  # fmt: skip
@@ -232,6 +242,22 @@ class Settings(BaseSettings):
             self.worker_class = None
             self.execution = mode  # type: ignore[assignment]
         return self
+
+    @property
+    def uses_tls(self) -> bool:
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value().startswith("rediss://")
+        return self.redis_ssl and not self.sentinel
+
+    @property
+    def tls_options(self) -> dict[str, Any]:
+        """The TLS options that are set, as redis-py's keyword arguments (ssl_ca_certs=...)."""
+        options = {"ssl_ca_certs": self.redis_ssl_ca_certs, "ssl_ca_data": self.redis_ssl_ca_data,
+                   "ssl_certfile": self.redis_ssl_certfile, "ssl_keyfile": self.redis_ssl_keyfile}  # fmt: skip
+        chosen = {key: str(value) for key, value in options.items() if value is not None}
+        if self.redis_ssl_cert_reqs != "required":
+            chosen["ssl_cert_reqs"] = self.redis_ssl_cert_reqs
+        return chosen
 
     @field_validator("queues")
     @classmethod

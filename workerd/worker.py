@@ -88,7 +88,8 @@ class Outage:
         """Record a failure; returns how long to wait before the next try."""
         if self.since is None:
             self.since = time.monotonic()
-            log.error("%scannot reach Redis at %s (%s); retrying with backoff", self.who, self.where, exc)
+            log.error("%scannot reach Redis at %s (%s); retrying with backoff; %s", self.who, self.where, exc,
+                      connection_module.hint(exc))  # fmt: skip
         delay = self.backoff_s
         self.backoff_s = min(self.backoff_s * 2, self.max_backoff_s)
         return delay
@@ -277,7 +278,7 @@ class Worker:
                 if give_up_at is not None and time.monotonic() + delay > give_up_at:
                     raise RedisUnavailableError(
                         f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
-                        f"({exc}); check REDIS_URL / --url and that Redis is running"
+                        f"({exc}); {connection_module.hint(exc)}"
                     ) from None
                 self.sleep(delay)
                 self.handle_signals()
