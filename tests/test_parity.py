@@ -748,3 +748,40 @@ def test_maintenance_of_workerd_data_by_rq(r: redis.Redis, redis_url: str) -> No
     # Where workerd requeues an id stuck in the intermediate list, rq fails it (a documented difference).
     assert status(r, stuck.id) == "failed" and runs(r, "t:mnt_r") == []
     assert "stuck in intermediate queue" in results(r, stuck.id)[-1]["exc_string"]
+
+
+# -- RQ's maintenance and workerd's leases on one Redis --------------------------------------------
+
+
+def _after_rq_cleanup(r: redis.Redis, queue: str, job_id: str) -> str | None:
+    """Run what every rq worker runs at start-up and every 600 s on the started registry; the job's status."""
+    rq.registry.StartedJobRegistry(queue, connection=r).cleanup()
+    return status(r, job_id)
+
+
+def test_rqs_maintenance_never_fails_a_job_workerd_holds(r: redis.Redis, redis_url: str, wd_worker: Any) -> None:
+    job = workerd.Queue("held", connection=r).enqueue(pj.sleep_first_run, redis_url, "t:held", 4)
+    wd_worker("-u", redis_url, "--heartbeat-interval", "0.5", "held")
+    wait_until(lambda: status(r, job.id) == "started", message="the job to start")
+    # Cleaned again and again while it runs (past several lease periods): the lease is always alive.
+    wait_until(lambda: _after_rq_cleanup(r, "held", job.id) == "finished", timeout=20, interval=0.2,
+               message="the job to finish")  # fmt: skip
+    assert len(runs(r, "t:held")) == 1 and not in_zset(r, "rq:failed:held", job.id)
+    assert [e["type"] for e in results(r, job.id)] == [1]
+
+
+def test_a_job_rq_failed_as_abandoned_stays_as_rq_left_it(r: redis.Redis, redis_url: str, wd_worker: Any) -> None:
+    q = workerd.Queue("aband", connection=r)
+    job = q.enqueue(pj.sleep_first_run, redis_url, "t:aband", 60)
+    fast = ("-u", redis_url, "--heartbeat-interval", "0.5", "aband")
+    victim = wd_worker(*fast)
+    wait_until(lambda: len(runs(r, "t:aband")) == 1, message="the first run")
+    os.killpg(victim.pid, signal.SIGKILL)  # the lease (2 s here) runs out; RQ's cleanup gets there first
+    wait_until(lambda: _after_rq_cleanup(r, "aband", job.id) == "failed", timeout=10, interval=0.2,
+               message="rq's cleanup to fail it")  # fmt: skip
+    rescuer_proof = q.enqueue(pj.add, 2, 2)  # runs only after the new worker's start-up recovery
+    wd_worker(*fast)
+    wait_until(lambda: status(r, rescuer_proof.id) == "finished", message="the new worker to run a job")
+    assert status(r, job.id) == "failed" and len(runs(r, "t:aband")) == 1
+    assert in_zset(r, "rq:failed:aband", job.id) and r.zcard("rq:wip:aband") == 0
+    assert "due to AbandonedJobError" in results(r, job.id)[-1]["exc_string"]
