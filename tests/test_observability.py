@@ -348,3 +348,21 @@ def test_a_single_worker_serves_its_own_metrics(r, redis_url, workerd) -> None:
     )
     assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 1
     assert _value(samples, "workerd_workers", group="default", state="idle") == 1
+
+
+def test_a_password_cut_in_two_by_the_sdk_is_filtered() -> None:
+    """Older sentry-sdk releases cut strings at 1,024 characters (max_value_length; unlimited by
+    default in recent ones) before before_send sees them: no start of a straddling password survives."""
+    from sentry_sdk.utils import strip_string
+
+    from workerd.sentry import FILTERED, scrub
+
+    password = "s3cret-Pa55word"
+    secrets = [f"redis://:{password}@127.0.0.1:6379/0", password]
+    for chars_before_cut in range(1, len(password)):
+        text = "x" * (1021 - len("redis://:") - chars_before_cut) + secrets[0]
+        cut = strip_string(text, max_length=1024).value  # what the SDK hands to before_send
+        assert password[:chars_before_cut] in cut  # the cut is where this test means it to be
+        scrubbed = scrub({"value": cut}, secrets)["value"]
+        assert scrubbed.endswith(f"{FILTERED}...") and password[:chars_before_cut] not in scrubbed, scrubbed
+    assert scrub("a plain cut string...", secrets) == "a plain cut string..."

@@ -29,6 +29,7 @@ log = logging.getLogger("workerd.sentry")
 # The longest a failed job waits for its event to be sent.
 FLUSH_TIMEOUT_S = 5.0
 FILTERED = "[Filtered]"
+TRUNCATION_MARK = "..."  # what the SDK puts at the end of a string it cut
 # scheme://user:password@ -> scheme://user:[Filtered]@ (any URL's password, not only Redis's)
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
 
@@ -55,11 +56,24 @@ def scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         for secret in secrets:
             value = value.replace(secret, FILTERED)
-        return _USERINFO.sub(rf"\1{FILTERED}@", value)
+        value = _USERINFO.sub(rf"\1{FILTERED}@", value)
+        return _scrub_cut_secret(value, secrets) if value.endswith(TRUNCATION_MARK) else value
     if isinstance(value, dict):
         return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(item, secrets) for item in value]
+    return value
+
+
+def _scrub_cut_secret(value: str, secrets: list[str]) -> str:
+    """The SDK cuts strings longer than its max_value_length (1,024) before before_send sees them,
+    so a secret that straddled the cut ends the string with its first characters: filter those.
+    Any length counts, one character too (over-filtering the end of a cut string costs nothing)."""
+    body = value[: -len(TRUNCATION_MARK)]
+    for secret in secrets:
+        for size in range(len(secret) - 1, 0, -1):
+            if body.endswith(secret[:size]):
+                return body[:-size] + FILTERED + TRUNCATION_MARK
     return value
 
 
