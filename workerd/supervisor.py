@@ -48,9 +48,10 @@ MAX_RESTART_BACKOFF_S = 30.0
 # After the graceful timeout, workers get a cold stop (their jobs go back to the queue), and this
 # long to do it before SIGKILL.
 COLD_STOP_GRACE_S = 10.0
-# A worker that has not heartbeaten Redis for this long makes the master stop pinging the systemd
-# watchdog ("cannot fetch"), so systemd restarts the unit after WatchdogSec more.
-WATCHDOG_STALE_S = 60.0
+# A worker that has missed this many heartbeats of Redis in a row (60 s at the default 3 s) makes the
+# master stop pinging the systemd watchdog ("cannot fetch"), so systemd restarts the unit after
+# WatchdogSec more. Counted in heartbeats, so that it scales with HEARTBEAT_INTERVAL.
+WATCHDOG_STALE_HEARTBEATS = 20
 TICK_S = 0.25
 _GROUP_ONLY_KEYS = ("name", "workers", "daemon")
 
@@ -583,7 +584,9 @@ class Master:
     def healthy(self) -> bool:
         """The watchdog is fed only while every started worker heartbeats Redis."""
         now = time.monotonic()
-        return all(now - c.last_heartbeat < WATCHDOG_STALE_S for c in self.children.values() if c.ready)
+        stale_s = {g.name: WATCHDOG_STALE_HEARTBEATS * g.settings.effective_heartbeat_s for g in self.groups}
+        default_s = WATCHDOG_STALE_HEARTBEATS * self.settings.effective_heartbeat_s  # a group gone on reload
+        return all(now - c.last_heartbeat < stale_s.get(c.group, default_s) for c in self.children.values() if c.ready)
 
     def _count(self, group: Group) -> int:
         return sum(1 for c in self.children.values() if c.group == group.name)
