@@ -293,7 +293,7 @@ class Unit:
     restart_sec: float = 1.0
     stop_timeout_s: float = 10.0
     proc: subprocess.Popen | None = None
-    sids: set[int] = field(default_factory=set)
+    sids: set[int] = field(default_factory=set)  # sessions of its runs that may still hold processes
     state: str = "new"  # running | stopping | waiting | stopped (exit 0) | failed (start limit)
     state_until: float = 0.0
     stopping_sid: int = 0
@@ -336,6 +336,11 @@ class Unit:
                 self.on_kill(leftovers, "systemd-sigkill")
                 leftovers = []
             if not leftovers:
+                # Forget the emptied session: once nothing holds its id, the kernel hands that number
+                # out again (pid_max is 32768 here, and a fork storm wraps it in minutes), e.g. to
+                # another run's redis-server, which leads a session of its own; freeze() and
+                # kill_everything() at the end would then signal processes that are not ours.
+                self.sids.discard(self.stopping_sid)
                 code = self.exits[-1]  # negative: killed by a signal
                 if code >= 0:
                     self.own_exit_times = [t for t in self.own_exit_times if now - t < 10.0] + [now]
