@@ -863,8 +863,11 @@ def _cell(r: dict[str, Any] | None) -> str:
         return f"error: {r['error'][:60]}"
     gap = r.get("longest_abandoned_s")
     gap_s = "-" if gap is None else f"{gap:.1f} s"
+    # Jobs still waiting in a queue list when the drain's time cap ended the run: not run yet, not lost.
+    waiting = sum(n for where, n in r["stuck_where"].items() if where.startswith("queued in rq:queue:"))
+    stuck = f"**{r['stuck']}**" + (f" ({waiting} waiting in a queue)" if waiting else "")
     return (
-        f"{r['enqueued']} / {r['finished']} / {r['failed']} / **{r['lost']}** / **{r['stuck']}** / "
+        f"{r['enqueued']} / {r['finished']} / {r['failed']} / **{r['lost']}** / {stuck} / "
         f"{r['dup_jobs']} ({r['dup_after_kill']}+{r['dup_other']}) / {gap_s}"
     )
 
