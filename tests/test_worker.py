@@ -128,6 +128,24 @@ def test_idle_worker_wakes_for_any_queue_and_registers_like_rq(r: redis.Redis, r
     assert not r.sismember(schema.WORKERS, worker) and r.hexists(worker, "death")
 
 
+def test_the_next_horse_forks_during_a_job_only_when_more_work_waits(r: redis.Redis, redis_url: str,
+                                                                      workerd) -> None:  # fmt: skip
+    """With a backlog, the next job's horse forks while a job runs (throughput). A job that wakes an
+    idle worker runs with no fork beside it (latency); the next horse forks once that job is done."""
+    q = Queue("default", connection=r)
+    backlog = [q.enqueue("testjobs.sibling_horses", 5.0) for _ in range(2)]
+    proc = workerd("-u", redis_url, "-n", "prefork-worker")
+    wait_until(lambda: all(_status(r, job.id) == "finished" for job in backlog), message="the backlog to finish")
+    assert [Job.fetch(job.id, connection=r).return_value() for job in backlog] == [1, 1]
+    wait_until(lambda: r.hget(schema.worker_key("prefork-worker"), "state") == b"idle", message="state idle")
+    woken = q.enqueue("testjobs.sibling_horses", 1.0)
+    wait_until(lambda: _status(r, woken.id) == "finished", message="the wake-up job to finish")
+    assert Job.fetch(woken.id, connection=r).return_value() == 0
+    waiting = "waiting for a job"
+    wait_until(lambda: any(waiting in " ".join(child.cmdline()) for child in psutil.Process(proc.pid).children()),
+               message="a horse forked for the next job after the wake-up job")  # fmt: skip
+
+
 def test_warm_shutdown_finishes_the_running_job(r: redis.Redis, redis_url: str, workerd) -> None:
     job = Queue("default", connection=r).enqueue("testjobs.mark_then_sleep", redis_url, "started", 1.5)
     proc = workerd("-u", redis_url)

@@ -174,6 +174,7 @@ class Worker:
         self._next_maintenance = 0.0
         self._keeper: LeaseKeeper | None = None
         self._warm_horse: horse_module.Horse | None = None
+        self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
         self._idle_written = False  # whether "state idle" is in our hash since we last changed it
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
@@ -230,8 +231,10 @@ class Worker:
         if claim is None:
             if not fetched.skipped:  # ids were skipped (hash gone): the queue may hold more, fetch again
                 self.idle()
+                self._woke_from_idle = True
             return
         self.execute(claim)
+        self._woke_from_idle = False
         self.jobs_done += 1
         self._last_job_at = time.monotonic()
         if self.settings.max_jobs is not None and self.jobs_done >= self.settings.max_jobs:
@@ -654,11 +657,17 @@ class Worker:
             return self.run_inprocess(claim)
         horse = self._horse_for(job, title)
         self._horse = horse
-        self.prefork()  # the next job's horse forks while this one runs
+        # With a backlog, the next job's horse forks while this one runs: the overlap is throughput.
+        # A job that woke an idle worker likely has no successor yet, and on a small machine a fork
+        # now competes for the CPU with the job it is meant to speed up: fork once this one is done.
+        if not self._woke_from_idle:
+            self.prefork()
         try:
-            return self.monitor(claim, horse)
+            outcome = self.monitor(claim, horse)
         finally:
             self._horse = None
+        self.prefork()
+        return outcome
 
     def prefork(self) -> None:
         """Keep one horse forked in advance (fork mode), so a job starts without waiting for fork()."""

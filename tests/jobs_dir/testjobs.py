@@ -124,6 +124,20 @@ def getpid():
     return os.getpid()
 
 
+def sibling_horses(wait_s):
+    """How many other children the worker has while this horse runs: polls for up to wait_s and
+    returns as soon as it sees one (a pre-forked horse for the next job)."""
+    import psutil
+
+    me, worker = os.getpid(), psutil.Process(os.getppid())
+    deadline = time.monotonic() + wait_s
+    while True:
+        siblings = [child for child in worker.children() if child.pid != me]
+        if siblings or time.monotonic() >= deadline:
+            return len(siblings)
+        time.sleep(0.01)
+
+
 try:  # workerd subprocesses import this module; the Worker subclass below needs workerd itself
     from workerd.worker import Worker as _Worker
 
