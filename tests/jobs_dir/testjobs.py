@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import psutil
 import redis
 
 from workerd import get_current_job
@@ -127,8 +128,6 @@ def getpid():
 def sibling_horses(wait_s):
     """How many other children the worker has while this horse runs: polls for up to wait_s and
     returns as soon as it sees one (a pre-forked horse for the next job)."""
-    import psutil
-
     me, worker = os.getpid(), psutil.Process(os.getppid())
     deadline = time.monotonic() + wait_s
     while True:
