@@ -366,3 +366,46 @@ def test_a_password_cut_in_two_by_the_sdk_is_filtered() -> None:
         scrubbed = scrub({"value": cut}, secrets)["value"]
         assert scrubbed.endswith(f"{FILTERED}...") and password[:chars_before_cut] not in scrubbed, scrubbed
     assert scrub("a plain cut string...", secrets) == "a plain cut string..."
+
+
+def test_every_counter_series_exists_at_zero_right_after_start(r, redis_url, workerd) -> None:
+    """`increase(...[5m])` sees the first worker death only if the series existed at 0 before it."""
+    port = free_port()
+    workerd("-u", redis_url, "--workers", "1", "--metrics-port", str(port), "high", "low")
+    samples = wait_until(
+        lambda: _get(f"http://127.0.0.1:{port}/metrics")[0] == 200 and _scrape(port), message="the first scrape"
+    )
+    expected = [("workerd_worker_deaths_total", {"group": "default"})]
+    recycles = ("max_jobs", "max_age", "max_idle", "soft_memory", "hard_memory", "reload", "scale_down")
+    kills = ("timeout", "hard_memory", "soft_memory", "other")
+    expected += [("workerd_worker_recycles_total", {"group": "default", "reason": reason}) for reason in recycles]
+    expected += [("workerd_kills_total", {"group": "default", "process": process, "reason": reason})
+                 for process in ("worker", "horse") for reason in kills]  # fmt: skip
+    expected += [("workerd_kills_total", {"group": "default", "process": "worker", "reason": "shutdown_timeout"})]
+    expected += [("workerd_jobs_total", {"queue": queue, "outcome": outcome})
+                 for queue in ("high", "low") for outcome in ("finished", "failed", "retried", "requeued")]  # fmt: skip
+    expected += [("workerd_job_duration_seconds_count", {"queue": queue}) for queue in ("high", "low")]
+    for name, labels in expected:
+        key = (name, tuple(sorted(labels.items())))
+        assert samples.get(key) == 0, f"{name}{labels} is {samples.get(key, 'missing')} right after start"
+
+
+def _series(samples: dict, name: str) -> list[float]:
+    return [value for (sample, _), value in samples.items() if sample == name]
+
+
+def test_the_memory_the_limits_act_on_is_scraped(r, redis_url, workerd) -> None:
+    port = free_port()
+    workerd("-u", redis_url, "--workers", "1", "--metrics-port", str(port))
+    wait_until(lambda: _get(f"http://127.0.0.1:{port}/health")[0] == 200, message="the pool healthy over HTTP")
+    job = Queue("default", connection=r).enqueue("testjobs.allocate_mib", 60, 5.0)
+    samples = wait_until(
+        lambda: (
+            (s := _scrape(port)) and any(v > 50 * 2**20 for v in _series(s, "workerd_horse_memory_uss_bytes")) and s
+        ),
+        message="a horse holding 60 MiB in the metrics",
+    )
+    [worker_uss] = _series(samples, "workerd_worker_memory_uss_bytes")
+    assert 1 * 2**20 < worker_uss < 50 * 2**20  # the worker's own pages, not its horse's
+    assert _value(samples, "process_resident_memory_bytes") > 10 * 2**20  # the master's own
+    wait_until(lambda: _all_done(r, [job]), message="the allocation job done")

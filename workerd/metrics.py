@@ -21,18 +21,27 @@ import collections
 import datetime as dt
 import http.server
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import psutil
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from workerd import connection as connection_module
-from workerd import info, schema
+from workerd import info, memory, schema
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 
@@ -52,6 +61,21 @@ _RECYCLE_REASONS = (
     ("pool shrunk", "scale_down"),
 )  # fmt: skip
 _KILL_REASONS = (("Timeout", "timeout"), ("hard memory", "hard_memory"), ("soft memory", "soft_memory"))
+# Every label value a kill can carry, by process kind, so that each series exists (at 0) from the start.
+_KILL_LABELS = {
+    "horse": [label for _, label in _KILL_REASONS] + ["other"],
+    "worker": [label for _, label in _KILL_REASONS] + ["other", "shutdown_timeout"],
+}
+
+
+class PoolEntry(NamedTuple):
+    """One live child of the master, as the metrics see it."""
+
+    group: str
+    state: str
+    name: str
+    ready: bool
+    pid: int
 
 
 def recycle_reason(text: str | None) -> str | None:
@@ -86,12 +110,14 @@ class PoolMetrics:
                              "reason.", ["group", "process", "reason"], registry=self.registry)  # fmt: skip
         self.deaths = Counter("workerd_worker_deaths", "Workers that died unexpectedly (crash, external kill).",
                               ["group"], registry=self.registry)  # fmt: skip
-        # (group, state, name, ready) of every live child, replaced as a whole by the master's loop.
-        self.pool: list[tuple[str, str, str, bool]] = []
+        # Every live child, replaced as a whole by the master's loop.
+        self.pool: list[PoolEntry] = []
         self._sources: list[tuple[redis.Redis, list[str], Settings]] = []
         self._groups: list[str] = []
         self.set_groups(groups)
         self.registry.register(_ScrapeCollector(self))
+        # The master's own CPU, memory and file descriptors (process_*), as every Prometheus exporter has them.
+        ProcessCollector(registry=self.registry)
 
     # -- fed by the master --------------------------------------------------------------------
 
@@ -108,6 +134,29 @@ class PoolMetrics:
                 queues.extend(q for q in settings.queues if q not in queues)
         self._sources = list(by_target.values())
         self._groups = [group.name for group in groups]
+        self._create_series_at_zero(groups)
+
+    def _create_series_at_zero(self, groups: Sequence[Any]) -> None:
+        """Make every known counter series exist before its first event.
+
+        `increase(x[5m])` needs a sample before the first increment: a series that appears at 1
+        has no increase, so an alert on the first worker death would never fire."""
+        for group in groups:
+            self.deaths.labels(group.name)
+            for _, reason in _RECYCLE_REASONS:
+                self.recycles.labels(group.name, reason)
+            for process, reasons in _KILL_LABELS.items():
+                for reason in reasons:
+                    self.kills.labels(group.name, process, reason)
+            if not getattr(group, "daemon", None):
+                for queue in group.settings.queues:
+                    self.duration.labels(queue)
+                    for outcome in OUTCOMES:
+                        self.jobs.labels(queue, outcome)
+
+    def set_pool(self, children: Iterable[tuple[str, str, str, bool, int]]) -> None:
+        """Replace the live children (group, state, name, ready, pid) in one swap: the HTTP thread reads it whole."""
+        self.pool = [PoolEntry(*child) for child in children]
 
     def on_report(self, group: str, report: dict[str, Any]) -> None:
         outcome = report.get("outcome")
@@ -143,7 +192,7 @@ class PoolMetrics:
     def health(self) -> str | None:
         """None if healthy: Redis answers and one of this master's workers heartbeated recently."""
         limit = info.heartbeat_limit_s(self.settings)
-        names = [name for _, _, name, ready in self.pool if ready]
+        names = [entry.name for entry in self.pool if entry.ready]
         problems = []
         for client, _, settings in self._sources:
             try:
@@ -166,13 +215,14 @@ class PoolMetrics:
     def collect_scrape(self) -> Iterator[Metric]:
         workers = GaugeMetricFamily("workerd_workers", "Live workers of the master, by group and state.",
                                     labels=["group", "state"])  # fmt: skip
-        tally = collections.Counter((group, state) for group, state, _, _ in self.pool)
+        tally = collections.Counter((entry.group, entry.state) for entry in self.pool)
         for group in self._groups:
             for state in WORKER_STATES:
                 tally.setdefault((group, state), 0)
         for (group, state), count in sorted(tally.items()):
             workers.add_metric([group, state], count)
         yield workers
+        yield from self._collect_memory()
         depth = GaugeMetricFamily("workerd_queue_depth", "Jobs waiting in the queue (LLEN), read at scrape time.",
                                   labels=["queue"])  # fmt: skip
         registry = GaugeMetricFamily("workerd_queue_registry_jobs", "Jobs in each registry of the queue, read at "
@@ -200,6 +250,30 @@ class PoolMetrics:
         up.add_metric([], ok)
         seconds.add_metric([], time.perf_counter() - started)
         yield from (depth, registry, up, seconds)
+
+    def _collect_memory(self) -> Iterator[Metric]:
+        """USS of each worker and of its horses: the number the memory limits act on (workerd.memory)."""
+        workers = GaugeMetricFamily("workerd_worker_memory_uss_bytes", "Memory only this worker uses (USS), "
+                                    "read at scrape time.", labels=["group", "worker"])  # fmt: skip
+        horses = GaugeMetricFamily("workerd_horse_memory_uss_bytes", "Memory only the worker's horses use (USS "
+                                   "of its child processes: the running horse and a pre-forked one), read at "
+                                   "scrape time.", labels=["group", "worker"])  # fmt: skip
+        for entry in self.pool:
+            own = memory.measure(entry.pid)
+            if own is None:  # exited since the master's last look
+                continue
+            workers.add_metric([entry.group, entry.name], own.uss_bytes)
+            horses.add_metric([entry.group, entry.name], _children_uss_bytes(entry.pid))
+        yield from (workers, horses)
+
+
+def _children_uss_bytes(pid: int) -> int:
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return 0
+    uses = (memory.measure(child.pid) for child in children)
+    return sum(use.uss_bytes for use in uses if use is not None)
 
 
 class _ScrapeCollector(Collector):
@@ -279,13 +353,13 @@ def serve_single_worker(worker: Any, settings: Settings) -> MetricsServer:
     HTTP thread is started before the first horse is forked, and horses never serve it.
     """
     metrics = PoolMetrics(settings, [_SingleGroup(settings)])
-    metrics.pool = [("default", "starting", worker.name, True)]
+    metrics.set_pool([("default", "starting", worker.name, True, os.getpid())])
     forward = worker.report
 
     def report(**fields: Any) -> None:
         metrics.on_report("default", fields)
         if "state" in fields:
-            metrics.pool = [("default", str(fields["state"]), worker.name, True)]
+            metrics.set_pool([("default", str(fields["state"]), worker.name, True, os.getpid())])
         forward(**fields)
 
     worker.report = report

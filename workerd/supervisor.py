@@ -188,8 +188,8 @@ class Master:
         self.handle_signals()
         self.reap()
         self.enforce_limits()
-        if self.metrics is not None:  # one list swap: the HTTP thread reads it whole
-            self.metrics.pool = [(c.group, c.state, c.name, c.ready) for c in self.children.values()]
+        if self.metrics is not None:
+            self.metrics.set_pool((c.group, c.state, c.name, c.ready, pid) for pid, c in self.children.items())
         rotate_log_file_if_needed(self.settings)
         if self._stopping:
             self.drain()
