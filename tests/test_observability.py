@@ -409,3 +409,15 @@ def test_the_memory_the_limits_act_on_is_scraped(r, redis_url, workerd) -> None:
     assert 1 * 2**20 < worker_uss < 50 * 2**20  # the worker's own pages, not its horse's
     assert _value(samples, "process_resident_memory_bytes") > 10 * 2**20  # the master's own
     wait_until(lambda: _all_done(r, [job]), message="the allocation job done")
+
+
+@pytest.mark.parametrize("pool", [["--workers", "1"], []], ids=["master", "single-worker"])
+def test_a_metrics_port_in_use_exits_71_which_systemd_restarts(redis_url, pool) -> None:
+    """Not a settings error (78, never restarted): the port may be free once its holder is gone."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_workerd("-u", redis_url, *pool, "--metrics-port", str(port), "--burst", timeout=30)
+    assert result.returncode == 71, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr

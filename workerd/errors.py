@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     BOOT_FAILURE = 3  # the master gave up: workers could not boot N times in a row
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis could not be reached at start (burst mode)
     SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug in workerd)
+    OS_ERROR = 71  # EX_OSERR: the system refused a resource (the metrics port is in use); a restart may succeed
     CONFIG = 78  # EX_CONFIG: the settings are invalid; restarting will not help
 
 
@@ -28,6 +29,12 @@ class ConfigError(WorkerdError):
     """Invalid settings. The message names the source (file, environment, flag), key and reason."""
 
     exit_code = ExitCode.CONFIG
+
+
+class ListenError(WorkerdError):
+    """A port could not be bound. Not a settings error: the port may be free at the next start."""
+
+    exit_code = ExitCode.OS_ERROR
 
 
 class RedisUnavailableError(WorkerdError):

@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from workerd import connection as connection_module
 from workerd import info, memory, schema
+from workerd.errors import ListenError
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 
@@ -346,6 +347,17 @@ class MetricsServer:
         self.server.server_close()
 
 
+def listen(settings: Settings, metrics: PoolMetrics) -> MetricsServer:
+    """Bind METRICS_HOST:METRICS_PORT for `metrics`, or raise ListenError (exit 71, which systemd restarts:
+    a port held by another process, or by the previous workerd still shutting down, may be free next time)."""
+    try:
+        return MetricsServer(settings.metrics_host, settings.metrics_port or 0, metrics.render, metrics.health)
+    except OSError as exc:
+        raise ListenError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                          f"{exc.strerror or exc}; is another process (or another workerd) using that port?"
+                          ) from None  # fmt: skip
+
+
 def serve_single_worker(worker: Any, settings: Settings) -> MetricsServer:
     """No master (a single worker): the worker serves its own metrics, fed by its own reports.
 
@@ -363,13 +375,7 @@ def serve_single_worker(worker: Any, settings: Settings) -> MetricsServer:
         forward(**fields)
 
     worker.report = report
-    try:
-        server = MetricsServer(settings.metrics_host, settings.metrics_port or 0, metrics.render, metrics.health)
-    except OSError as exc:
-        from workerd.errors import ConfigError
-
-        raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-                          f"{exc.strerror or exc}") from None  # fmt: skip
+    server = listen(settings, metrics)
     server.start()
     log.info("metrics on http://%s:%d/metrics (and /health)", settings.metrics_host, server.port)
     return server

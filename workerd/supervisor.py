@@ -229,15 +229,10 @@ class Master:
         """METRICS_PORT: serve /metrics and /health from a thread, started before any fork."""
         if self.settings.metrics_port is None:
             return
-        from workerd.metrics import MetricsServer, PoolMetrics
+        from workerd.metrics import PoolMetrics, listen
 
         self.metrics = PoolMetrics(self.settings, self.groups)
-        try:
-            self._metrics_server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port,
-                                                 self.metrics.render, self.metrics.health)  # fmt: skip
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {self.settings.metrics_host}:{self.settings.metrics_port}: "
-                              f"{exc.strerror or exc}") from None  # fmt: skip
+        self._metrics_server = listen(self.settings, self.metrics)
         self._metrics_server.start()
         log.info("master: metrics on http://%s:%d/metrics (and /health)", self.settings.metrics_host,
                  self._metrics_server.port)  # fmt: skip
