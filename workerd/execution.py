@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
+from workerd import rqview
 from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
 from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, encode_return_value
@@ -109,7 +110,8 @@ def perform(
     started = time.time()
     _current_jobs.append(job)
     try:
-        with death_penalty_class(effective_timeout_s(job), JobTimeoutException, job_id=job.id):
+        with rqview.current(job), death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(),
+                                                      job_id=job.id):  # fmt: skip
             value = _call(job)
         retry = _as_retry(value)
         encoded = None if value is None else encode_return_value(value, job.serializer)
@@ -147,7 +149,7 @@ def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty
         callback = import_attribute(name)
     except Exception as exc:
         raise ImportError(f"the {kind} callback {name!r} of job {job.id} cannot be imported: {exc}") from exc
-    with death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+    with death_penalty_class(timeout, rqview.timeout_exception(), job_id=job.id):
         callback(job, job.connection, *args)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workerd import __version__, registration, schema, suspension, untrusted
+from workerd import __version__, registration, rqview, schema, suspension, untrusted
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
@@ -127,6 +127,7 @@ class Worker:
         names = [queues] if isinstance(queues, str) else [getattr(q, "name", q) for q in queues]
         base = settings or Settings()
         self.settings = base.model_copy(update={"queues": names, **({"name": name} if name else {}), **overrides})
+        self._constructed_settings = self.settings  # what each work() call starts from
         self.name: str = self.settings.name or uuid.uuid4().hex
         self.redis = connection if connection is not None else connection_module.connect(self.settings)
         self.queues: list[str] = list(self.settings.queues)
@@ -162,6 +163,7 @@ class Worker:
         self._last_job_at = time.monotonic()
         self._registered = False
         self._next_memory_check = 0.0
+        self._jobs_this_run = 0
         # Under a master: how the worker reports its state, and the workers it replaces that the
         # master saw die (name, and the reason it killed them if it did).
         self.reporter = reporter
@@ -195,11 +197,16 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------------
 
     def work(self, burst: bool = False, max_jobs: int | None = None) -> bool:
-        """rq's Worker.work(): run until stopped; True if any job ran."""
-        self.settings = self.settings.model_copy(update={"burst": burst or self.settings.burst,
-                                                         "max_jobs": max_jobs or self.settings.max_jobs})  # fmt: skip
+        """rq's Worker.work(): run until stopped; True if any job ran in this call.
+
+        Callable again on the same object, as rq's: each call is a run of its own (its own burst and
+        max_jobs, a fresh stop state, a fresh registration in Redis, as rq's register_birth)."""
+        self.settings = self._constructed_settings.model_copy(
+            update={"burst": burst or self._constructed_settings.burst,
+                    "max_jobs": max_jobs or self._constructed_settings.max_jobs})  # fmt: skip
+        done_before = self.jobs_done
         self.run()
-        return self.jobs_done > 0
+        return self.jobs_done > done_before
 
     def run(self) -> ExitCode:
         self.setup()
@@ -237,12 +244,14 @@ class Worker:
         self._woke_from_idle = False
         self.jobs_done += 1
         self._last_job_at = time.monotonic()
-        if self.settings.max_jobs is not None and self.jobs_done >= self.settings.max_jobs:
+        self._jobs_this_run += 1
+        if self.settings.max_jobs is not None and self._jobs_this_run >= self.settings.max_jobs:
             self.stop(f"finished {self.jobs_done} jobs (max jobs reached)")
 
     # -- setup and teardown -----------------------------------------------------------------------
 
     def setup(self) -> None:
+        self._begin_run()
         self._install_signal_handlers()
         redis_was_down = self._connect_with_retry()
         registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
@@ -264,7 +273,17 @@ class Worker:
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
         self.report(state="idle")
+        rqview.load()  # before any fork, so that every horse shares rq's modules (if rq is installed)
         self.prefork()
+
+    def _begin_run(self) -> None:
+        """Forget how the previous run (an earlier work() call on this object) ended."""
+        self.stop_reason = None
+        self.exit_code = ExitCode.OK
+        self._signals.clear()
+        self._warm_stop_at = None
+        self._cold_stop = False
+        self._jobs_this_run = 0
 
     def _connect_with_retry(self) -> bool:
         """Wait for Redis (with backoff). Returns True if it was unreachable at first."""
@@ -294,8 +313,10 @@ class Worker:
             self._warm_horse = None
         if self._keeper is not None:
             self._keeper.stop()
+            self._keeper = None
         if self._waiter is not None:
             self._waiter.close()
+            self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
             if self.scheduler is not None:
                 self.scheduler.release()

@@ -1,0 +1,99 @@
+"""Job code written against RQ's API keeps working under workerd (issue 13): `rq.get_current_job()`,
+`rq.timeouts.JobTimeoutException`, and `Worker.work()` called more than once on one object.
+
+RQ is the client here, as in a deployment that swapped `rq worker` for workerd; the checks read Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import rq
+
+from tests.conftest import JOBS_DIR, run_workerd, wait_until
+from workerd import Worker
+
+if str(JOBS_DIR) not in sys.path:
+    sys.path.insert(0, str(JOBS_DIR))
+
+EXECUTIONS = ["fork", "inprocess"]
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_rq_get_current_job_is_the_running_job_as_rq_sees_it(r: redis.Redis, redis_url: str, execution: str) -> None:
+    parent = rq.Queue("default", connection=r).enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = rq.Queue("default", connection=r).enqueue("rqjobs.report_progress", depends_on=parent)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = rq.job.Job.fetch(job.id, connection=r)
+    assert job.get_status() == "finished", job.exc_info
+    assert job.return_value() == ["rq.job.Job", job.id, True]
+    assert job.meta == {"progress": 50}  # saved by the job, kept by the commit
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+@pytest.mark.parametrize("job", ["clean_up_on_rq_timeout", "clean_up_on_workerd_timeout"])
+def test_a_timeout_is_rqs_exception_and_workerds(r: redis.Redis, redis_url: str, execution: str, job: str) -> None:
+    enqueued = rq.Queue("default", connection=r).enqueue(f"rqjobs.{job}", redis_url, "cleaned", job_timeout=1)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    fetched = rq.job.Job.fetch(enqueued.id, connection=r)
+    assert fetched.get_status() == "failed"
+    exc_string = fetched.latest_result().exc_string
+    assert "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in exc_string
+    assert r.lrange("cleaned", 0, -1) != []  # the job's except clause ran
+
+
+@pytest.fixture
+def forked() -> Iterator[Callable[[Callable[[], int]], int]]:
+    """Run a function in a forked child that os._exit()s with its return value (the worker forks horses)."""
+
+    def run(body: Callable[[], int]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = body()
+            finally:
+                os._exit(code)
+        status: list[int] = []
+
+        def reaped() -> bool:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status.extend([raw] if done else [])
+            return bool(done)
+
+        wait_until(reaped, 60, interval=0.05, message="the forked worker script to exit")
+        return os.waitstatus_to_exitcode(status[0])
+
+    yield run
+
+
+def test_work_can_be_called_again_on_the_same_worker(r: redis.Redis, redis_url: str, forked) -> None:
+    """A custom worker script calls work() in a loop; each call is a run of its own."""
+
+    def script() -> int:
+        connection = redis.Redis.from_url(redis_url)
+        queue = rq.Queue("default", connection=connection)
+        worker = Worker(["default"], connection=connection, name="again")
+        runs = []
+        for batch in (1, 2, 0):
+            for i in range(batch):
+                queue.enqueue("testjobs.add", i, i)
+            runs.append(worker.work(burst=True))
+        for _ in range(2):
+            queue.enqueue("testjobs.add", 1, 1)
+        runs += [worker.work(burst=True, max_jobs=1), connection.llen("rq:queue:default") == 1]
+        runs += [worker.work(burst=True, max_jobs=1), connection.llen("rq:queue:default") == 0]
+        return 0 if runs == [True, True, False, True, True, True, True] else 1
+
+    assert forked(script) == 0
+    info = Worker.find_by_key("rq:worker:again", connection=r)
+    # Each run registers the worker afresh, as rq's register_birth does: the hash counts the last run's job.
+    assert info is not None and info.successful_job_count == 1
