@@ -134,3 +134,17 @@ def test_an_empty_and_a_10000_character_id_finish(r, redis_url, raw: bytes, show
     assert good.get_status(refresh=True) == "finished"
     assert f"Job OK ({shown})" in output, output  # a log line stays readable: the id is cut
     assert max(len(line) for line in output.splitlines()) < 1000
+
+
+@pytest.mark.parametrize("execution", ["fork", "inprocess"])
+def test_a_non_utf8_id_that_raises_is_failed_with_its_reason(r, redis_url, execution: str) -> None:
+    raw_id = b"\xff\xfe\nboom"
+    _plant(r, raw_id, "testjobs.fail", "no luck")
+    result = run_workerd("-u", redis_url, "--burst", "--name", "ids-worker", "--execution", execution)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert _status(r, raw_id) == "failed"
+    assert r.zscore(schema.failed_key("default"), raw_id) is not None
+    assert "no luck" in (Job.fetch(raw_id.decode("utf-8", "surrogateescape"), connection=r).exc_info or "")
+    assert r"job \xff\xfe\nboom: exception raised while executing" in output, output  # one line, escaped
+    assert "Logging error" not in output and r.zcard(schema.started_key("default")) == 0
