@@ -148,3 +148,16 @@ def test_a_non_utf8_id_that_raises_is_failed_with_its_reason(r, redis_url, execu
     assert "no luck" in (Job.fetch(raw_id.decode("utf-8", "surrogateescape"), connection=r).exc_info or "")
     assert r"job \xff\xfe\nboom: exception raised while executing" in output, output  # one line, escaped
     assert "Logging error" not in output and r.zcard(schema.started_key("default")) == 0
+
+
+def test_info_shows_the_id_of_a_running_hostile_job_on_one_line(r, redis_url, workerd) -> None:
+    raw_id = b"evil\nforged line " + b"x" * 1000
+    _plant(r, raw_id, "testjobs.mark_then_sleep", redis_url, "runs", 30)
+    proc = _worker(workerd, redis_url)
+    wait_until(lambda: r.llen("runs") == 1, message=f"the job to start:\n{proc.output()}")
+    info = run_workerd("info", "-u", redis_url)
+    assert info.returncode == 0, info.stdout + info.stderr
+    busy = [line for line in info.stdout.splitlines() if line.startswith("ids-worker ")]
+    assert len(busy) == 1 and r"job evil\nforged line xxx" in busy[0], info.stdout
+    assert "forged line" not in info.stdout.replace(r"evil\nforged line", ""), info.stdout
+    assert len(busy[0]) < 600, info.stdout  # the id cut at 200 characters
