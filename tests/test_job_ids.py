@@ -161,3 +161,18 @@ def test_info_shows_the_id_of_a_running_hostile_job_on_one_line(r, redis_url, wo
     assert len(busy) == 1 and r"job evil\nforged line xxx" in busy[0], info.stdout
     assert "forged line" not in info.stdout.replace(r"evil\nforged line", ""), info.stdout
     assert len(busy[0]) < 600, info.stdout  # the id cut at 200 characters
+
+
+def test_a_non_utf8_id_stuck_in_rqs_intermediate_list_is_requeued_and_finishes(r, redis_url) -> None:
+    # An RQ worker died between its BLMOVE to the intermediate list and its start: maintenance puts
+    # the id back once it has been seen there for a minute (seen two minutes ago here).
+    raw_id = b"\xff\xfeinter"
+    _plant(r, raw_id, "reliability_jobs.add", 4, 5)
+    r.lrem(schema.queue_key("default"), 0, raw_id)
+    r.rpush(schema.intermediate_key("default"), raw_id)
+    r.set(schema.intermediate_key("default").encode() + b":first_seen:" + raw_id, time.time() - 120)
+    result = run_workerd("-u", redis_url, "--burst", "--name", "ids-worker")
+    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_finished(r, raw_id, 9)
+    assert r.llen(schema.intermediate_key("default")) == 0
+    assert r"job \xff\xfeinter was stuck in default's intermediate list" in result.stdout + result.stderr
