@@ -29,6 +29,7 @@ from workerd.job import (
 )
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
+from workerd.utils import printable_id
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -53,9 +54,9 @@ class Claim:
     execution_id: str
 
     @property
-    def member(self) -> str:
-        """The wip entry; '' for a synchronous run, which holds no lease."""
-        return schema.wip_member(self.job.id, self.execution_id) if self.execution_id else ""
+    def member(self) -> bytes:
+        """The wip entry; empty for a synchronous run, which holds no lease."""
+        return schema.wip_member(self.job.id, self.execution_id) if self.execution_id else b""
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,16 @@ class _Ops:
 
     def add(self, *command: Any) -> None:
         self.args.append(len(command))
-        self.args.extend(command)
+        # A str here may be a job id of any bytes (schema.decode_id): sent as those exact bytes.
+        self.args.extend(schema.encode_id(arg) if isinstance(arg, str) else arg for arg in command)
 
-    def hset(self, key: str, mapping: dict[str, Any]) -> None:
+    def hset(self, key: str | bytes, mapping: dict[str, Any]) -> None:
         flat: list[Any] = []
         for name, value in mapping.items():
             flat += [name, value]
         self.add("HSET", key, *flat)
 
-    def xadd(self, key: str, fields: dict[str, Any]) -> None:
+    def xadd(self, key: str | bytes, fields: dict[str, Any]) -> None:
         flat: list[Any] = []
         for name, value in fields.items():
             if value is not None:
@@ -138,16 +140,17 @@ class Committer:
             execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH,
         ]  # fmt: skip
         index, job_id, flat, skipped = self._fetch_start(keys=keys, args=args, client=self.redis)
-        skipped_ids = [s.decode("utf-8", "replace") for s in skipped]  # only logged: any bytes will do
+        skipped_ids = [schema.decode_id(s) for s in skipped]
         if index <= 0:
             return Fetched(None, skipped_ids, suspended=index < 0)
         mapping = dict(zip(flat[::2], flat[1::2], strict=True))
-        text_id = job_id.decode("utf-8", "replace")
+        # Exact, whatever the bytes: every key and wip entry the commit writes is made from this id.
+        text_id = schema.decode_id(job_id)
         try:
             job = Job.from_mapping(text_id, mapping, connection=self.redis, serializer=self.serializer)
         except Exception as exc:  # a forged or corrupted hash: the job is started, so run what can be read
             log.warning("job %s: its hash has malformed fields (%s: %s); using the defaults for them",
-                        text_id, type(exc).__name__, exc)  # fmt: skip
+                        printable_id(text_id), type(exc).__name__, exc)  # fmt: skip
             job = Job(id=text_id, origin=queues[index - 1], data=mapping.get(b"data", b""), connection=self.redis,
                       serializer=self.serializer)  # fmt: skip
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
@@ -220,7 +223,7 @@ class Committer:
 
     def _run(self, claim: Claim, ops: _Ops, release: str = "") -> int:
         now_stamp = utcformat(utcnow())
-        args = [claim.member, release, claim.job.id, now_stamp, *ops.args]
+        args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, *ops.args]
         return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
 
     def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
@@ -325,15 +328,15 @@ class Committer:
         for queue in queues:
             pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
 
-    def recover(self, queue: str, member: str, now: float, max_attempts: int, worker_is_dead: bool = False,
+    def recover(self, queue: str, member: bytes, now: float, max_attempts: int, worker_is_dead: bool = False,
                 kill_reason: str | None = None) -> str:  # fmt: skip
         """Recover one wip entry: requeue at the front, or fail it past `max_attempts` or when its
         worker was killed for a reason that would kill it again (`kill_reason`). The lease must have
         expired unless the worker is known to be dead."""
         reason = f"AbandonedJobError: {poison_pill_reason(max_attempts)}"
         job_id = schema.split_wip_member(member)[0]
-        keys = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
-                schema.results_key(job_id)]  # fmt: skip
+        keys: list[str | bytes] = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
+                                   schema.results_key(job_id)]  # fmt: skip
         args: list[Any] = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason),
                            DEFAULT_FAILURE_TTL_S, "1" if worker_is_dead else "0",
                            encode_exc_string(kill_reason) if kill_reason else ""]  # fmt: skip
@@ -342,8 +345,9 @@ class Committer:
 
     def requeue_from_intermediate(self, queue: str, job_id: str) -> bool:
         """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""
-        keys = [schema.intermediate_key(queue), schema.queue_key(queue), schema.job_key(job_id)]
-        return bool(self._from_intermediate(keys=keys, args=[job_id, utcformat(utcnow())], client=self.redis))
+        keys: list[str | bytes] = [schema.intermediate_key(queue), schema.queue_key(queue), schema.job_key(job_id)]
+        args: list[bytes | str] = [schema.encode_id(job_id), utcformat(utcnow())]
+        return bool(self._from_intermediate(keys=keys, args=args, client=self.redis))
 
 
 def poison_pill_reason(max_attempts: int) -> str:

@@ -20,7 +20,7 @@ from workerd import rqview
 from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
 from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, encode_return_value
-from workerd.utils import import_attribute
+from workerd.utils import import_attribute, printable_id
 
 log = logging.getLogger("workerd.job")
 
@@ -148,7 +148,8 @@ def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty
     try:
         callback = import_attribute(name)
     except Exception as exc:
-        raise ImportError(f"the {kind} callback {name!r} of job {job.id} cannot be imported: {exc}") from exc
+        shown = printable_id(job.id)
+        raise ImportError(f"the {kind} callback {name!r} of job {shown} cannot be imported: {exc}") from exc
     with death_penalty_class(timeout, rqview.timeout_exception(), job_id=job.id):
         callback(job, job.connection, *args)
 

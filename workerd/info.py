@@ -33,6 +33,7 @@ from workerd.config import build_settings
 from workerd.errors import ExitCode
 from workerd.registration import WorkerInfo
 from workerd.settings import Settings
+from workerd.utils import printable_id
 
 # A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
 HEALTH_GRACE_S = 5.0
@@ -128,7 +129,7 @@ def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, o
         workers = workers_of(client, list(queues))
         for w in workers:
             age = heartbeat_age_s(w, now)
-            job = f" job {w.current_job_id}" if w.current_job_id else ""
+            job = f" job {printable_id(w.current_job_id)}" if w.current_job_id else ""
             heartbeat = f"heartbeat {age:.1f} s ago" if age is not None else "no heartbeat"
             text = (f"{w.name} ({w.hostname} {w.ip_address} {w.pid}): {w.state}{job} {', '.join(w.queue_names)}. "
                     f"jobs: {w.successful_job_count} finished, {w.failed_job_count} failed, "

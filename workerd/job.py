@@ -22,7 +22,7 @@ from workerd import schema
 from workerd.errors import DeserializationError, InvalidJobOperation, NoSuchJobError
 from workerd.serializers import Serializer, resolve_serializer
 from workerd.timeutil import utcformat, utcnow, utcparse
-from workerd.utils import as_text, call_string, import_attribute, validate_job_id
+from workerd.utils import as_text, call_string, import_attribute, printable_id, validate_job_id
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -245,7 +245,7 @@ class Job:
     def _decode(self) -> tuple[str, Any, Any, dict[str, Any]]:
         if self._decoded is None:
             if not self.data:
-                raise DeserializationError(f"job {self.id} has no 'data' field")
+                raise DeserializationError(f"job {printable_id(self.id)} has no 'data' field")
             try:
                 raw = zlib.decompress(self.data)
             except zlib.error:
@@ -254,17 +254,20 @@ class Job:
                 decoded = self.serializer.loads(raw)
             except Exception as exc:  # any serializer may raise anything on garbage
                 raise DeserializationError(
-                    f"job {self.id}: 'data' could not be decoded with the "
+                    f"job {printable_id(self.id)}: 'data' could not be decoded with the "
                     f"{getattr(self.serializer, 'name', type(self.serializer).__name__)} serializer "
                     f"({type(exc).__name__}: {exc}); producer and worker must use the same --serializer"
                 ) from exc
             if not (isinstance(decoded, (list, tuple)) and len(decoded) == 4):
                 raise DeserializationError(
-                    f"job {self.id}: 'data' must hold (func_name, instance, args, kwargs), got {type(decoded)}"
+                    f"job {printable_id(self.id)}: 'data' must hold (func_name, instance, args, kwargs), "
+                    f"got {type(decoded)}"
                 )
             func_name, instance, args, kwargs = decoded
             if not isinstance(func_name, str) or not isinstance(kwargs, dict):
-                raise DeserializationError(f"job {self.id}: 'data' has a malformed function name or kwargs")
+                raise DeserializationError(
+                    f"job {printable_id(self.id)}: 'data' has a malformed function name or kwargs"
+                )
             self._decoded = (func_name, instance, tuple(args or ()), kwargs)
         return self._decoded
 
@@ -421,7 +424,7 @@ class Job:
     # -- client API ----------------------------------------------------------------------------
 
     @property
-    def key(self) -> str:
+    def key(self) -> bytes:
         return schema.job_key(self.id)
 
     def _redis(self) -> Redis:
@@ -431,10 +434,9 @@ class Job:
 
     @classmethod
     def fetch(cls, job_id: str, connection: Redis, serializer: Serializer | str | None = None) -> Job:
-        job_id = schema.split_wip_member(job_id)[0]
         raw = connection.hgetall(schema.job_key(job_id))
         if not raw:
-            raise NoSuchJobError(f"no such job: {job_id}")
+            raise NoSuchJobError(f"no such job: {printable_id(job_id)}")
         return cls.from_mapping(job_id, raw, connection=connection, serializer=serializer)
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import logging.config
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from workerd.errors import ConfigError
 from workerd.settings import Settings
+from workerd.utils import printable_id
 
 if TYPE_CHECKING:
     from workerd.job import Job
@@ -29,7 +31,7 @@ def job_fields(job: Job, queue: str, worker: str) -> dict[str, Any]:
     Retry); retries after an exception show as retries_left going down.
     """
     attempt = 1 + job.lost_count + (job.number_of_retries or 0)
-    return {"job_id": job.id, "queue": queue, "worker": worker, "attempt": attempt}
+    return {"job_id": printable_id(job.id), "queue": queue, "worker": worker, "attempt": attempt}
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,6 +79,11 @@ def setup_logging(settings: Settings) -> None:
         formatter = JsonFormatter()
     else:
         formatter = logging.Formatter(settings.log_format, settings.date_format)
+    # A line must never fail to print: text from a forged job (an id, an exception message) can hold
+    # bytes that are not UTF-8 (lone surrogates, see schema.decode_id); they come out escaped.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(_BelowError())
     err = logging.StreamHandler(sys.stderr)
@@ -86,7 +93,7 @@ def setup_logging(settings: Settings) -> None:
         root.removeHandler(handler)
     handlers: list[logging.Handler] = [out, err]
     if settings.log_file:
-        handlers.append(logging.handlers.WatchedFileHandler(settings.log_file))
+        handlers.append(logging.handlers.WatchedFileHandler(settings.log_file, errors="backslashreplace"))
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from workerd import schema
 from workerd.commit import Committer
-from workerd.utils import as_text
+from workerd.utils import as_text, printable_id
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -52,7 +52,7 @@ def _clean_queue(redis: Redis, committer: Committer, queue: str) -> None:
     _forget_dead_workers(redis, queue, [as_text(k) or "" for k in worker_keys])
     running = {schema.split_wip_member(m)[0] for m in started}
     for raw in intermediate:
-        job_id = as_text(raw) or ""
+        job_id = schema.decode_id(raw)
         if job_id in running:
             continue
         first_seen_key = schema.intermediate_first_seen_key(queue, job_id)
@@ -61,7 +61,8 @@ def _clean_queue(redis: Redis, committer: Committer, queue: str) -> None:
         first_seen = float(as_text(redis.get(first_seen_key)) or now)
         if now - first_seen >= STUCK_AFTER_S and committer.requeue_from_intermediate(queue, job_id):
             redis.delete(first_seen_key)
-            log.warning("maintenance: job %s was stuck in %s's intermediate list; requeued at the front", job_id, queue)
+            log.warning("maintenance: job %s was stuck in %s's intermediate list; requeued at the front",
+                        printable_id(job_id), queue)  # fmt: skip
 
 
 def _forget_dead_workers(redis: Redis, queue: str, worker_keys: list[str]) -> None:

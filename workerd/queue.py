@@ -117,7 +117,7 @@ class Queue:
     def get_job_ids(self, offset: int = 0, length: int = -1) -> list[str]:
         end = -1 if length < 0 else offset + length - 1
         ids: list[Any] = list(self.connection.lrange(self.key, offset, end))
-        return [as_text(i) or "" for i in ids]
+        return [schema.decode_id(i) for i in ids]
 
     @property
     def job_ids(self) -> list[str]:
@@ -145,7 +145,7 @@ class Queue:
                 return removed
             with self.connection.pipeline() as pipe:
                 for job_id in ids:
-                    text = as_text(job_id) or ""
+                    text = schema.decode_id(job_id)
                     pipe.delete(schema.job_key(text), schema.dependents_key(text))
                 pipe.execute()
             removed += len(ids)

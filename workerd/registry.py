@@ -16,7 +16,6 @@ from workerd import schema
 from workerd.errors import InvalidJobOperation
 from workerd.job import Job
 from workerd.serializers import Serializer, resolve_serializer
-from workerd.utils import as_text
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -61,7 +60,7 @@ class BaseRegistry:
         members: list[Any] = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
         if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
             members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
-        ids = [as_text(m) or "" for m in members]
+        ids = [schema.decode_id(m) for m in members]
         if desc:
             ids.reverse()
         return ids[start:] if end == -1 else ids[start : end + 1]

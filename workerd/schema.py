@@ -26,6 +26,13 @@ rq:clean_registries:<queue>                STRING  maintenance lock
 rq:scheduler-lock:<queue>                  STRING  name of the scheduler owning the queue
 =========================================  ======  ==============================================
 
+A job id is any byte string (anything can be pushed onto a queue): it may hold ``:``, bytes that
+are not UTF-8, or nothing at all. In Python an id is the ``str`` that ``decode_id`` makes of it
+(UTF-8 with ``surrogateescape``), and ``encode_id`` gives back the very same bytes: the keys below
+that hold an id are built as bytes that way, and the commit scripts get ids as bytes. In
+``<id>:<exec>`` the execution id is the part after the LAST colon: execution ids never contain
+one; ids may.
+
 workerd adds one hash field, ``workerd_lost_count`` on a job: how many times a worker died holding
 it. RQ ignores fields it does not know, and never deletes them.
 
@@ -61,28 +68,31 @@ def intermediate_key(queue: str) -> str:
     return f"{_QUEUE_PREFIX}{queue}:intermediate"
 
 
-def job_key(job_id: str) -> str:
-    return f"{_JOB_PREFIX}{job_id}"
+# Keys made from a job id are bytes, exactly the id's bytes (see encode_id), as RQ's Job.key is.
 
 
-def dependents_key(job_id: str) -> str:
-    return f"{_JOB_PREFIX}{job_id}:dependents"
+def job_key(job_id: str) -> bytes:
+    return encode_id(f"{_JOB_PREFIX}{job_id}")
 
 
-def dependencies_key(job_id: str) -> str:
-    return f"{_JOB_PREFIX}:{job_id}:dependencies"
+def dependents_key(job_id: str) -> bytes:
+    return encode_id(f"{_JOB_PREFIX}{job_id}:dependents")
 
 
-def results_key(job_id: str) -> str:
-    return f"rq:results:{job_id}"
+def dependencies_key(job_id: str) -> bytes:
+    return encode_id(f"{_JOB_PREFIX}:{job_id}:dependencies")
 
 
-def execution_key(job_id: str, execution_id: str) -> str:
-    return f"rq:execution:{job_id}:{execution_id}"
+def results_key(job_id: str) -> bytes:
+    return encode_id(f"rq:results:{job_id}")
 
 
-def executions_key(job_id: str) -> str:
-    return f"rq:executions:{job_id}"
+def execution_key(job_id: str, execution_id: str) -> bytes:
+    return encode_id(f"rq:execution:{job_id}:{execution_id}")
+
+
+def executions_key(job_id: str) -> bytes:
+    return encode_id(f"rq:executions:{job_id}")
 
 
 def started_key(queue: str) -> str:
@@ -134,23 +144,38 @@ def scheduler_lock_key(queue: str) -> str:
     return f"rq:scheduler-lock:{queue}"
 
 
-def intermediate_first_seen_key(queue: str, job_id: str) -> str:
-    return f"{_QUEUE_PREFIX}{queue}:intermediate:first_seen:{job_id}"
+def intermediate_first_seen_key(queue: str, job_id: str) -> bytes:
+    return encode_id(f"{_QUEUE_PREFIX}{queue}:intermediate:first_seen:{job_id}")
 
 
 def scheduler_key(name: str) -> str:
     return f"rq:scheduler:{name}"
 
 
-def wip_member(job_id: str, execution_id: str) -> str:
-    return f"{job_id}:{execution_id}"
+def wip_member(job_id: str, execution_id: str) -> bytes:
+    return encode_id(f"{job_id}:{execution_id}")
+
+
+# How ids are decoded: every byte string maps to a str, and back to the same bytes.
+ID_ENCODING_ERRORS = "surrogateescape"
+
+
+def decode_id(raw: str | bytes) -> str:
+    """A job id (or wip member) as read from Redis, as the str that encodes back to its bytes."""
+    return raw.decode("utf-8", ID_ENCODING_ERRORS) if isinstance(raw, bytes) else raw
+
+
+def encode_id(text: str) -> bytes:
+    """The bytes of an id, or of a key or value made from one: decode_id's inverse. Never left to
+    the Redis client, which encodes a str as strict UTF-8 (hiredis ignores encoding_errors)."""
+    return text.encode("utf-8", ID_ENCODING_ERRORS)
 
 
 def split_wip_member(member: str | bytes) -> tuple[str, str]:
-    """`<job_id>:<execution_id>` -> (job_id, execution_id); RQ 1.x bare ids give an empty execution id."""
-    text = member.decode() if isinstance(member, bytes) else member
-    job_id, _, execution_id = text.partition(":")
-    return job_id, execution_id
+    """`<job_id>:<execution_id>` -> (job_id, execution_id), split at the last colon: a job id may
+    hold colons, an execution id (a uuid) never does. RQ 1.x bare ids give an empty execution id."""
+    job_id, colon, execution_id = decode_id(member).rpartition(":")
+    return (job_id, execution_id) if colon else (execution_id, "")
 
 
 # -- Lua ------------------------------------------------------------------------------------------
@@ -292,9 +317,9 @@ local member, now, now_stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local score = redis.call('ZSCORE', KEYS[1], member)
 if not score or (ARGV[7] ~= '1' and tonumber(score) > now) then return 'alive' end
 redis.call('ZREM', KEYS[1], member)
-local sep = string.find(member, ':', 1, true)
-local job_id, exec_id = member, ''
-if sep then job_id, exec_id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1) end
+-- The execution id follows the last colon (split_wip_member): a job id may hold colons.
+local job_id, exec_id = string.match(member, '^(.*):([^:]*)$')
+if not job_id then job_id, exec_id = member, '' end
 local key = JOB_PREFIX .. job_id
 if exec_id ~= '' then
   redis.call('DEL', EXECUTION_PREFIX .. job_id .. ':' .. exec_id)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from workerd.job import Job
 from workerd.settings import Settings
+from workerd.utils import printable_id
 
 log = logging.getLogger("workerd.sentry")
 
@@ -113,17 +114,18 @@ def exception_handler(settings: Settings, worker_name: str) -> Callable[..., Any
             func = job.func_name
         except Exception:
             func = "<undecodable>"
+        shown = printable_id(job.id)  # an id can be any bytes; an event carries text
         try:
             with sentry_sdk.new_scope() as scope:
-                scope.set_tag("job_id", job.id)
+                scope.set_tag("job_id", shown)
                 scope.set_tag("func", func)
                 scope.set_tag("queue", job.origin)
                 scope.set_tag("worker", worker_name)
-                scope.set_context("job", {"id": job.id, "func": func, "queue": job.origin,
+                scope.set_context("job", {"id": shown, "func": func, "queue": job.origin,
                                           "attempt": 1 + job.lost_count + (job.number_of_retries or 0)})  # fmt: skip
                 sentry_sdk.capture_exception((exc_type, exc_value, tb))
             sentry_sdk.flush(timeout=FLUSH_TIMEOUT_S)
         except Exception as exc:  # reporting must never change the job's outcome
-            log.warning("could not report job %s to Sentry: %s", job.id, exc)
+            log.warning("could not report job %s to Sentry: %s", shown, exc)
 
     return report_to_sentry

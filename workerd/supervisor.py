@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("workerd.master")
 
 MAX_RESTART_BACKOFF_S = 30.0
+# A worker that dies by itself within this long of being ready is crash-looping (every job it takes
+# kills it, or something in Redis makes it fail): its group's restarts back off as after boot
+# failures. A worker that lived this long after it was ready resets the backoff.
+EARLY_DEATH_S = 30.0
 # After the graceful timeout, workers get a cold stop (their jobs go back to the queue), and this
 # long to do it before SIGKILL.
 COLD_STOP_GRACE_S = 10.0
@@ -63,6 +67,7 @@ class Group:
     target: int
     daemon: str | None = None
     consecutive_boot_failures: int = 0
+    consecutive_early_deaths: int = 0  # died within EARLY_DEATH_S of being ready (never given up on)
     next_spawn_at: float = 0.0
     # Workers seen dying with a job in hand: the next worker of the group recovers it at once.
     predecessors: list[tuple[str, str | None]] = field(default_factory=list)
@@ -113,7 +118,7 @@ class Child:
     status_fd: int
     started: float = field(default_factory=time.monotonic)
     buffer: bytes = b""
-    ready: bool = False
+    ready_at: float | None = None  # monotonic time of its first state report (registered, listening)
     state: str = "starting"
     job: str | None = None
     kill_at_epoch: float | None = None
@@ -125,10 +130,15 @@ class Child:
     kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
     worker_stop_reason: str | None = None  # why the worker said it stops (max jobs, ...)
 
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
     def apply(self, report: dict[str, Any]) -> None:
         if "state" in report:
             self.state = str(report["state"])
-            self.ready = True
+            if self.ready_at is None:
+                self.ready_at = time.monotonic()
             self.job = report.get("job")
             self.kill_at_epoch = report.get("kill_at")
         if "jobs" in report:
@@ -269,21 +279,24 @@ class Master:
 
     def read_reports(self) -> None:
         for child in self.children.values():
-            while True:
-                try:
-                    chunk = os.read(child.status_fd, 65536)
-                except (BlockingIOError, OSError):
-                    break
-                if not chunk:
-                    break
-                child.buffer += chunk
-            *lines, child.buffer = child.buffer.split(b"\n")
-            for line in lines:
-                with contextlib.suppress(ValueError):
-                    report = json.loads(line)
-                    child.apply(report)
-                    if self.metrics is not None:
-                        self.metrics.on_report(child.group, report)
+            self._read_reports_of(child)
+
+    def _read_reports_of(self, child: Child) -> None:
+        while True:
+            try:
+                chunk = os.read(child.status_fd, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            child.buffer += chunk
+        *lines, child.buffer = child.buffer.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                report = json.loads(line)
+                child.apply(report)
+                if self.metrics is not None:
+                    self.metrics.on_report(child.group, report)
 
     def handle_signals(self) -> None:
         while self._signals:
@@ -407,6 +420,8 @@ class Master:
                 self._child_exited(child, status)
 
     def _child_exited(self, child: Child, status: int) -> None:
+        # What it wrote just before it died, e.g. that it was ready: a boot failure is judged on it.
+        self._read_reports_of(child)
         with contextlib.suppress(OSError):
             os.close(child.status_fd)
         group = self._group(child.group)
@@ -428,22 +443,39 @@ class Master:
             group.predecessors.append((child.name, child.kill_reason))
         if clean and group.settings.burst:
             self._burst_finished.add(child.group)
-        # Only a worker that died before it was ready (registered, listening) failed to boot; one
-        # killed from outside after that (OOM killer, an operator) is simply replaced.
-        failed_to_boot = not clean and not child.ready and not child.stop_reason and not child.kill_reason
-        if failed_to_boot and not self._stopping:
-            group.consecutive_boot_failures += 1
-            delay = min(0.5 * 2 ** (group.consecutive_boot_failures - 1), MAX_RESTART_BACKOFF_S)
-            group.next_spawn_at = time.monotonic() + delay
-            if group.consecutive_boot_failures >= self.settings.boot_failure_limit:
-                raise BootFailureError(
-                    f"workers of group '{group.name}' failed to start {group.consecutive_boot_failures} times in "
-                    f"a row (last: {how}); see the log above for the cause, fix it, then start workerd again"
-                )
-            log.warning("master: restarting a worker of group '%s' in %.1f s (failure %d of %d)", group.name,
-                        delay, group.consecutive_boot_failures, self.settings.boot_failure_limit)  # fmt: skip
-        elif child.ready:
+        if not self._stopping:
+            self._pace_restarts(group, child, clean, how)
+
+    def _pace_restarts(self, group: Group, child: Child, clean: bool, how: str) -> None:
+        """Back off the group's restarts after a worker died by itself before it was ready (a boot
+        failure: after BOOT_FAILURE_LIMIT in a row the master gives up) or within EARLY_DEATH_S of
+        it (a crash loop: backed off the same way, never given up on, as the cause may be a job or
+        what Redis holds rather than the settings). One that lived longer (killed from outside by
+        the OOM killer or an operator) is simply replaced, and resets the backoff."""
+        ready_for_s = None if child.ready_at is None else time.monotonic() - child.ready_at
+        lived_long = ready_for_s is not None and ready_for_s >= EARLY_DEATH_S
+        if ready_for_s is not None:
             group.consecutive_boot_failures = 0
+        if lived_long:
+            group.consecutive_early_deaths = 0
+        if clean or child.stop_reason or child.kill_reason or lived_long:
+            return
+        if ready_for_s is None:
+            group.consecutive_boot_failures += 1
+            failures = group.consecutive_boot_failures
+            if failures >= self.settings.boot_failure_limit:
+                raise BootFailureError(
+                    f"workers of group '{group.name}' failed to start {failures} times in a row (last: {how}); "
+                    "see the log above for the cause, fix it, then start workerd again"
+                )
+            why = f"failure {failures} of {self.settings.boot_failure_limit}"
+        else:
+            group.consecutive_early_deaths += 1
+            failures = group.consecutive_early_deaths
+            why = f"it died {ready_for_s:.1f} s after it was ready; {failures} such deaths in a row"
+        delay = min(0.5 * 2 ** (failures - 1), MAX_RESTART_BACKOFF_S)
+        group.next_spawn_at = time.monotonic() + delay
+        log.warning("master: restarting a worker of group '%s' in %.1f s (%s)", group.name, delay, why)
 
     def _group(self, name: str) -> Group | None:
         return next((g for g in self.groups if g.name == name), None)

@@ -8,11 +8,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from workerd import schema
+
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 # Queue names become parts of Redis keys and log lines; RQ allows anything, but a name with
 # whitespace, a colon (key separator) or a control character is almost always a mistake.
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.@/+=-]+")
 MAX_QUEUE_NAME_LENGTH = 256
+MAX_PRINTED_ID_LENGTH = 200
 
 
 def import_attribute(path: str) -> Any:
@@ -42,6 +45,18 @@ def validate_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"job id {job_id!r} is invalid: use letters, digits, '_' and '-' only")
     return job_id
+
+
+def printable_id(job_id: str) -> str:
+    """A job id for a log line or a process title. An id can be any bytes (schema.decode_id): one
+    that is not printable UTF-8 is shown escaped, as a bytes repr, so that it can neither break the
+    line's encoding nor forge another line; an empty one as ''; a very long one cut."""
+    raw = job_id.encode("utf-8", schema.ID_ENCODING_ERRORS)
+    # Undecodable bytes (lone surrogates here) are not printable either.
+    text = job_id if job_id.isprintable() else repr(raw)[2:-1]
+    if not text:
+        return "''"
+    return text if len(text) <= MAX_PRINTED_ID_LENGTH else f"{text[:MAX_PRINTED_ID_LENGTH]}... ({len(raw)} bytes)"
 
 
 def validate_queue_name(name: str) -> str:

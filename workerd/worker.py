@@ -49,7 +49,7 @@ from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
 from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
-from workerd.utils import as_text, import_attribute
+from workerd.utils import import_attribute, printable_id
 
 if TYPE_CHECKING:
     from workerd.waiter import QueueWaiter
@@ -416,7 +416,7 @@ class Worker:
 
     def on_command(self, command: Command) -> None:
         log.info("Worker %s: received command %s%s", self.name, command.name,
-                 f" for job {command.job_id}" if command.job_id else "")  # fmt: skip
+                 f" for job {printable_id(command.job_id)}" if command.job_id else "")  # fmt: skip
         if command.name == "shutdown":
             self._signals.append(signal.SIGINT)  # as rq: the same as a first Ctrl+C
             self.handle_signals()
@@ -426,10 +426,11 @@ class Worker:
             else:
                 _kill_group(self._horse.pid)
         elif command.name == "stop-job":
+            shown = printable_id(command.job_id or "")
             if self._claim is None or self._claim.job.id != command.job_id:
-                log.info("Worker %s: Not working on job %s, command ignored.", self.name, command.job_id)
+                log.info("Worker %s: Not working on job %s, command ignored.", self.name, shown)
             elif self._horse is None:
-                log.warning("Worker %s: cannot stop job %s: it runs in-process", self.name, command.job_id)
+                log.warning("Worker %s: cannot stop job %s: it runs in-process", self.name, shown)
             else:
                 self._stop_job_id = command.job_id
                 _kill_group(self._horse.pid)
@@ -481,20 +482,21 @@ class Worker:
             expired_per_queue = replies[-len(self.queues) :]
             for queue, members in zip(self.queues, expired_per_queue, strict=False):
                 for member in members:
-                    self._recover(queue, member.decode())
+                    self._recover(queue, member)
 
-    def _recover(self, queue: str, member: str) -> None:
+    def _recover(self, queue: str, member: bytes) -> None:
         if self._claim is not None and member == self._claim.member:
             return
         action = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
         job_id = schema.split_wip_member(member)[0]
-        extra = {"job_id": job_id, "queue": queue, "worker": self.name}
+        shown = printable_id(job_id)
+        extra = {"job_id": shown, "queue": queue, "worker": self.name}
         if action == "requeued":
             log.warning("Worker %s: job %s was abandoned by a worker that stopped heartbeating; "
-                        "requeued at the front of %s", self.name, job_id, queue, extra=extra)  # fmt: skip
+                        "requeued at the front of %s", self.name, shown, queue, extra=extra)  # fmt: skip
         elif action == "failed":
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
-                      self.name, job_id, self.settings.abandoned_max_attempts, extra=extra)  # fmt: skip
+                      self.name, shown, self.settings.abandoned_max_attempts, extra=extra)  # fmt: skip
         self._after_recovery(queue, job_id, action, poison_pill_reason(self.settings.abandoned_max_attempts))
 
     def _recover_predecessors(self) -> None:
@@ -502,19 +504,21 @@ class Worker:
         for name, kill_reason in self.predecessors:
             if self.scheduler is not None:
                 self.scheduler.release_for(name)
-            job_id = as_text(self.redis.hget(schema.worker_key(name), "current_job"))
-            if not job_id:
+            current: bytes | None = self.redis.hget(schema.worker_key(name), "current_job")  # type: ignore[assignment]
+            if current is None:  # an empty id is still an id
                 continue
+            job_id = schema.decode_id(current)
             for queue in self.queues:
-                members = [as_text(m) or "" for m in self.redis.zrange(schema.started_key(queue), 0, -1)]  # type: ignore[arg-type]
-                for member in members:
+                started: list[bytes] = self.redis.zrange(schema.started_key(queue), 0, -1)  # type: ignore[assignment]
+                for member in started:
                     if schema.split_wip_member(member)[0] != job_id:
                         continue
                     attempts = self.settings.abandoned_max_attempts
                     action = self.committer.recover(queue, member, time.time(), attempts, True, kill_reason)
                     because = f" ({kill_reason})" if kill_reason else ""
-                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, job_id, name, action, because,
-                                extra={"job_id": job_id, "queue": queue, "worker": self.name})  # fmt: skip
+                    shown = printable_id(job_id)
+                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, shown, name, action, because,
+                                extra={"job_id": shown, "queue": queue, "worker": self.name})  # fmt: skip
                     self._after_recovery(queue, job_id, action, kill_reason or poison_pill_reason(attempts))
 
     def _after_recovery(self, queue: str, job_id: str, action: str, reason: str) -> None:
@@ -539,8 +543,9 @@ class Worker:
                 run_callback(job, "failure", self.death_penalty_class, AbandonedJobError, exc,
                              traceback.extract_stack())  # fmt: skip
             except Exception:
-                log.exception("Worker %s: the failure callback of abandoned job %s raised", self.name, job_id,
-                              extra={"job_id": job_id, "queue": queue, "worker": self.name})  # fmt: skip
+                shown = printable_id(job_id)
+                log.exception("Worker %s: the failure callback of abandoned job %s raised", self.name, shown,
+                              extra={"job_id": shown, "queue": queue, "worker": self.name})  # fmt: skip
         run_exception_handlers(job, exc, self.exception_handlers)
 
     def report(self, **fields: Any) -> None:
@@ -550,7 +555,8 @@ class Worker:
 
     def _lease_lost(self, claim: Claim) -> None:
         log.error("Worker %s: lost the lease on job %s (it was recovered while this worker was not "
-                  "heartbeating); its outcome here will be discarded", self.name, claim.job.id)  # fmt: skip
+                  "heartbeating); its outcome here will be discarded", self.name,
+                  printable_id(claim.job.id))  # fmt: skip
 
     def _redis_failed(self, exc: BaseException) -> float:
         """Record a failed Redis call; returns the backoff. Every pooled socket is dropped, so that
@@ -578,7 +584,8 @@ class Worker:
     def fetch(self) -> Fetched:
         fetched = self.committer.fetch_and_start(self.queues, self.settings.lease_s)
         for job_id in fetched.skipped:
-            log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name, job_id)
+            log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
+                        printable_id(job_id))  # fmt: skip
         if not fetched.suspended and self._suspended:
             self._suspended = False
             log.info("Worker %s: resumed", self.name)
@@ -643,11 +650,12 @@ class Worker:
     def execute(self, claim: Claim) -> None:
         self._claim = claim
         job = claim.job
-        described = job.id if self.settings.disable_job_desc_logging else f"{job.description} ({job.id})"
+        shown = printable_id(job.id)
+        described = shown if self.settings.disable_job_desc_logging else f"{job.description} ({shown})"
         log.info("Worker %s: %s: %s", self.name, claim.queue, described, extra=job_fields(job, claim.queue, self.name))
         self._claim_started = time.monotonic()
         timeout_s = effective_timeout_s(job)
-        self.report(state="busy", job=job.id, kill_at=time.time() + timeout_s + HORSE_KILL_GRACE_S if timeout_s
+        self.report(state="busy", job=shown, kill_at=time.time() + timeout_s + HORSE_KILL_GRACE_S if timeout_s
                     and self.settings.execution == "inprocess" else None)  # fmt: skip
         try:
             outcome = self.run_job(claim)
@@ -666,14 +674,15 @@ class Worker:
 
     def run_job(self, claim: Claim) -> Outcome | None:
         job = claim.job
+        shown = printable_id(job.id)  # a process title must be valid text
         try:
-            title = f"horse of {self.name}: {job.id} {job.func_name} from {claim.queue} since {_clock()}"
+            title = f"horse of {self.name}: {shown} {job.func_name} from {claim.queue} since {_clock()}"
         except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
             return _failed_outcome(f"{type(exc).__name__}: {exc}\n")
         refused = untrusted.refusal(job, self.settings.allowed_functions)  # before any import or fork
         if refused is not None:
             return _failed_outcome(f"{refused}\n")
-        set_title(f"worker {self.name}: busy with {job.id} {job.func_name} from {claim.queue} since {_clock()}")
+        set_title(f"worker {self.name}: busy with {shown} {job.func_name} from {claim.queue} since {_clock()}")
         if self.settings.execution == "inprocess":
             return self.run_inprocess(claim)
         horse = self._horse_for(job, title)
@@ -765,7 +774,7 @@ class Worker:
                 if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
                     killed_for_timeout = True
                     log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
-                                self.name, claim.job.id, timeout_s,
+                                self.name, printable_id(claim.job.id), timeout_s,
                                 extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
                     self.report(kill="timeout")
                     _kill_group(horse.pid)
@@ -826,12 +835,12 @@ class Worker:
     def _requeue(self, claim: Claim) -> None:
         try:
             self.committer.requeue(claim)
-            log.warning("Worker %s: job %s put back at the front of %s", self.name, claim.job.id, claim.queue,
-                        extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+            log.warning("Worker %s: job %s put back at the front of %s", self.name, printable_id(claim.job.id),
+                        claim.queue, extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
             self.report(outcome="requeued", queue=claim.queue)
         except CONNECTION_ERRORS:
             log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
-                      "when its lease expires", self.name, claim.job.id)  # fmt: skip
+                      "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
 
     # -- committing --------------------------------------------------------------------------------
 
@@ -848,7 +857,7 @@ class Worker:
                 self.handle_signals()
                 if self._cold_stop:
                     log.error("Worker %s: cold stop while Redis is unreachable: job %s will be recovered "
-                              "when its lease expires", self.name, claim.job.id)  # fmt: skip
+                              "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
                     return
 
     def _commit_once(self, claim: Claim, outcome: Outcome) -> None:
@@ -859,7 +868,7 @@ class Worker:
         if outcome.succeeded and outcome.retry is not None:
             released, what = self.committer.commit_retry_requested(claim, outcome)
             if released != LEASE_LOST:
-                log.info("Worker %s: job %s asked to be retried: %s", self.name, job.id, what)
+                log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id), what)
             return
         if outcome.succeeded:
             released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
@@ -881,10 +890,11 @@ class Worker:
             func_name = job.func_name
         except Exception:
             func_name = "<undecodable>"
+        shown = printable_id(job.id)
         log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
-                  self.name, job.id, func_name, outcome.exc_string, extra=extra)  # fmt: skip
+                  self.name, shown, func_name, outcome.exc_string, extra=extra)  # fmt: skip
         if what.startswith("retry"):
-            log.info("Worker %s: job %s: %s (%s retries left)", self.name, job.id, what, (job.retries_left or 1) - 1,
+            log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
                      extra=extra)  # fmt: skip
 
     def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
@@ -894,26 +904,27 @@ class Worker:
             try:
                 run_callback(job, "stopped", self.death_penalty_class)
             except Exception as exc:
-                log.error("Worker %s: the stopped callback of job %s raised: %s", self.name, job.id, exc)
+                log.error("Worker %s: the stopped callback of job %s raised: %s", self.name, printable_id(job.id), exc)
         self.committer.commit_failure(claim, outcome, stopped=True)
         self._stop_job_id = None
-        log.info("Worker %s: job %s stopped", self.name, job.id)
+        log.info("Worker %s: job %s stopped", self.name, printable_id(job.id))
 
     def _log_success(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job
-        described = job.id if self.settings.disable_job_desc_logging else job.description
+        shown = printable_id(job.id)
+        described = shown if self.settings.disable_job_desc_logging else job.description
         extra = job_fields(job, claim.queue, self.name)
         log.info("Successfully completed %s job in %ss on worker %s", described,
                  dt.timedelta(seconds=outcome.duration_s), self.name, extra=extra)  # fmt: skip
-        log.info("Worker %s: %s: Job OK (%s)", self.name, claim.queue, job.id, extra=extra)
+        log.info("Worker %s: %s: Job OK (%s)", self.name, claim.queue, shown, extra=extra)
         ttl = job.result_ttl if job.result_ttl is not None else self.settings.result_ttl
         if ttl == 0:
-            log.info("Worker %s: job %s result discarded immediately", self.name, job.id, extra=extra)
+            log.info("Worker %s: job %s result discarded immediately", self.name, shown, extra=extra)
         elif ttl < 0:
-            log.info("Worker %s: job %s result will never expire, clean up result key manually", self.name, job.id,
+            log.info("Worker %s: job %s result will never expire, clean up result key manually", self.name, shown,
                      extra=extra)  # fmt: skip
         else:
-            log.info("Worker %s: job %s result is kept for %d seconds", self.name, job.id, ttl, extra=extra)
+            log.info("Worker %s: job %s result is kept for %d seconds", self.name, shown, ttl, extra=extra)
 
     # -- small helpers ---------------------------------------------------------------------------
 
