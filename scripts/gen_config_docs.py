@@ -11,6 +11,7 @@ setting; tests/test_settings.py fails while the committed document differs from 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if not hasattr(annotation, "__args__") else None
     text = text or str(annotation).replace("typing.", "").replace("pydantic.types.", "")
     text = text.replace("Annotated[list[str], NoDecode]", "list[str]").replace("NoneType", "None")
+    # The same annotation prints differently across Pythons (pathlib._local.Path on 3.13; Optional[...]
+    # or X | None): the docs show one spelling, so that they do not depend on the Python that made them.
+    text = re.sub(r"Annotated\[pathlib(?:\._local)?\.Path, PathType\(path_type='file'\)\]", "file path", text)
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
     return text.replace("SecretStr", "secret str").replace("|", "\\|")
 
 

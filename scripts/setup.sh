@@ -38,10 +38,12 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -f packaging/
   fi
 fi
 
+# PYTHON picks the interpreter, VENV the virtualenv (scripts/test.sh makes one per Python it tests).
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
-echo "setup: ready ($(redis-server --version | cut -d' ' -f3), $(.venv/bin/python --version))" >&2
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+echo "setup: ready ($(redis-server --version | cut -d' ' -f3), $("$VENV/bin/python" --version) in $VENV)" >&2

@@ -1,9 +1,36 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, then pytest against redis-servers the suite starts itself.
+#
+#   scripts/test.sh [PYTEST ARGS]                 everyday: on the default python3 (.venv)
+#   scripts/test.sh --all-pythons [PYTEST ARGS]   on the oldest and the newest supported Python found
+#                                                 (scripts/pythons.sh), each in .venv-X.Y; CI=true implies it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+all_pythons=false
+[ "${CI:-}" = "true" ] && all_pythons=true
+if [ "${1:-}" = "--all-pythons" ]; then all_pythons=true; shift; fi
+
 bash scripts/setup.sh
 .venv/bin/ruff check workerd tests scripts benchmarks examples
 .venv/bin/ruff format --check workerd tests
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+
+if ! $all_pythons; then
+  exec .venv/bin/python -m pytest -q "$@"
+fi
+mapfile -t pythons < <(bash scripts/pythons.sh)
+versions=()
+for python in "${pythons[@]}"; do versions+=("$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"); done
+echo "test: the suite runs on Python ${versions[*]} (the oldest and the newest supported found)" >&2
+failed=()
+for i in "${!pythons[@]}"; do
+  venv=".venv-${versions[$i]}"
+  PYTHON=${pythons[$i]} VENV=$venv bash scripts/setup.sh
+  echo "test: Python ${versions[$i]} ($venv)" >&2
+  "$venv/bin/python" -m pytest -q "$@" || failed+=("${versions[$i]}")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test: FAILED on Python ${failed[*]} (of ${versions[*]})" >&2
+  exit 1
+fi
+echo "test: passed on Python ${versions[*]}" >&2

@@ -87,11 +87,17 @@ def make_tls_files(directory: Path) -> Path:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA needs basicConstraints and keyUsage, a
+    # server certificate its key usages, as a real CA's certificates have them.
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=workerd test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
             "-out", "server.csr")  # fmt: skip
-    (directory / "san.cnf").write_text("subjectAltName = IP:127.0.0.1\n")
+    (directory / "san.cnf").write_text(
+        "subjectAltName = IP:127.0.0.1\nkeyUsage = critical,digitalSignature,"
+        "keyEncipherment\nextendedKeyUsage = serverAuth\nauthorityKeyIdentifier = keyid\n"
+    )
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
     return directory
