@@ -21,7 +21,7 @@ import contextlib
 import importlib.util
 from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workerd import errors
 
@@ -63,15 +63,29 @@ def timeout_exception() -> type[errors.JobTimeoutException]:
 @contextlib.contextmanager
 def current(job: Job) -> Iterator[None]:
     """While the block runs, `rq.get_current_job()` returns RQ's view of `job` (if rq is installed)."""
-    load()
-    if _rq_job is None or job.connection is None:
+    view = _view_of(job)
+    if view is None:
         yield
         return
-    view = _rq_job.Job(job.id, connection=job.connection, serializer=job.serializer)
-    # RQ's restore() reads the hash as Redis returns it: bytes values.
-    view.restore({key: value.encode() if isinstance(value, str) else value for key, value in job.to_mapping().items()})
+    assert _rq_job is not None
     _rq_job._job_stack.push(view)
     try:
         yield
     finally:
         _rq_job._job_stack.pop()
+
+
+def _view_of(job: Job) -> Any:
+    """An rq.job.Job of `job`, or None: rq not installed, or an id RQ refuses (only letters, digits, _ and
+    -), which no RQ client could have enqueued."""
+    load()
+    if _rq_job is None or job.connection is None:
+        return None
+    try:
+        # RQ's restore() reads the hash as Redis returns it: bytes values.
+        raw = {key: value.encode() if isinstance(value, str) else value for key, value in job.to_mapping().items()}
+        view = _rq_job.Job(job.id, connection=job.connection, serializer=job.serializer)
+        view.restore(raw)
+    except Exception:
+        return None
+    return view
