@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from workerd.commit import Outcome
 from workerd.job import Job
-from workerd.process import die_with_parent, set_title
+from workerd.process import die_with_parent, ignore_master_signals, set_title
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -161,8 +161,8 @@ def _horse_main(obtain: Callable[[], tuple[Job, str]], run: Callable[[Job], Outc
         die_with_parent(parent_pid)  # a worker killed with -9 takes its horse along
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C on a terminal is for the worker
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+        ignore_master_signals()  # the worker's handlers would run the worker's code in the horse
         signal.set_wakeup_fd(-1)  # the worker's wake-up pipe is not ours to write
         job, title = obtain()
         set_title(title)

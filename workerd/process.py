@@ -10,6 +10,24 @@ import setproctitle
 
 _PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
+# The signals only a master acts on: HUP reload, TTIN/TTOU resize, USR1 reopen the log file.
+# `systemctl kill -s SIG` and `kill -- -PGID` deliver them to every process of the pool, where their
+# default action would kill (HUP, USR1) or stop (TTIN, TTOU) it: every other process ignores them.
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A handler, not SIG_IGN: a handler is reset to the default by exec(), so programs a job runs get
+    the usual dispositions (SIG_IGN would be inherited, as with nohup)."""
+
+
+def ignore_master_signals() -> None:
+    """For every process but the master: survive the master's signals (see MASTER_SIGNALS).
+
+    A worker's or a horse's log file needs no reopening signal: workerd's file handler is a
+    WatchedFileHandler, which reopens a rotated file at its next line."""
+    for signum in MASTER_SIGNALS:
+        signal.signal(signum, _ignore)
 
 
 def set_title(title: str) -> None:

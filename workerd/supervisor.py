@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, WorkerdError
 from workerd.logs import reopen_log_files, rotate_log_file_if_needed
-from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, set_title
+from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
 from workerd.sdnotify import Notifier
 from workerd.settings import Settings
 from workerd.utils import import_attribute
@@ -389,8 +389,8 @@ class Master:
             for fd in (self._wake_read, self._wake_write, *server_fd, *(c.status_fd for c in self.children.values())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
-                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            ignore_master_signals()
             os.set_blocking(write_fd, False)
             code = int(run_child(group, name, _pipe_reporter(write_fd), predecessors))
         except WorkerdError as exc:

@@ -45,7 +45,7 @@ from workerd.job import Job
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
-from workerd.process import STOP_SIGNALS, describe_wait_status, set_title
+from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
 from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
@@ -351,6 +351,7 @@ class Worker:
         signal.set_wakeup_fd(self._wake_write)
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._record_signal)
+        ignore_master_signals()  # also a single worker, which has no master to act on them
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by a master across fork()
 
     def _record_signal(self, signum: int, frame: Any) -> None:
