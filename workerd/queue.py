@@ -228,8 +228,6 @@ class Queue:
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
     ) -> Job:
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds")
         job = self.job_class.create(
             func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
             origin=self.name, description=description, timeout=_timeout_s(timeout) or self.default_timeout,
