@@ -203,8 +203,11 @@ local function release_dependents(parent_id, parent_status, now_stamp)
   end
   if #released > 0 and #released == #ids then
     redis.call('DEL', dependents_key)
-  elseif #released > 0 then
-    redis.call('SREM', dependents_key, unpack(released))
+  else
+    -- In slices: unpack() of more than a few thousand values exceeds Lua's stack and errors.
+    for first = 1, #released, 1000 do
+      redis.call('SREM', dependents_key, unpack(released, first, math.min(first + 999, #released)))
+    end
   end
   return #released
 end
@@ -255,10 +258,12 @@ return {0, '', {}, skipped}
 )
 
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
-# 'failed'), job id, now stamp, then commands as (argc, command, args...)*.
+# 'failed'), job id, now stamp, tolerant ('1' or ''), then commands as (argc, command, args...)*.
 # Releases dependents, then applies the commands, atomically and only while the member is still
 # in the wip registry, i.e. while this worker still holds the job. Returns -1 if the lease was
-# lost, else the number of dependents released.
+# lost, else the number of dependents released. A command that errors stops the script, and Redis
+# keeps the writes made before it: callers validate every argument first. Tolerant (the last-resort
+# failure path) attempts every command whatever the others do.
 GUARDED_APPLY = (
     _LUA_PREFIXES
     + _LUA_RELEASE_DEPENDENTS
@@ -267,10 +272,12 @@ if ARGV[1] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 e
 -- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
 local released = 0
 if ARGV[2] ~= '' then released = release_dependents(ARGV[3], ARGV[2], ARGV[4]) end
-local i = 5
+local call = redis.call
+if ARGV[5] == '1' then call = redis.pcall end
+local i = 6
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
+  call(unpack(ARGV, i + 1, i + argc))
   i = i + argc + 1
 end
 return released
@@ -279,8 +286,10 @@ return released
 
 # KEYS: wip key, queue key, failed key, results key of the job.
 # ARGV: wip member, now (epoch), now stamp, max attempts, poison-pill exc_string (base64 zlib),
-#       default failure ttl, '1' to ignore the deadline (the worker is known dead), and an
-#       exc_string to fail with at once ('' for none: e.g. the master killed it over a limit).
+#       the job's failure ttl (or the default), '1' to ignore the deadline (the worker is known
+#       dead), an exc_string to fail with at once ('' for none: e.g. the master killed it over a
+#       limit), the results stream's ttl ('' for none), and the job's lost count after this loss.
+# The job's own numbers come checked from workerd.job, so no command here can fail on them.
 # Recovers one wip entry whose worker stopped renewing its lease: back to the front of its queue,
 # or - after max attempts, or with a kill reason - failed. Returns 'alive', 'stale', 'requeued'
 # or 'failed'.
@@ -301,7 +310,8 @@ if exec_id ~= '' then
   redis.call('ZREM', EXECUTIONS_PREFIX .. job_id, exec_id)
 end
 if redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
-local lost = redis.call('HINCRBY', key, '{LOST_COUNT_FIELD}', 1)
+local lost = tonumber(ARGV[10])
+redis.call('HSET', key, '{LOST_COUNT_FIELD}', ARGV[10])
 local exc_string = ARGV[5]
 if ARGV[8] ~= '' then exc_string = ARGV[8] end
 if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
@@ -310,16 +320,15 @@ if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
   redis.call('LPUSH', KEYS[2], job_id)
   return 'requeued'
 end
-local job_failure_ttl = redis.call('HGET', key, 'failure_ttl')
-local ttl = tonumber(job_failure_ttl or ARGV[6]) or tonumber(ARGV[6])
+local ttl = tonumber(ARGV[6])
 redis.call('HSET', key, 'status', 'failed', 'ended_at', now_stamp)
-if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-redis.call('ZADD', KEYS[3], now + ttl, job_id)
+if ttl > 0 then redis.call('EXPIRE', key, ARGV[6]) end
+local score = now + ttl
+if ttl < 0 then score = ttl end  -- RQ's raw negative score: kept forever, as the job hash is
+redis.call('ZADD', KEYS[3], score, job_id)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
            'exc_string', exc_string, 'execution_id', exec_id)
-if job_failure_ttl and tonumber(job_failure_ttl) and tonumber(job_failure_ttl) > 0 then
-  redis.call('EXPIRE', KEYS[4], tonumber(job_failure_ttl))
-end
+if ARGV[9] ~= '' then redis.call('EXPIRE', KEYS[4], ARGV[9]) end
 release_dependents(job_id, 'failed', now_stamp)
 return 'failed'
 """
