@@ -204,3 +204,48 @@ def test_a_job_failed_by_recovery_is_in_the_failed_registry(r: redis.Redis, redi
     if failure_ttl == "-1":  # kept forever, its registry entry too (RQ's raw negative score)
         assert r.ttl(schema.job_key(job.id)) == -1
         assert r.zscore(schema.failed_key("default"), job.id) == -1
+
+
+# -- keys of another type where a script expects a job -------------------------------------------------
+
+
+def test_an_id_whose_job_key_is_not_a_hash_is_skipped(r: redis.Redis, redis_url: str) -> None:
+    r.set(schema.job_key("a-string"), "not a job")
+    r.rpush(schema.queue_key("default"), "a-string")
+    job = Queue("default", connection=r).enqueue("testjobs.add", 1, 1)
+    r.set(schema.executions_key(job.id), "not a sorted set")  # RQ's bookkeeping key, forged
+    good = _then_a_good_job_finishes(r)
+    output = _burst(redis_url)
+    assert "skipped job a-string" in output
+    assert r.get(schema.job_key("a-string")) == b"not a job"  # not written to, not half-started
+    assert _assert_final(r, job.id, "finished").return_value() == 2
+    assert _assert_final(r, good.id, "finished").return_value() == 5
+
+
+def test_a_scheduled_id_whose_job_key_is_not_a_hash_is_dropped(r: redis.Redis, redis_url: str) -> None:
+    r.set(schema.job_key("a-string"), "not a job")
+    r.zadd(schema.scheduled_key("default"), {"a-string": 1})
+    due = Queue("default", connection=r).enqueue("testjobs.add", 4, 4)
+    r.lpop(schema.queue_key("default"))
+    r.hset(schema.job_key(due.id), "status", "scheduled")
+    r.zadd(schema.scheduled_key("default"), {due.id: 2})
+    result = run_workerd("-u", redis_url, "--burst", "--with-scheduler")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert r.zcard(schema.scheduled_key("default")) == 0
+    assert _assert_final(r, due.id, "finished").return_value() == 8
+
+
+def test_a_dependent_whose_keys_are_not_a_job_is_not_released(r: redis.Redis, redis_url: str) -> None:
+    q = Queue("default", connection=r)
+    parent = q.enqueue("testjobs.add", 1, 1)
+    child = q.enqueue("testjobs.add", 2, 2, depends_on="not-yet-finished")
+    r.lrem(schema.queue_key("default"), 0, child.id)
+    r.hset(schema.job_key(child.id), "status", "deferred")
+    r.set(schema.job_key("a-string"), "not a job")
+    r.hset(schema.job_key("wrong-deps"), mapping={"status": "deferred", "origin": "default"})
+    r.set(schema.dependencies_key("wrong-deps"), "not a set")
+    r.sadd(schema.dependents_key(parent.id), "a-string", "wrong-deps", child.id)
+    _burst(redis_url)
+    assert _assert_final(r, parent.id, "finished").return_value() == 2
+    assert Job.fetch(child.id, connection=r).return_value() == 4  # released and run
+    assert r.hget(schema.job_key("wrong-deps"), "status") == b"deferred"

@@ -164,6 +164,9 @@ local SUSPENDED_KEY = '{SUSPENDED}'
 local DEFERRED_PREFIX = 'rq:deferred:'
 local EXECUTION_PREFIX = 'rq:execution:'
 local EXECUTIONS_PREFIX = 'rq:executions:'
+-- Whether `key` holds a value of `kind`. A command on a key of another type errors, and Redis keeps
+-- what the script wrote before: a script checks a key anyone may have written before its first write.
+local function is_a(key, kind) return redis.call('TYPE', key)['ok'] == kind end
 """
 
 # Release the dependents of a job that just reached `parent_status` (RQ's enqueue_dependents,
@@ -176,14 +179,19 @@ local function release_dependents(parent_id, parent_status, now_stamp)
   local released = {}
   for _, dep in ipairs(ids) do
     local dep_key = JOB_PREFIX .. dep
-    local f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
+    local dep_dependencies = JOB_PREFIX .. ':' .. dep .. ':dependencies'
+    local f = {}  -- a dependent whose keys are of another type is not released: it is not a job
+    local dependencies_type = redis.call('TYPE', dep_dependencies)['ok']
+    if is_a(dep_key, 'hash') and (dependencies_type == 'set' or dependencies_type == 'none') then
+      f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
+    end
     local status, origin, allow_failure, at_front = f[1], f[2], f[3] == '1', f[4] == '1'
     if status and origin and status ~= 'canceled' then
       local met = parent_status == 'finished' or (parent_status == 'failed' and allow_failure)
       if met then
-        for _, other in ipairs(redis.call('SMEMBERS', JOB_PREFIX .. ':' .. dep .. ':dependencies')) do
+        for _, other in ipairs(redis.call('SMEMBERS', dep_dependencies)) do
           if other ~= parent_id then
-            local s = redis.call('HGET', JOB_PREFIX .. other, 'status')
+            local s = is_a(JOB_PREFIX .. other, 'hash') and redis.call('HGET', JOB_PREFIX .. other, 'status')
             if s and not (s == 'finished' or (allow_failure and s == 'failed')) then
               met = false
               break
@@ -216,10 +224,10 @@ end
 # KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n.
 # ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
 #       executions score, most ids to skip in one call.
-# Pops ids from the first non-empty queue until one whose hash exists, and marks it started in the
-# same atomic step. Returns {queue index (0: none, -1: workers are suspended), job id, HGETALL of
-# the job, skipped ids}. The suspension check is part of the same step, so no job is taken after
-# `rq suspend`, even by a worker that was already waiting.
+# Pops ids from the first non-empty queue until one whose hash exists (a key of another type is no
+# job), and marks it started in the same atomic step. Returns {queue index (0: none, -1: workers
+# are suspended), job id, HGETALL of the job, skipped ids}. The suspension check is part of the
+# same step, so no job is taken after `rq suspend`, even by a worker that was already waiting.
 FETCH_START = (
     _LUA_PREFIXES
     + """
@@ -234,7 +242,9 @@ for i = 1, n do
     local job_id = redis.call('LPOP', KEYS[1 + i])
     if not job_id then break end
     local key = JOB_PREFIX .. job_id
-    if redis.call('EXISTS', key) == 1 then
+    if is_a(key, 'hash') then
+      -- RQ's bookkeeping key, if anyone left another type there: gone before it could fail ZADD below.
+      if not is_a(EXECUTIONS_PREFIX .. job_id, 'zset') then redis.call('DEL', EXECUTIONS_PREFIX .. job_id) end
       redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
                  'last_heartbeat', now_stamp)
       redis.call('PERSIST', key)
@@ -339,7 +349,7 @@ return 'failed'
 # RQ's scheduler-lock protocol (rq-protocol.md 4.9): a lock absent is taken, one we hold is
 # refreshed, anyone else's is left alone. For each queue we hold, due jobs are promoted to the
 # queue (front if they asked for it) and removed from the scheduled registry - ids whose hash is
-# gone are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.
+# gone (or is not a hash) are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.
 SCHEDULER_TICK = (
     _LUA_PREFIXES
     + """
@@ -364,7 +374,7 @@ for i = 1, n do
   if held == 1 then
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, 0, now, 'LIMIT', 0, 1000)) do
       local key = JOB_PREFIX .. id
-      if redis.call('EXISTS', key) == 1 then
+      if is_a(key, 'hash') then
         local f = redis.call('HMGET', key, 'enqueue_at_front', 'enqueue_at_front_on_retry')
         redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
         redis.call('SADD', QUEUES_KEY, queue)
