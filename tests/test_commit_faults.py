@@ -10,6 +10,7 @@ import math
 
 import pytest
 import redis
+import rq
 
 from tests.conftest import run_workerd
 from workerd import Job, Queue, Retry, schema
@@ -166,6 +167,16 @@ def test_retry_and_callback_refuse_out_of_range_values(make, message: str) -> No
     assert message in str(raised.value)
 
 
+def test_a_queue_default_timeout_and_an_rq_retry_out_of_range_are_refused(r: redis.Redis) -> None:
+    with pytest.raises(ValueError, match=r"default_timeout: 10000000000 is out of range"):
+        Queue("default", connection=r, default_timeout=10**10)
+    with pytest.raises(ValueError, match=r"Retry\(max=...\): 10000000000 is out of range"):
+        Queue("default", connection=r).enqueue("testjobs.add", 1, 1, retry=rq.Retry(max=10**10))
+    with pytest.raises(ValueError, match=r"Retry\(interval=...\): 10000000000000000 is out of range"):
+        Queue("default", connection=r).enqueue("testjobs.add", 1, 1, retry=rq.Retry(max=1, interval=10**16))
+    assert r.keys("*") == []
+
+
 def test_the_rq_conventions_are_accepted(r: redis.Redis) -> None:
     q = Queue("default", connection=r)
     for options in ({"result_ttl": -1}, {"result_ttl": 0}, {"failure_ttl": -1}, {"failure_ttl": 0},
@@ -249,3 +260,25 @@ def test_a_dependent_whose_keys_are_not_a_job_is_not_released(r: redis.Redis, re
     assert _assert_final(r, parent.id, "finished").return_value() == 2
     assert Job.fetch(child.id, connection=r).return_value() == 4  # released and run
     assert r.hget(schema.job_key("wrong-deps"), "status") == b"deferred"
+
+
+def test_a_lease_on_a_key_that_is_not_a_job_is_dropped_by_recovery(r: redis.Redis, redis_url: str) -> None:
+    r.set(schema.job_key("a-string"), "not a job")
+    r.zadd(schema.started_key("default"), {schema.wip_member("a-string", "0" * 32): 1})
+    good = _then_a_good_job_finishes(r)
+    _burst(redis_url)
+    assert r.zcard(schema.started_key("default")) == 0
+    assert r.get(schema.job_key("a-string")) == b"not a job"
+    assert _assert_final(r, good.id, "finished").return_value() == 5
+
+
+def test_an_intermediate_id_whose_job_key_is_not_a_hash_is_dropped(r: redis.Redis, redis_url: str) -> None:
+    # What a dead RQ worker leaves in its intermediate list, seen long enough ago to count as stuck.
+    r.set(schema.job_key("a-string"), "not a job")
+    r.rpush(schema.intermediate_key("default"), "a-string")
+    r.set(schema.intermediate_first_seen_key("default", "a-string"), 1)
+    good = _then_a_good_job_finishes(r)
+    _burst(redis_url)
+    assert r.llen(schema.intermediate_key("default")) == 0
+    assert r.get(schema.job_key("a-string")) == b"not a job"
+    assert _assert_final(r, good.id, "finished").return_value() == 5

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import redis as redis_module
+
 from workerd import schema
 from workerd.job import (
     DEFAULT_FAILURE_TTL_S,
@@ -360,7 +362,10 @@ class Committer:
         # The script must not do arithmetic on what a forger may have stored: the fields it uses are
         # read and checked here (only recovery changes them, and never twice for one wip entry).
         names = ("failure_ttl", schema.LOST_COUNT_FIELD)
-        stored: list[Any] = self.redis.hmget(schema.job_key(job_id), names)
+        try:
+            stored: list[Any] = self.redis.hmget(schema.job_key(job_id), names)
+        except redis_module.ResponseError:  # WRONGTYPE: not a job; the script finds it stale
+            stored = [None, None]
         fields: dict[bytes | str, bytes | str] = {n: v for n, v in zip(names, stored, strict=True) if v}
         job = Job.from_mapping(job_id, fields)
         failure_ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S

@@ -70,13 +70,18 @@ class Retry:
     enqueue_at_front: bool = False
 
     def __post_init__(self) -> None:
-        check_whole_number("Retry(max=...)", self.max, 1, MAX_RETRIES)
         intervals = self.interval if isinstance(self.interval, list) else [self.interval]
         if not intervals:
             raise ValueError("Retry(interval=...) must be whole seconds or a non-empty list of them")
-        for interval in intervals:
-            check_whole_number("Retry(interval=...)", interval, 0, MAX_TTL_S)
+        check_retry(self.max, intervals)
         self.intervals = intervals
+
+
+def check_retry(maximum: Any, intervals: Iterable[Any]) -> None:
+    """Refuse a retry a worker could not schedule; also for an rq.Retry, which checks no bound."""
+    check_whole_number("Retry(max=...)", maximum, 1, MAX_RETRIES)
+    for interval in intervals:
+        check_whole_number("Retry(interval=...)", interval, 0, MAX_TTL_S)
 
 
 @dataclass
@@ -287,6 +292,7 @@ class Job:
         job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
         job.description = description or call_string(func_name, args, kwargs)
         if retry is not None:
+            check_retry(retry.max, retry.intervals)
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front

@@ -319,7 +319,7 @@ if exec_id ~= '' then
   redis.call('DEL', EXECUTION_PREFIX .. job_id .. ':' .. exec_id)
   redis.call('ZREM', EXECUTIONS_PREFIX .. job_id, exec_id)
 end
-if redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
+if not is_a(key, 'hash') or redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
 local lost = tonumber(ARGV[10])
 redis.call('HSET', key, '{LOST_COUNT_FIELD}', ARGV[10])
 local exc_string = ARGV[5]
@@ -408,7 +408,7 @@ REQUEUE_FROM_INTERMEDIATE = (
     _LUA_PREFIXES
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+if not is_a(KEYS[3], 'hash') then return 0 end
 redis.call('HSET', KEYS[3], 'status', 'queued', 'enqueued_at', ARGV[2])
 redis.call('SADD', QUEUES_KEY, KEYS[2])
 redis.call('LPUSH', KEYS[2], ARGV[1])
