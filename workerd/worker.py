@@ -875,7 +875,8 @@ class Worker:
         log.error("Worker %s: could not commit the outcome of job %s (%s: %s); failing it instead",
                   self.name, claim.job.id, type(exc).__name__, exc,
                   extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
-        self.jobs_failed += 1
+        if outcome.succeeded:  # a failure was counted before its commit was tried
+            self.jobs_failed += 1
         if self.committer.fail_uncommittable(claim, outcome, exc) == LEASE_LOST:
             self._lease_lost(claim)
             return
