@@ -154,7 +154,8 @@ def split_wip_member(member: str | bytes) -> tuple[str, str]:
 
 
 # -- Lua ------------------------------------------------------------------------------------------
-# The key prefixes are spliced into the scripts here so that key formats stay in this module.
+# The key prefixes are spliced into the scripts here so that key formats stay in this module, with
+# the one helper every script needs before its first write (is_a).
 
 _LUA_PREFIXES = f"""
 local JOB_PREFIX = '{_JOB_PREFIX}'
