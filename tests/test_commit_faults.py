@@ -282,3 +282,21 @@ def test_an_intermediate_id_whose_job_key_is_not_a_hash_is_dropped(r: redis.Redi
     assert r.llen(schema.intermediate_key("default")) == 0
     assert r.get(schema.job_key("a-string")) == b"not a job"
     assert _assert_final(r, good.id, "finished").return_value() == 5
+
+
+def test_a_job_with_thousands_of_dependents_releases_them_all(r: redis.Redis, redis_url: str) -> None:
+    # More than Lua's unpack() takes at once (about 8,000), with one dependent still waiting: the
+    # released ones leave the dependents set in slices, instead of the commit erroring after the pushes.
+    parent = Queue("default", connection=r).enqueue("testjobs.add", 1, 1)
+    ids = [f"dependent-{i}" for i in range(9000)]
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in [*ids, "waits-for-another"]:
+            pipe.hset(schema.job_key(job_id), mapping={"status": "deferred", "origin": "elsewhere"})
+        pipe.hset(schema.job_key("another"), "status", "queued")
+        pipe.sadd(schema.dependencies_key("waits-for-another"), parent.id, "another")
+        pipe.sadd(schema.dependents_key(parent.id), *ids, "waits-for-another")
+        pipe.execute()
+    _burst(redis_url)
+    assert _assert_final(r, parent.id, "finished").return_value() == 2
+    assert r.llen(schema.queue_key("elsewhere")) == 9000
+    assert r.smembers(schema.dependents_key(parent.id)) == {b"waits-for-another"}
