@@ -12,12 +12,15 @@ finds its lease gone and writes nothing, so a re-run is never overwritten by a s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import redis as redis_module
 
 from workerd import schema
 from workerd.job import (
@@ -26,6 +29,7 @@ from workerd.job import (
     JobStatus,
     ResultType,
     encode_exc_string,
+    retry_intervals_within_limits,
 )
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
@@ -153,6 +157,8 @@ class Committer:
                         printable_id(text_id), type(exc).__name__, exc)  # fmt: skip
             job = Job(id=text_id, origin=queues[index - 1], data=mapping.get(b"data", b""), connection=self.redis,
                       serializer=self.serializer)  # fmt: skip
+        for problem in job.problems:
+            log.warning("job %s: %s", text_id, problem)
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
 
     # -- lease -----------------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class Committer:
         ops.add("ZADD", schema.executions_key(claim.job.id), "XX", deadline + 60, claim.execution_id)
         ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
         ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
-        self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", *ops.args],
+        self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", "", *ops.args],
                     client=pipe)  # fmt: skip
 
     # -- outcomes --------------------------------------------------------------------------------
@@ -221,9 +227,9 @@ class Committer:
         elif stream_ttl_s is not None and stream_ttl_s > 0:
             ops.add("EXPIRE", key, stream_ttl_s)
 
-    def _run(self, claim: Claim, ops: _Ops, release: str = "") -> int:
+    def _run(self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False) -> int:
         now_stamp = utcformat(utcnow())
-        args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, *ops.args]
+        args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, "1" if tolerant else "", *ops.args]
         return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
 
     def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
@@ -247,8 +253,9 @@ class Committer:
     def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> tuple[int, str]:
         """The job returned a Retry (rq's handle_job_retry): run it again, or fail it past max."""
         assert outcome.retry is not None
-        maximum, intervals = outcome.retry
+        maximum, returned_intervals = outcome.retry
         job = claim.job
+        intervals = retry_intervals_within_limits(returned_intervals, [])  # rq's Retry checks no bound
         count = job.number_of_retries or 0
         ops = _Ops()
         self._count(ops, "failed_job_count", outcome)
@@ -273,7 +280,9 @@ class Committer:
         job_key = schema.job_key(job.id)
         retry_in_s = None if stopped else _retry_delay_s(job)
         if retry_in_s is not None:
-            ops.add("HINCRBY", job_key, "retries_left", -1)
+            assert job.retries_left is not None
+            # Not HINCRBY: the stored text may be one HINCRBY refuses ('1.0', ' 2'); ours was read and checked.
+            ops.hset(job_key, {"retries_left": job.retries_left - 1})
             self._requeue_ops(ops, claim, retry_in_s, at_front=job.enqueue_at_front_on_retry)
             self._release_execution(ops, claim)
             return self._run(claim, ops), f"retry in {retry_in_s}s" if retry_in_s else "retry now"
@@ -281,10 +290,26 @@ class Committer:
         ops.hset(job_key, {"status": status.value, "ended_at": _stamp(outcome.ended_at),
                            "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})  # fmt: skip
         if outcome.record_failure:
-            self._record_failed(ops, claim, outcome, ResultType.FAILED, outcome.exc_string or "")
+            self._record_failed(ops, claim, outcome, ResultType.FAILED, _with_problems(outcome.exc_string, job))
         self._release_execution(ops, claim)
         release = "" if stopped else JobStatus.FAILED.value
         return self._run(claim, ops, release=release), status.value
+
+    def fail_uncommittable(self, claim: Claim, outcome: Outcome, error: Exception) -> int:
+        """The last resort after a commit script failed part-way: fail the job with fixed values only
+        (the default failure ttl, no retry, no dependents released), every write attempted even if
+        one of them fails, so the job ends failed, with the reason, in the failed registry."""
+        job = dataclasses.replace(claim.job, failure_ttl=None)  # the default: a value known to be valid
+        safe = Claim(job=job, queue=claim.queue, execution_id=claim.execution_id)
+        reason = (f"workerd could not commit this job's outcome ({type(error).__name__}: {error}); "
+                  f"failed it instead\n{_with_problems(outcome.exc_string, job)}")  # fmt: skip
+        ops = _Ops()
+        ops.hset(schema.job_key(job.id), {"status": JobStatus.FAILED.value, "ended_at": _stamp(outcome.ended_at),
+                                          "worker_name": self.worker_name})  # fmt: skip
+        ops.add("ZREM", schema.finished_key(claim.queue), job.id)  # a commit that failed after its ZADD
+        self._record_failed(ops, safe, outcome, ResultType.FAILED, reason)
+        self._release_execution(ops, safe)
+        return self._run(safe, ops, tolerant=True)
 
     def _record_failed(self, ops: _Ops, claim: Claim, outcome: Outcome, result_type: ResultType,
                        exc_string: str | None) -> None:  # fmt: skip
@@ -337,9 +362,21 @@ class Committer:
         job_id = schema.split_wip_member(member)[0]
         keys: list[str | bytes] = [schema.started_key(queue), schema.queue_key(queue), schema.failed_key(queue),
                                    schema.results_key(job_id)]  # fmt: skip
+        # The script must not do arithmetic on what a forger may have stored: the fields it uses are
+        # read and checked here (only recovery changes them, and never twice for one wip entry).
+        names = ("failure_ttl", schema.LOST_COUNT_FIELD)
+        try:
+            stored: list[Any] = self.redis.hmget(schema.job_key(job_id), names)
+        except redis_module.ResponseError:  # WRONGTYPE: not a job; the script finds it stale
+            stored = [None, None]
+        fields: dict[bytes | str, bytes | str] = {n: v for n, v in zip(names, stored, strict=True) if v}
+        job = Job.from_mapping(job_id, fields)
+        failure_ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL_S
+        stream_ttl = job.failure_ttl if job.failure_ttl is not None and job.failure_ttl > 0 else ""
         args: list[Any] = [member, now, utcformat(utcnow()), max_attempts, encode_exc_string(reason),
-                           DEFAULT_FAILURE_TTL_S, "1" if worker_is_dead else "0",
-                           encode_exc_string(kill_reason) if kill_reason else ""]  # fmt: skip
+                           failure_ttl, "1" if worker_is_dead else "0",
+                           encode_exc_string(kill_reason) if kill_reason else "", stream_ttl,
+                           job.lost_count + 1]  # fmt: skip
         result = self._recover(keys=keys, args=args, client=self.redis)
         return result.decode() if isinstance(result, bytes) else str(result)
 
@@ -360,6 +397,14 @@ def poison_pill_reason(max_attempts: int) -> str:
 
 def _stamp(epoch: float) -> str:
     return utcformat(dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc))
+
+
+def _with_problems(exc_string: str | None, job: Job) -> str:
+    """The failure's traceback, and what workerd had to change to read the job's hash."""
+    if not job.problems:
+        return exc_string or ""
+    notes = "".join(f"workerd: {problem}\n" for problem in job.problems)
+    return f"{exc_string or ''}\nThis job's hash has fields workerd could not use as stored:\n{notes}"
 
 
 def _retry_delay_s(job: Job) -> int | None:

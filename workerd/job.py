@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import inspect
 import json
+import math
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,13 @@ DEFAULT_FAILURE_TTL_S = 31536000  # one year, RQ's default
 DEFAULT_RESULT_TTL_S = 500
 DEFAULT_TIMEOUT_S = 180
 CALLBACK_TIMEOUT_S = 60
+# The largest numbers a job may carry. Every value workerd derives from them must stay within what
+# Redis and the OS accept, or a commit script would fail half-way (Redis keeps the writes a script
+# made before an error): EXPIRE takes at most ~9.2e15 s, setitimer ~9.2e9 s, and an epoch plus a
+# ttl must stay an exact integer in a double (2**53) for registry scores.
+MAX_TTL_S = 10**12  # ~31,700 years: ttl, result_ttl, failure_ttl, retry intervals
+MAX_TIMEOUT_S = 10**9  # ~31 years: job and callback timeouts
+MAX_RETRIES = 10**9
 
 
 class JobStatus(str, enum.Enum):
@@ -62,12 +70,18 @@ class Retry:
     enqueue_at_front: bool = False
 
     def __post_init__(self) -> None:
-        if self.max < 1:
-            raise ValueError("Retry(max=...) must be at least 1")
         intervals = self.interval if isinstance(self.interval, list) else [self.interval]
-        if not intervals or any(not isinstance(i, int) or i < 0 for i in intervals):
-            raise ValueError("Retry intervals must be a non-empty list of whole seconds >= 0")
+        if not intervals:
+            raise ValueError("Retry(interval=...) must be whole seconds or a non-empty list of them")
+        check_retry(self.max, intervals)
         self.intervals = intervals
+
+
+def check_retry(maximum: Any, intervals: Iterable[Any]) -> None:
+    """Refuse a retry a worker could not schedule; also for an rq.Retry, which checks no bound."""
+    check_whole_number("Retry(max=...)", maximum, 1, MAX_RETRIES)
+    for interval in intervals:
+        check_whole_number("Retry(interval=...)", interval, 0, MAX_TTL_S)
 
 
 @dataclass
@@ -89,6 +103,9 @@ class Dependency:
 class Callback:
     func: str | Callable[..., Any]
     timeout: int = CALLBACK_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        check_whole_number("Callback(timeout=...)", self.timeout, 1, MAX_TIMEOUT_S, never=-1)
 
     @property
     def name(self) -> str:
@@ -125,6 +142,40 @@ def _refuse_unimportable(obj: Any) -> None:
             f"{module}.{qualname} is a lambda or is defined inside a function, so a worker cannot import "
             "it by name: define it at the top level of a module the worker can import"
         )
+
+
+def check_whole_number(option: str, value: Any, low: int, high: int, never: int | None = None,
+                       never_means: str = "no limit") -> None:  # fmt: skip
+    """Refuse, at enqueue, a number a worker could not commit (see MAX_TTL_S): `value` must be a whole
+    number from `low` to `high`, or `never` (RQ's -1: no limit, never expire)."""
+    if isinstance(value, int) and not isinstance(value, bool) and (low <= value <= high or value == never):
+        return
+    allowed = f"a whole number from {low} to {high}" + (f", or {never} for {never_means}" if never is not None else "")
+    raise ValueError(f"{option}: {value!r} is out of range: expected {allowed}")
+
+
+def retry_intervals_within_limits(values: Iterable[Any], problems: list[str]) -> list[int]:
+    """Retry intervals as a worker can use them: a non-number, NaN or infinity reads as 0 (retry at
+    once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
+    intervals = []
+    for value in values:
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number):
+            problems.append(f"retry_intervals: {_clip(value)} is not a number of seconds; read as 0")
+            intervals.append(0)
+        elif not 0 <= number <= MAX_TTL_S:
+            bounded = 0 if number < 0 else MAX_TTL_S
+            problems.append(f"retry_intervals: {_clip(value)} is outside 0..{MAX_TTL_S}; read as {bounded}")
+            intervals.append(bounded)
+        else:
+            intervals.append(int(number))
+    return intervals
+
+
+def _clip(value: Any) -> str:
+    """A value from a hash, short enough for a log line or an exc_info."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _encode_ttl(value: int | None) -> str | None:
@@ -180,6 +231,9 @@ class Job:
     failure_callback_timeout: int | None = None
     stopped_callback_timeout: int | None = None
     lost_count: int = 0
+    # What from_mapping had to change to read the hash (a field out of range or unreadable): logged by
+    # the worker, and added to the exc_info if the job fails. Not stored.
+    problems: list[str] = field(default_factory=list, repr=False)
     data: bytes = b""
     connection: Redis | None = field(default=None, repr=False)
     serializer: Serializer = field(default_factory=lambda: resolve_serializer(None), repr=False)
@@ -210,6 +264,14 @@ class Job:
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
     ) -> Job:
+        for option, value, low, high, never, never_means in (
+            ("timeout", timeout, 1, MAX_TIMEOUT_S, -1, "no limit"),
+            ("result_ttl", result_ttl, 0, MAX_TTL_S, -1, "never expire"),
+            ("failure_ttl", failure_ttl, 0, MAX_TTL_S, -1, "never expire"),
+            ("ttl", ttl, 1, MAX_TTL_S, None, ""),
+        ):
+            if value is not None:
+                check_whole_number(option, value, low, high, never, never_means)
         func_name, instance = _func_reference(func)
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
@@ -230,6 +292,7 @@ class Job:
         job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
         job.description = description or call_string(func_name, args, kwargs)
         if retry is not None:
+            check_retry(retry.max, retry.intervals)
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front
@@ -372,6 +435,24 @@ class Job:
                 return None
             return value if isinstance(value, list) else None
 
+        problems: list[str] = []
+
+        def number(name: str, low: int, high: int, out_of_range: str = "") -> int | None:
+            """A numeric field: unreadable reads as unset; out of range as the nearest bound, or as unset
+            when `out_of_range` says what unset means. Each change is noted in `problems`."""
+            raw = text(name)
+            value = _int_or_none(raw)
+            if value is None and raw not in (None, ""):
+                problems.append(f"{name}: {_clip(raw)} is not a number; read as {out_of_range or 'unset'}")
+            if value is None or low <= value <= high:
+                return value
+            bounded = None if out_of_range else max(low, min(high, value))
+            problems.append(f"{name}: {_clip(raw)} is outside {low}..{high}; read as {out_of_range or bounded}")
+            return bounded
+
+        intervals = json_list("retry_intervals")
+        if intervals is None and text("retry_intervals") is not None:
+            problems.append(f"retry_intervals: {_clip(text('retry_intervals'))} is not a JSON list; read as unset")
         status_text = text("status")
         try:
             status = JobStatus(status_text) if status_text else JobStatus.CREATED
@@ -387,10 +468,10 @@ class Job:
             id=job_id,
             origin=text("origin") or "",
             description=text("description"),
-            timeout=_int_or_none(text("timeout")),
-            result_ttl=_int_or_none(text("result_ttl")),
-            failure_ttl=_int_or_none(text("failure_ttl")),
-            ttl=_int_or_none(text("ttl")),
+            timeout=number("timeout", -1, MAX_TIMEOUT_S),
+            result_ttl=number("result_ttl", -MAX_TTL_S, MAX_TTL_S),
+            failure_ttl=number("failure_ttl", -MAX_TTL_S, MAX_TTL_S),
+            ttl=number("ttl", -MAX_TTL_S, MAX_TTL_S),
             status=status,
             created_at=stamp("created_at") or utcnow(),
             enqueued_at=stamp("enqueued_at"),
@@ -404,17 +485,18 @@ class Job:
             or ([text("dependency_id")] if text("dependency_id") else []),  # type: ignore[list-item]
             allow_dependency_failures=text("allow_dependency_failures") == "1",
             enqueue_at_front=text("enqueue_at_front") == "1",
-            retries_left=_int_or_none(text("retries_left")),
-            retry_intervals=json_list("retry_intervals"),
+            retries_left=number("retries_left", 0, MAX_RETRIES, out_of_range="no retries"),
+            retry_intervals=None if intervals is None else retry_intervals_within_limits(intervals, problems),
             enqueue_at_front_on_retry=text("enqueue_at_front_on_retry") == "1",
-            number_of_retries=_int_or_none(text("number_of_retries")),
+            number_of_retries=number("number_of_retries", 0, MAX_RETRIES),
             success_callback_name=text("success_callback_name") or "",
             failure_callback_name=text("failure_callback_name") or "",
             stopped_callback_name=text("stopped_callback_name") or "",
-            success_callback_timeout=_int_or_none(text("success_callback_timeout")),
-            failure_callback_timeout=_int_or_none(text("failure_callback_timeout")),
-            stopped_callback_timeout=_int_or_none(text("stopped_callback_timeout")),
-            lost_count=_int_or_none(text(schema.LOST_COUNT_FIELD)) or 0,
+            success_callback_timeout=number("success_callback_timeout", -1, MAX_TIMEOUT_S),
+            failure_callback_timeout=number("failure_callback_timeout", -1, MAX_TIMEOUT_S),
+            stopped_callback_timeout=number("stopped_callback_timeout", -1, MAX_TIMEOUT_S),
+            lost_count=number(schema.LOST_COUNT_FIELD, 0, MAX_RETRIES) or 0,
+            problems=problems,
             data=fields.get("data", b""),
             connection=connection,
             serializer=chosen_serializer,

@@ -10,7 +10,16 @@ import redis as redis_module
 
 from workerd import schema
 from workerd.errors import NoSuchJobError
-from workerd.job import DEFAULT_TIMEOUT_S, Callback, Dependency, Job, JobStatus, Retry
+from workerd.job import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    Callback,
+    Dependency,
+    Job,
+    JobStatus,
+    Retry,
+    check_whole_number,
+)
 from workerd.registry import (
     BaseRegistry,
     CanceledJobRegistry,
@@ -37,12 +46,11 @@ _RESERVED = (
 )  # fmt: skip
 
 
-def _timeout_s(value: int | str | None) -> int | None:
+def _timeout_s(value: int | str | None, option: str) -> int | None:
     if value is None:
         return None
     seconds = parse_duration_s(value)
-    if seconds == 0 or seconds < -1:
-        raise ValueError("a job timeout must be a positive number of seconds, or -1 for no limit")
+    check_whole_number(option, seconds, 1, MAX_TIMEOUT_S, never=-1)
     return seconds
 
 
@@ -89,7 +97,7 @@ class Queue:
         self.name = validate_queue_name(name)
         self.connection = connection
         self.is_async = is_async
-        self.default_timeout = _timeout_s(default_timeout) or DEFAULT_TIMEOUT_S
+        self.default_timeout = _timeout_s(default_timeout, "default_timeout") or DEFAULT_TIMEOUT_S
         self.serializer = resolve_serializer(serializer)
         self.job_class = job_class or Job
 
@@ -228,11 +236,10 @@ class Queue:
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
     ) -> Job:
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds")
+        job_timeout = _timeout_s(timeout, "job_timeout") or self.default_timeout
         job = self.job_class.create(
             func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
-            origin=self.name, description=description, timeout=_timeout_s(timeout) or self.default_timeout,
+            origin=self.name, description=description, timeout=job_timeout,
             result_ttl=result_ttl, failure_ttl=failure_ttl, ttl=ttl, meta=meta, status=status, retry=retry,
             on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
         )  # fmt: skip

@@ -179,7 +179,8 @@ def split_wip_member(member: str | bytes) -> tuple[str, str]:
 
 
 # -- Lua ------------------------------------------------------------------------------------------
-# The key prefixes are spliced into the scripts here so that key formats stay in this module.
+# The key prefixes are spliced into the scripts here so that key formats stay in this module, with
+# the one helper every script needs before its first write (is_a).
 
 _LUA_PREFIXES = f"""
 local JOB_PREFIX = '{_JOB_PREFIX}'
@@ -189,6 +190,9 @@ local SUSPENDED_KEY = '{SUSPENDED}'
 local DEFERRED_PREFIX = 'rq:deferred:'
 local EXECUTION_PREFIX = 'rq:execution:'
 local EXECUTIONS_PREFIX = 'rq:executions:'
+-- Whether `key` holds a value of `kind`. A command on a key of another type errors, and Redis keeps
+-- what the script wrote before: a script checks a key anyone may have written before its first write.
+local function is_a(key, kind) return redis.call('TYPE', key)['ok'] == kind end
 """
 
 # Release the dependents of a job that just reached `parent_status` (RQ's enqueue_dependents,
@@ -201,14 +205,19 @@ local function release_dependents(parent_id, parent_status, now_stamp)
   local released = {}
   for _, dep in ipairs(ids) do
     local dep_key = JOB_PREFIX .. dep
-    local f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
+    local dep_dependencies = JOB_PREFIX .. ':' .. dep .. ':dependencies'
+    local f = {}  -- a dependent whose keys are of another type is not released: it is not a job
+    local dependencies_type = redis.call('TYPE', dep_dependencies)['ok']
+    if is_a(dep_key, 'hash') and (dependencies_type == 'set' or dependencies_type == 'none') then
+      f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
+    end
     local status, origin, allow_failure, at_front = f[1], f[2], f[3] == '1', f[4] == '1'
     if status and origin and status ~= 'canceled' then
       local met = parent_status == 'finished' or (parent_status == 'failed' and allow_failure)
       if met then
-        for _, other in ipairs(redis.call('SMEMBERS', JOB_PREFIX .. ':' .. dep .. ':dependencies')) do
+        for _, other in ipairs(redis.call('SMEMBERS', dep_dependencies)) do
           if other ~= parent_id then
-            local s = redis.call('HGET', JOB_PREFIX .. other, 'status')
+            local s = is_a(JOB_PREFIX .. other, 'hash') and redis.call('HGET', JOB_PREFIX .. other, 'status')
             if s and not (s == 'finished' or (allow_failure and s == 'failed')) then
               met = false
               break
@@ -228,8 +237,11 @@ local function release_dependents(parent_id, parent_status, now_stamp)
   end
   if #released > 0 and #released == #ids then
     redis.call('DEL', dependents_key)
-  elseif #released > 0 then
-    redis.call('SREM', dependents_key, unpack(released))
+  else
+    -- In slices: unpack() of more than a few thousand values exceeds Lua's stack and errors.
+    for first = 1, #released, 1000 do
+      redis.call('SREM', dependents_key, unpack(released, first, math.min(first + 999, #released)))
+    end
   end
   return #released
 end
@@ -238,10 +250,10 @@ end
 # KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n.
 # ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
 #       executions score, most ids to skip in one call.
-# Pops ids from the first non-empty queue until one whose hash exists, and marks it started in the
-# same atomic step. Returns {queue index (0: none, -1: workers are suspended), job id, HGETALL of
-# the job, skipped ids}. The suspension check is part of the same step, so no job is taken after
-# `rq suspend`, even by a worker that was already waiting.
+# Pops ids from the first non-empty queue until one whose hash exists (a key of another type is no
+# job), and marks it started in the same atomic step. Returns {queue index (0: none, -1: workers
+# are suspended), job id, HGETALL of the job, skipped ids}. The suspension check is part of the
+# same step, so no job is taken after `rq suspend`, even by a worker that was already waiting.
 FETCH_START = (
     _LUA_PREFIXES
     + """
@@ -256,7 +268,9 @@ for i = 1, n do
     local job_id = redis.call('LPOP', KEYS[1 + i])
     if not job_id then break end
     local key = JOB_PREFIX .. job_id
-    if redis.call('EXISTS', key) == 1 then
+    if is_a(key, 'hash') then
+      -- RQ's bookkeeping key, if anyone left another type there: gone before it could fail ZADD below.
+      if not is_a(EXECUTIONS_PREFIX .. job_id, 'zset') then redis.call('DEL', EXECUTIONS_PREFIX .. job_id) end
       redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
                  'last_heartbeat', now_stamp)
       redis.call('PERSIST', key)
@@ -280,10 +294,12 @@ return {0, '', {}, skipped}
 )
 
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
-# 'failed'), job id, now stamp, then commands as (argc, command, args...)*.
+# 'failed'), job id, now stamp, tolerant ('1' or ''), then commands as (argc, command, args...)*.
 # Releases dependents, then applies the commands, atomically and only while the member is still
 # in the wip registry, i.e. while this worker still holds the job. Returns -1 if the lease was
-# lost, else the number of dependents released.
+# lost, else the number of dependents released. A command that errors stops the script, and Redis
+# keeps the writes made before it: callers validate every argument first. Tolerant (the last-resort
+# failure path) attempts every command whatever the others do.
 GUARDED_APPLY = (
     _LUA_PREFIXES
     + _LUA_RELEASE_DEPENDENTS
@@ -292,10 +308,12 @@ if ARGV[1] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 e
 -- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
 local released = 0
 if ARGV[2] ~= '' then released = release_dependents(ARGV[3], ARGV[2], ARGV[4]) end
-local i = 5
+local call = redis.call
+if ARGV[5] == '1' then call = redis.pcall end
+local i = 6
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
+  call(unpack(ARGV, i + 1, i + argc))
   i = i + argc + 1
 end
 return released
@@ -304,8 +322,10 @@ return released
 
 # KEYS: wip key, queue key, failed key, results key of the job.
 # ARGV: wip member, now (epoch), now stamp, max attempts, poison-pill exc_string (base64 zlib),
-#       default failure ttl, '1' to ignore the deadline (the worker is known dead), and an
-#       exc_string to fail with at once ('' for none: e.g. the master killed it over a limit).
+#       the job's failure ttl (or the default), '1' to ignore the deadline (the worker is known
+#       dead), an exc_string to fail with at once ('' for none: e.g. the master killed it over a
+#       limit), the results stream's ttl ('' for none), and the job's lost count after this loss.
+# The job's own numbers come checked from workerd.job, so no command here can fail on them.
 # Recovers one wip entry whose worker stopped renewing its lease: back to the front of its queue,
 # or - after max attempts, or with a kill reason - failed. Returns 'alive', 'stale', 'requeued'
 # or 'failed'.
@@ -325,8 +345,9 @@ if exec_id ~= '' then
   redis.call('DEL', EXECUTION_PREFIX .. job_id .. ':' .. exec_id)
   redis.call('ZREM', EXECUTIONS_PREFIX .. job_id, exec_id)
 end
-if redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
-local lost = redis.call('HINCRBY', key, '{LOST_COUNT_FIELD}', 1)
+if not is_a(key, 'hash') or redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
+local lost = tonumber(ARGV[10])
+redis.call('HSET', key, '{LOST_COUNT_FIELD}', ARGV[10])
 local exc_string = ARGV[5]
 if ARGV[8] ~= '' then exc_string = ARGV[8] end
 if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
@@ -335,16 +356,15 @@ if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
   redis.call('LPUSH', KEYS[2], job_id)
   return 'requeued'
 end
-local job_failure_ttl = redis.call('HGET', key, 'failure_ttl')
-local ttl = tonumber(job_failure_ttl or ARGV[6]) or tonumber(ARGV[6])
+local ttl = tonumber(ARGV[6])
 redis.call('HSET', key, 'status', 'failed', 'ended_at', now_stamp)
-if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-redis.call('ZADD', KEYS[3], now + ttl, job_id)
+if ttl > 0 then redis.call('EXPIRE', key, ARGV[6]) end
+local score = now + ttl
+if ttl < 0 then score = ttl end  -- RQ's raw negative score: kept forever, as the job hash is
+redis.call('ZADD', KEYS[3], score, job_id)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
            'exc_string', exc_string, 'execution_id', exec_id)
-if job_failure_ttl and tonumber(job_failure_ttl) and tonumber(job_failure_ttl) > 0 then
-  redis.call('EXPIRE', KEYS[4], tonumber(job_failure_ttl))
-end
+if ARGV[9] ~= '' then redis.call('EXPIRE', KEYS[4], ARGV[9]) end
 release_dependents(job_id, 'failed', now_stamp)
 return 'failed'
 """
@@ -355,7 +375,7 @@ return 'failed'
 # RQ's scheduler-lock protocol (rq-protocol.md 4.9): a lock absent is taken, one we hold is
 # refreshed, anyone else's is left alone. For each queue we hold, due jobs are promoted to the
 # queue (front if they asked for it) and removed from the scheduled registry - ids whose hash is
-# gone are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.
+# gone (or is not a hash) are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.
 SCHEDULER_TICK = (
     _LUA_PREFIXES
     + """
@@ -380,7 +400,7 @@ for i = 1, n do
   if held == 1 then
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, 0, now, 'LIMIT', 0, 1000)) do
       local key = JOB_PREFIX .. id
-      if redis.call('EXISTS', key) == 1 then
+      if is_a(key, 'hash') then
         local f = redis.call('HMGET', key, 'enqueue_at_front', 'enqueue_at_front_on_retry')
         redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
         redis.call('SADD', QUEUES_KEY, queue)
@@ -414,7 +434,7 @@ REQUEUE_FROM_INTERMEDIATE = (
     _LUA_PREFIXES
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+if not is_a(KEYS[3], 'hash') then return 0 end
 redis.call('HSET', KEYS[3], 'status', 'queued', 'enqueued_at', ARGV[2])
 redis.call('SADD', QUEUES_KEY, KEYS[2])
 redis.call('LPUSH', KEYS[2], ARGV[1])

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from workerd.job import MAX_TTL_S
 from workerd.utils import validate_queue_name
 
 ENV_PREFIX = "WORKERD_"
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
 
     # -- results and liveness -----------------------------------------------------------------------
     result_ttl: int = Field(
-        500, ge=-1, description="Seconds a successful job's result is kept (0: discard, -1: forever).",
+        500, ge=-1, le=MAX_TTL_S, description="Seconds a successful job's result is kept (0: discard, -1: forever).",
         json_schema_extra=_cli("--results-ttl", metavar="SECONDS"))  # fmt: skip
     worker_ttl: int = Field(
         420, ge=16, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",

@@ -853,6 +853,9 @@ class Worker:
                 self._commit_once(claim, outcome)
                 self.outage.succeeded()
                 return
+            except redis.ResponseError as exc:  # the script stopped at an error; Redis kept its writes so far
+                self._commit_failed(claim, outcome, exc)
+                return
             except CONNECTION_ERRORS as exc:
                 self.sleep(self._redis_failed(exc))
                 self.handle_signals()
@@ -897,6 +900,19 @@ class Worker:
         if what.startswith("retry"):
             log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
                      extra=extra)  # fmt: skip
+
+    def _commit_failed(self, claim: Claim, outcome: Outcome, exc: redis.ResponseError) -> None:
+        """A commit the checks in workerd.job did not foresee: fail the job by the path with fixed
+        values, so it does not stay half-committed (and this worker goes on)."""
+        log.error("Worker %s: could not commit the outcome of job %s (%s: %s); failing it instead",
+                  self.name, claim.job.id, type(exc).__name__, exc,
+                  extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+        if outcome.succeeded:  # a failure was counted before its commit was tried
+            self.jobs_failed += 1
+        if self.committer.fail_uncommittable(claim, outcome, exc) == LEASE_LOST:
+            self._lease_lost(claim)
+            return
+        self.report(outcome="failed", queue=claim.queue, duration_s=outcome.duration_s)
 
     def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
         """stop-job: status stopped, failed registry, dependents not released; on_stopped runs here."""
