@@ -97,3 +97,15 @@ def test_work_can_be_called_again_on_the_same_worker(r: redis.Redis, redis_url: 
     info = Worker.find_by_key("rq:worker:again", connection=r)
     # Each run registers the worker afresh, as rq's register_birth does: the hash counts the last run's job.
     assert info is not None and info.successful_job_count == 1
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_callbacks_see_the_final_status_as_under_rq(r: redis.Redis, redis_url: str, execution: str) -> None:
+    """RQ sets the job's final status (in memory) before on_success / on_failure run (rq #1631)."""
+    queue = rq.Queue("default", connection=r)
+    ok = queue.enqueue("testjobs.add", 1, 2, on_success=rq.Callback("rqjobs.record_status_on_success"))
+    bad = queue.enqueue("rqjobs.fail", on_failure=rq.Callback("rqjobs.record_status_on_failure"))
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (r.get(f"seen:{ok.id}"), r.get(f"seen:{bad.id}")) == (b"finished", b"failed")
+    assert (ok.get_status(), bad.get_status()) == ("finished", "failed")

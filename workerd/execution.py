@@ -19,7 +19,7 @@ from typing import Any
 from workerd import rqview
 from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
-from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, encode_return_value
+from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, JobStatus, encode_return_value
 from workerd.utils import import_attribute, printable_id
 
 log = logging.getLogger("workerd.job")
@@ -140,11 +140,17 @@ def perform(
         _current_jobs.pop()
 
 
+_STATUS_SEEN_BY_CALLBACK = {"success": JobStatus.FINISHED, "failure": JobStatus.FAILED, "stopped": JobStatus.STOPPED}
+
+
 def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], *args: Any) -> None:
     """Call the job's on_success / on_failure / on_stopped as rq does: (job, connection, *args),
     under its own timeout (default 60 s). Raises what the callback raises."""
     name = getattr(job, f"{kind}_callback_name")
     timeout = getattr(job, f"{kind}_callback_timeout") or CALLBACK_TIMEOUT_S
+    # RQ's view (rq #1631): the callback's job already has its final status, in memory. Redis gets it
+    # from the worker's commit, after the callback: the one writer of job state stays the worker.
+    job.status = _STATUS_SEEN_BY_CALLBACK[kind]
     try:
         callback = import_attribute(name)
     except Exception as exc:

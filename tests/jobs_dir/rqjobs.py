@@ -30,3 +30,15 @@ def clean_up_on_workerd_timeout(redis_url, marker):
     except workerd.errors.JobTimeoutException:
         redis.Redis.from_url(redis_url).rpush(marker, "caught as workerd.errors.JobTimeoutException")
         raise
+
+
+def fail():
+    raise ValueError("as planned")
+
+
+def record_status_on_success(job, connection, result):
+    connection.set(f"seen:{job.id}", job.get_status(refresh=False).value)
+
+
+def record_status_on_failure(job, connection, exc_type, exc, tb):
+    connection.set(f"seen:{job.id}", job.get_status(refresh=False).value)
