@@ -182,3 +182,19 @@ def test_the_systemd_watchdog_stops_while_workers_cannot_reach_redis(
     wait_until(lambda: last_ping() > up_at, timeout=15, interval=0.1, message="pings again once Redis is back")
     assert master.process.poll() is None
     sock.close()
+
+
+def test_after_a_flushall_the_worker_says_what_happened(r: redis.Redis, redis_url: str, workerd) -> None:
+    """A FLUSHALL mid-job: nobody recovered the job, it is gone; the log must not claim a recovery."""
+    single = workerd("-u", redis_url, "--heartbeat-interval", "0.2")
+    single.wait_for_output("Listening on")
+    Queue("default", connection=r).enqueue("testjobs.mark_then_sleep", redis_url, "running", 2)
+    wait_until(lambda: r.llen("running") == 1, message="the job running")
+    r.flushall()
+    single.wait_for_output("registered again")
+    single.wait_for_output("lost the lease on job", timeout=20)
+    output = single.output()
+    assert "its hash is gone from Redis (deleted, expired, or Redis was flushed" in output
+    assert "recovered while this worker was not heartbeating" not in output
+    after = Queue("default", connection=r).enqueue("testjobs.add", 1, 1)
+    wait_until(lambda: r.hget(schema.job_key(after.id), "status") == b"finished", message="the worker going on")

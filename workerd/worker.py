@@ -471,7 +471,9 @@ class Worker:
                 self.committer.expired_leases(self.queues, time.time(), pipe)
             replies = pipe.execute()
         if not replies[0]:
-            # Our key expired (a long stall or outage): register again so rq's tools see us.
+            # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
+            log.warning("Worker %s: its worker key was gone from Redis (expired during a stall, deleted, or Redis "
+                        "was flushed); registered again", self.name)  # fmt: skip
             registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
             self._idle_written = False
             if claim is not None:
@@ -555,9 +557,16 @@ class Worker:
             self.reporter(fields)
 
     def _lease_lost(self, claim: Claim) -> None:
-        log.error("Worker %s: lost the lease on job %s (it was recovered while this worker was not "
-                  "heartbeating); its outcome here will be discarded", self.name,
-                  printable_id(claim.job.id))  # fmt: skip
+        # Say what happened, not what usually happens: after a FLUSHALL (or a restart of a Redis that
+        # does not persist) nobody recovered the job; it is gone.
+        status: bytes | None = self.redis.hget(schema.job_key(claim.job.id), "status")  # type: ignore[assignment]
+        if status is None:
+            why = "its hash is gone from Redis (deleted, expired, or Redis was flushed or restarted without its data)"
+        else:
+            why = (f"it was taken back while this worker was not heartbeating (its status is now "
+                   f"{status.decode(errors='replace')})")  # fmt: skip
+        log.error("Worker %s: lost the lease on job %s: %s; its outcome here will be discarded", self.name,
+                  printable_id(claim.job.id), why)  # fmt: skip
 
     def _redis_failed(self, exc: BaseException) -> float:
         """Record a failed Redis call; returns the backoff. Every pooled socket is dropped, so that
