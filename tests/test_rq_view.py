@@ -7,6 +7,7 @@ RQ is the client here, as in a deployment that swapped `rq worker` for workerd; 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 
@@ -69,7 +70,12 @@ def forked() -> Iterator[Callable[[Callable[[], int]], int]]:
             status.extend([raw] if done else [])
             return bool(done)
 
-        wait_until(reaped, 60, interval=0.05, message="the forked worker script to exit")
+        try:
+            wait_until(reaped, 60, interval=0.05, message="the forked worker script to exit")
+        finally:
+            if not status:  # a hung script must not outlive the test
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status[0])
 
     yield run

@@ -219,3 +219,34 @@ def test_a_custom_death_penalty_class_stops_jobs_past_their_timeout(r: redis.Red
     result = run_workerd("-u", redis_url, "--burst", "--death-penalty-class", "testjobs.PoliteDeathPenalty")
     assert result.returncode == 0, result.stderr
     assert "stopped by PoliteDeathPenalty after 1 s" in _exc(r, job.id)
+
+
+def test_a_pre_forked_horse_discarded_at_once_never_hangs_its_worker(redis_url: str) -> None:
+    """Discarding a horse before it has made its own process group used to leave waitpid() blocked
+    (its killpg found no group; the horse kept waiting on its job pipe): a worker hung in teardown."""
+    pid = os.fork()
+    if pid == 0:  # a stand-in worker: prefork and discard, as a worker stopping right after a job does
+        code = 1
+        try:
+            from workerd import horse
+
+            connection = redis.Redis.from_url(redis_url)
+            for _ in range(30):
+                horse.prefork(lambda job: None, connection, "discarding").discard()  # type: ignore[arg-type,return-value]
+            code = 0
+        finally:
+            os._exit(code)
+    status: list[int] = []
+
+    def exited() -> bool:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        status.extend([raw] if done else [])
+        return bool(done)
+
+    try:
+        wait_until(exited, timeout=30, message="30 horses forked and discarded")
+    finally:
+        if not status:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status[0]) == 0

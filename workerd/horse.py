@@ -96,9 +96,17 @@ class Horse:
         return True
 
     def discard(self) -> None:
-        """Kill and reap a horse that will not run a job."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        """Kill and reap a horse that will not run a job.
+
+        The job pipe is closed first, so a pre-forked horse still waiting on it leaves by itself, and
+        the pid is killed as well as its group: the group exists from fork() on (`_own_group`), but a
+        kill that reached neither would leave waitpid() blocked forever (a worker hung in teardown)."""
+        if self.job_fd >= 0:
+            os.close(self.job_fd)
+            self.job_fd = -1
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.close()
@@ -110,6 +118,16 @@ class Horse:
                     os.close(fd)
 
 
+def _own_group(pid: int) -> None:
+    """Put the new horse in a process group of its own, from the parent's side too.
+
+    The horse calls setpgrp() itself, but only once it runs; a killpg() sent before that would miss
+    it. Both sides setting it is the race-free idiom: whichever runs first wins, the other is a no-op
+    (EACCES once the child has exec'd, ESRCH if it is already gone)."""
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+
+
 def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
     """Fork a horse that runs `run(job)`; returns in the worker with the horse's handle."""
     read_fd, write_fd = os.pipe()
@@ -118,6 +136,7 @@ def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
     if pid == 0:  # the horse
         os.close(read_fd)
         _horse_main(lambda: (job, title), run, write_fd, parent_pid)
+    _own_group(pid)
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Horse(pid=pid, read_fd=read_fd)
@@ -134,6 +153,7 @@ def prefork(run: Callable[[Job], Outcome], connection: Redis, worker_name: str) 
         os.close(job_write)
         set_title(f"horse of {worker_name}: waiting for a job")
         _horse_main(lambda: _receive_job(job_read, connection), run, write_fd, parent_pid)
+    _own_group(pid)
     os.close(write_fd)
     os.close(job_read)
     os.set_blocking(read_fd, False)
