@@ -67,7 +67,10 @@ def current(job: Job) -> Iterator[None]:
     if _rq_job is None or job.connection is None:
         yield
         return
-    view = _rq_job.Job(job.id, connection=job.connection, serializer=job.serializer)
+    view = _rq_job.Job(connection=job.connection, serializer=job.serializer)
+    # Set past rq's validate_job_id: an id in a queue is any bytes (schema.decode_id), and rq's
+    # [A-Za-z0-9_-] rule, raised here, failed every job whose id breaks it before it ran.
+    view._id = job.id
     # RQ's restore() reads the hash as Redis returns it: bytes values.
     view.restore({key: value.encode() if isinstance(value, str) else value for key, value in job.to_mapping().items()})
     _rq_job._job_stack.push(view)
