@@ -127,8 +127,9 @@ def _field_values(name: bytes) -> st.SearchStrategy[bytes]:
 
 
 FIELD_NAMES = [b"status", b"data", *NUMERIC_FIELDS, *LIST_FIELDS, *STAMP_FIELDS, *TEXT_FIELDS]
-job_hashes = st.fixed_dictionaries({b"data": _field_values(b"data")},
-                                   optional={name: _field_values(name) for name in FIELD_NAMES if name != b"data"})
+job_hashes = st.fixed_dictionaries(
+    {b"data": _field_values(b"data")}, optional={name: _field_values(name) for name in FIELD_NAMES if name != b"data"}
+)
 hashes_without_data = st.dictionaries(st.sampled_from(FIELD_NAMES[2:]), st.binary(max_size=8), min_size=1, max_size=3)
 job_ids = st.one_of(st.sampled_from([b"", b":", b"a:b", b"::", b"\xff\xfe", b"\xff:\xfe", b"x" * 10_000, b" ",
                                      b"\x00", b"rq:job:x", b"id\nwith newline"]),
@@ -244,14 +245,19 @@ class Fate:
 def fate(r: redis.Redis, job_id: bytes) -> Fate:
     where = []
     for key in r.scan_iter(match="rq:*", count=1000):
-        kind = r.type(key)
-        if kind == b"list" and key.startswith(b"rq:queue:") and r.lpos(key, job_id) is not None:
-            where.append(key.decode(errors="replace"))
-        elif kind == b"zset" and not key.startswith(b"rq:executions:") and _in_zset(r, key, job_id):
+        if _holds(r, key, job_id):
             where.append(key.decode(errors="replace"))
     latest = r.xrevrange(_key(b"rq:results:", job_id), count=1)
     exc = latest[0][1].get(b"exc_string") if latest and latest[0][1].get(b"type") == b"2" else None
     return Fate(_status(r, job_id), sorted(where), exc)
+
+
+def _holds(r: redis.Redis, key: bytes, job_id: bytes) -> bool:
+    """Whether a queue list or a registry (not a job's own executions set) holds the id."""
+    kind = r.type(key)
+    if kind == b"list":
+        return key.startswith(b"rq:queue:") and r.lpos(key, job_id) is not None
+    return kind == b"zset" and not key.startswith(b"rq:executions:") and _in_zset(r, key, job_id)
 
 
 def _in_zset(r: redis.Redis, key: bytes, job_id: bytes) -> bool:
@@ -292,3 +298,54 @@ def _judge(f: Fate) -> Iterator[str]:
         yield f"is {f.status.decode()} but not in rq:{registry}:{QUEUE} (lists: {f.lists})"
     if f.status == b"failed" and not f.exc_string:
         yield "is failed without exc_info (no failed result entry with an exc_string)"
+
+
+# -- one example per class of input (scripts/hostile.py, docs/RELIABILITY.md) ---------------------------
+
+
+def _job(job_id: bytes, data: bytes = GOOD_DATA, pushes: int = 1, **fields: bytes) -> Entry:
+    base = {b"status": b"queued", b"origin": QUEUE.encode(), b"data": data}
+    return Entry(job_id, {**base, **{name.encode(): value for name, value in fields.items()}}, pushes)
+
+
+def _one(entry: Entry) -> Example:
+    return Example([entry])
+
+
+REPRESENTATIVES: dict[str, Example] = {
+    "well-formed job": _one(_job(b"fz-good")),
+    "non-UTF-8 id": _one(_job(b"fz-\xff\xfe")),
+    "id with ':'": _one(_job(b"fz:a:b")),
+    "empty id": _one(_job(b"")),
+    "10,000-character id": _one(_job(b"x" * 10_000)),
+    "id pushed twice": _one(_job(b"fz-twice", pushes=2)),
+    "id without a hash": _one(Entry(b"fz-ghost", None)),
+    "hash without data": _one(Entry(b"fz-nodata", {b"status": b"queued", b"origin": QUEUE.encode()})),
+    "dependency cycle": Example([_job(b"fz-cycle-a"), _job(b"fz-cycle-b")], links=[(0, 1), (1, 0)]),
+    "pickle of a missing class": _one(_job(b"fz-missing-class", DATA_VALUES["missing class pickle"])),
+    "json where pickle is expected": _one(_job(b"fz-json", DATA_VALUES["json where pickle is expected"])),
+    "zlib garbage in data": _one(_job(b"fz-zlib", DATA_VALUES["zlib garbage"])),
+    "function that does not exist": _one(_job(b"fz-nofunc", DATA_VALUES["missing function"])),
+    "fields of the wrong type": _one(
+        _job(
+            b"fz-types",
+            timeout=b"abc",
+            result_ttl=b"[]",
+            status=b"bogus",
+            created_at=b"garbage",
+            dependency_ids=b"{",
+            meta=b"\x80",
+        )
+    ),
+    "non-UTF-8 field values": _one(_job(b"fz-bytes", description=b"\xff\xfe", origin=b"\xff", worker_name=b"\xc3(")),
+    "NaN and inf numbers": _one(_job(b"fz-nan", timeout=b"nan", result_ttl=b"inf", failure_ttl=b"-inf")),
+    "result_ttl 10**16": _one(_job(b"fz-huge-ttl", result_ttl=b"10000000000000000")),
+    "negative result_ttl": _one(_job(b"fz-negative-ttl", result_ttl=b"-5")),
+    "failure_ttl 10**16": _one(_job(b"fz-huge-failure-ttl", FAILING_DATA, failure_ttl=b"10000000000000000")),
+    "retries_left 1e300": _one(_job(b"fz-retries", FAILING_DATA, retries_left=b"1e300")),
+    "retries_left 1.5": _one(_job(b"fz-retries-float", FAILING_DATA, retries_left=b"1.5")),
+    'retry_intervals ["x"]': _one(_job(b"fz-intervals-x", FAILING_DATA, retries_left=b"1", retry_intervals=b'["x"]')),
+    "retry_intervals [1e400]": _one(
+        _job(b"fz-intervals-inf", FAILING_DATA, retries_left=b"1", retry_intervals=b"[1e400]")
+    ),
+}

@@ -95,8 +95,10 @@ def run_example(worker: FuzzedWorker, r: redis.Redis, example: fuzz_inputs.Examp
     idle = fuzz_inputs.wait_for(lambda: r.zcard(schema.started_key(fuzz_inputs.QUEUE)) == 0 or not alive(), 20)
     if not alive() or not idle:
         worker.stop()
-        problems.append(f"the worker {'died' if not alive() else 'hung'} on a job left after the sentinel; "
-                        f"its log:\n{proc.output()[log_start:][-3000:]}")
+        problems.append(
+            f"the worker {'died' if not alive() else 'hung'} on a job left after the sentinel; "
+            f"its log:\n{proc.output()[log_start:][-3000:]}"
+        )
     return problems
 
 
