@@ -152,7 +152,8 @@ def examples(draw: st.DrawFn, exclude: frozenset[bytes] = frozenset()) -> Exampl
 
 
 def _without(fields: dict[bytes, bytes] | None, exclude: frozenset[bytes]) -> dict[bytes, bytes] | None:
-    return None if fields is None else {name: value for name, value in fields.items() if name not in exclude}
+    kept = {name: value for name, value in (fields or {}).items() if name not in exclude}
+    return kept or None  # nothing left to write: an id without a hash
 
 
 # -- writing ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 
 from tests import fuzz_inputs
 from tests.conftest import WorkerdProcess
@@ -32,6 +32,8 @@ from tests.redis_server import RedisServer
 from workerd import schema
 
 EXAMPLES = int(os.environ.get("WORKERD_FUZZ_EXAMPLES", "150"))
+# Another seed, for a long run that explores beyond CI's examples; unset: derandomized, as in CI.
+SEED = os.environ.get("WORKERD_FUZZ_SEED")
 EXCLUDE = frozenset(name.encode() for name in os.environ.get("WORKERD_FUZZ_EXCLUDE", "").split(",") if name)
 
 
@@ -102,9 +104,10 @@ def run_example(worker: FuzzedWorker, r: redis.Redis, example: fuzz_inputs.Examp
     return problems
 
 
-@settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, print_blob=True,
+@settings(max_examples=EXAMPLES, derandomize=SEED is None, database=None, deadline=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])  # fmt: skip
+@seed(int(SEED or 0))
 @given(example=fuzz_inputs.examples(EXCLUDE))
 def test_hostile_entries_keep_the_invariants(fuzzed: tuple[FuzzedWorker, redis.Redis],
                                              example: fuzz_inputs.Example) -> None:  # fmt: skip
