@@ -8,7 +8,8 @@ For docs/RELIABILITY.md's hostile-input table. The inputs are tests/fuzz_inputs.
 fuzzer's own). Use a throwaway Redis database: each class starts by deleting every key but the
 workers'. Per class: write the entries, enqueue a well-formed sentinel behind them, run one burst
 worker on the queue, then print what became of each hostile job (status, the lists that hold it, the
-reason in its failed result) and whether the worker came through (exit 0, sentinel finished).
+reason in its failed result), the fuzzer's invariants that fail for it (the same oracle for both
+workers), and whether the worker came through (exit 0, sentinel finished).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def run_class(r: redis.Redis, args: argparse.Namespace, name: str, example: fuzz
         if code == 0 and sentinel_done
         else f"no (exit {code}, sentinel {'ran' if sentinel_done else 'did not run'})"
     )
-    problems = fuzz_inputs.violations(r, example, output) if args.worker == "workerd" else []
+    problems = fuzz_inputs.violations(r, example, output)
     rows = []
     for entry in example.entries:
         verdict = "; ".join(p for p in problems if repr(entry.job_id[:40]) in p) or "ok"
