@@ -9,7 +9,7 @@ test:
 # A long fuzz run (tests/test_fuzz.py); FUZZ_EXAMPLES per execution mode.
 FUZZ_EXAMPLES ?= 2000
 fuzz:
-	WORKERD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) .venv/bin/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider
+	WORKERD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WORKERD_FUZZ_SHRINK=1 .venv/bin/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider
 bench: setup
 	.venv/bin/python benchmarks/bench.py
 

@@ -205,13 +205,17 @@ def settle(r: redis.Redis, alive: Callable[[], bool], rounds: int = 5, timeout_s
     for _ in range(rounds):
         sentinel = Queue(QUEUE, connection=r).enqueue("reliability_jobs.add", 2, 3).id
         sentinels.append(sentinel)
-        if not wait_for(lambda s=sentinel: _status(r, s.encode()) == b"finished" or not alive(), timeout_s):  # type: ignore[misc]
+        if not wait_for(_finished_or_dead(r, sentinel.encode(), alive), timeout_s):
             return Settled(sentinels, f"the sentinel job did not finish within {timeout_s:g} s")
         if not alive():
             return Settled(sentinels, "the worker died")
         if r.llen(schema.queue_key(QUEUE)) == 0 and r.zcard(schema.started_key(QUEUE)) == 0:
             return Settled(sentinels, None)
     return Settled(sentinels, None)  # still work left (a job that retries for ever): judged as queued
+
+
+def _finished_or_dead(r: redis.Redis, job_id: bytes, alive: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: _status(r, job_id) == b"finished" or not alive()
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:

@@ -11,9 +11,9 @@ sentinel behind them and wait for it (tests/fuzz_inputs.settle) → check the in
 4. finished is in the finished registry, failed in the failed registry with exc_info;
 5. no id is in no list at all (queued means in a queue).
 
-The CI run is seeded and small; a longer run: `make fuzz`, or
-`WORKERD_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/test_fuzz.py`. A worker that died or hung
-in one example is replaced before the next, so that shrinking goes on.
+The CI run is seeded, small and does not shrink; a longer run (shrinking failures): `make fuzz`, or
+`WORKERD_FUZZ_EXAMPLES=2000 WORKERD_FUZZ_SHRINK=1 .venv/bin/python -m pytest tests/test_fuzz.py`.
+A worker that died or hung in one example is replaced before the next, so that shrinking goes on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from tests import fuzz_inputs
 from tests.conftest import WorkerdProcess
@@ -34,6 +34,9 @@ from workerd import schema
 EXAMPLES = int(os.environ.get("WORKERD_FUZZ_EXAMPLES", "150"))
 # Another seed, for a long run that explores beyond CI's examples; unset: derandomized, as in CI.
 SEED = os.environ.get("WORKERD_FUZZ_SEED")
+# Shrinking a failure restarts the worker for every failing try (minutes on a loaded machine): off
+# in CI, which must stay within a few minutes even while a defect is open; on in `make fuzz`.
+PHASES = tuple(Phase) if os.environ.get("WORKERD_FUZZ_SHRINK") else tuple(p for p in Phase if p != Phase.shrink)
 EXCLUDE = frozenset(name.encode() for name in os.environ.get("WORKERD_FUZZ_EXCLUDE", "").split(",") if name)
 
 
@@ -104,7 +107,7 @@ def run_example(worker: FuzzedWorker, r: redis.Redis, example: fuzz_inputs.Examp
     return problems
 
 
-@settings(max_examples=EXAMPLES, derandomize=SEED is None, database=None, deadline=None, print_blob=True,
+@settings(max_examples=EXAMPLES, derandomize=SEED is None, database=None, phases=PHASES, deadline=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])  # fmt: skip
 @seed(int(SEED or 0))
