@@ -57,14 +57,14 @@ def test_id_outside_rqs_pattern_runs(worker: FuzzedWorker, r: redis.Redis, job_i
 # -- found by the fuzzer, known defects of issue 12 (fixed on other branches) ------------------------
 
 
-@pytest.mark.parametrize("retries_left", [b"1.5", b"1e300", b" 5", b"0x10", b"99999999999999999999999"])
+@pytest.mark.parametrize("retries_left", [b"1.5", b"1e300", b" 5", b"99999999999999999999999"])
 def test_retries_left_not_an_integer_to_redis(worker: FuzzedWorker, r: redis.Redis, retries_left: bytes) -> None:
     # Issue 12 defect 3: the failure commit's HINCRBY retries_left -1 errors after the script's
     # first writes; the worker exits 70 and the job stays started in rq:wip.
     _assert_invariants(worker, r, Example([_job(b"fz-retries", FAILING_DATA, retries_left=retries_left)]))
 
 
-@pytest.mark.parametrize("intervals", [b'["x"]', b"[null]", b"[1e400]", b"[1.5]"])
+@pytest.mark.parametrize("intervals", [b'["x"]', b"[null]", b"[1e400]"])
 def test_retry_intervals_not_integers(worker: FuzzedWorker, r: redis.Redis, intervals: bytes) -> None:
     # Issue 12 defect 3: a retry interval that is not an integer.
     example = Example([_job(b"fz-intervals", FAILING_DATA, retries_left=b"1", retry_intervals=intervals)])
