@@ -1,11 +1,15 @@
 # Shortcuts for the README's commands.
-.PHONY: setup demo test bench deb rpm
+.PHONY: setup demo test fuzz bench deb rpm
 setup:
 	bash scripts/setup.sh
 demo:
 	bash scripts/demo.sh
 test:
 	bash scripts/test.sh
+# A long fuzz run (tests/test_fuzz.py); FUZZ_EXAMPLES per execution mode.
+FUZZ_EXAMPLES ?= 2000
+fuzz:
+	WORKERD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WORKERD_FUZZ_SHRINK=1 .venv/bin/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider
 bench: setup
 	.venv/bin/python benchmarks/bench.py
 
