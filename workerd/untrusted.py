@@ -160,8 +160,9 @@ def resolve(path: str, patterns: Sequence[str], label: str) -> Any:
             )
     own = _own_path(value)
     if own is None or not is_allowed(own, patterns):
+        reached = repr(own) if own else f"a {type(value).__name__} with no path of its own"
         raise UntrustedJobRefused(
-            f"{label} resolves to {own or repr(value)!r}, which is not in ALLOWED_FUNCTIONS ({', '.join(patterns)}); "
+            f"{label} resolves to {reached}, which is not in ALLOWED_FUNCTIONS ({', '.join(patterns)}); "
             "it was not called"
         )
     if not callable(value):
