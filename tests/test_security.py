@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import WorkerdProcess, run_workerd, wait_until
+from tests.conftest import JOBS_DIR, WorkerdProcess, run_workerd, wait_until
 from tests.redis_server import RedisServer, make_tls_files
 from workerd import Job, Queue, schema
 from workerd.errors import ConfigError
@@ -89,12 +89,90 @@ def test_the_allowlist_with_pickle_refuses_to_start(redis_url: str) -> None:
 
 
 def test_patterns_match_dotted_paths() -> None:
-    from workerd.untrusted import is_allowed
+    from workerd.untrusted import is_allowed, settings_problem
 
     assert is_allowed("myapp.tasks.send", ["myapp.tasks.*"])
     assert not is_allowed("myapp.tasksx.send", ["myapp.tasks.*"])
     assert not is_allowed("os.system", ["myapp.tasks.*"])
     assert not is_allowed("MYAPP.tasks.send", ["myapp.tasks.*"])  # case-sensitive, as import paths are
+    # No wildcard crosses a dot (fnmatch's * did: myapp.tasks.os.system matched myapp.tasks.*).
+    assert not is_allowed("myapp.tasks.os.system", ["myapp.tasks.*"])
+    assert not is_allowed("myapp.tasks.os.system", ["myapp.*.system"])
+    assert not is_allowed("myapp.tasks.xy.z", ["myapp.tasks.?.z", "myapp.*"])
+    assert is_allowed("myapp.tasks.a.y", ["myapp.tasks.?.y"])
+    assert is_allowed("myapp.tasks.send_mail", ["myapp.tasks.send_*"])
+    assert not is_allowed("myapp.tasks.send.mail", ["myapp.tasks.send*"])
+    # ** is a whole segment for any depth (one or more names).
+    assert is_allowed("myapp.tasks.a.b.send", ["myapp.**"]) and is_allowed("myapp.a.run", ["myapp.**.run"])
+    assert not is_allowed("myapp", ["myapp.**"]) and not is_allowed("myappx.a", ["myapp.**"])
+    assert is_allowed("myapp.reports.build", ["myapp.reports.build"])  # exact names match exactly
+    assert not is_allowed("myapp.reports.builder", ["myapp.reports.build"])
+    assert not is_allowed("myapp.reports.build", ["myapp.reports.buil[a-z]"])  # no fnmatch classes...
+    for bad in ("myapp.tasks.[a-z]*", "myapp.**x", "myapp..x", "myapp tasks", "myapp.***"):
+        assert "is not a pattern of dotted names" in (settings_problem("json", [bad]) or ""), bad  # ...refused
+    assert settings_problem("json", ["myapp.tasks.*", "myapp.**.run", "a_b.c?"]) is None
+
+
+def _call_data(func_name: str, *args: object) -> bytes:
+    return zlib.compress(json.dumps([func_name, None, list(args), {}]).encode())
+
+
+STAR = ("--allowed-function", "untrusted_pkg.*", "--allowed-function", "untrusted_pkg.tasks.*")
+ANY_DEPTH = ("--allowed-function", "untrusted_pkg.tasks.**")
+
+
+@pytest.mark.parametrize("patterns", [STAR, ANY_DEPTH], ids=["star", "any-depth"])
+@pytest.mark.parametrize("execution", ["fork", "inprocess"])
+def test_an_allowed_module_exports_nothing_it_imports(r: redis.Redis, redis_url: str, tmp_path: Path, execution: str,
+                                                     patterns: tuple[str, ...]) -> None:  # fmt: skip
+    """untrusted_pkg.tasks does `import os`, `import subprocess`, `from os import system`, keeps the
+    builtin `open` and re-exports untrusted_pkg.admin.wipe: none of it runs through an allowed path,
+    whether the pattern stops the path (star) or the check of what the import resolved to does
+    (any-depth). Each forged call would leave a file in tmp_path."""
+    forged = {
+        "import os": _forge(r, _call_data("untrusted_pkg.tasks.os.system", f"touch {tmp_path / 'system'}")),
+        "import subprocess": _forge(r, _call_data("untrusted_pkg.tasks.subprocess.run",
+                                                  ["touch", str(tmp_path / "run")])),
+        "from os import system": _forge(r, _call_data("untrusted_pkg.tasks.system", f"touch {tmp_path / 'system2'}")),
+        "a builtin": _forge(r, _call_data("untrusted_pkg.tasks.open_file", str(tmp_path / "open"), "w")),
+        "__builtins__": _forge(r, _call_data("untrusted_pkg.tasks.__builtins__.get", "open")),
+        "* across a dot": _forge(r, _call_data("untrusted_pkg.admin.wipe")),
+        "re-exported": _forge(r, _call_data("untrusted_pkg.tasks.wipe")),
+        "success callback": _forge(r, _call_data("untrusted_pkg.tasks.echo", 1),
+                                   success_callback_name="untrusted_pkg.tasks.wipe"),
+        "failure callback": _forge(r, _call_data("untrusted_pkg.tasks.echo"),  # a TypeError: it fails
+                                   failure_callback_name="untrusted_pkg.tasks.os.system"),
+    }  # fmt: skip
+    legit = Queue("default", connection=r, serializer="json").enqueue("untrusted_pkg.tasks.echo", 42)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution, "--serializer", "json", *patterns,
+                         env={"UNTRUSTED_MARKERS": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for shape, job_id in forged.items():
+        assert _status(r, job_id) == "failed", shape
+        assert _exc(r, job_id).startswith("UntrustedJobRefused: "), (shape, _exc(r, job_id))
+    assert list(tmp_path.iterdir()) == []  # nothing forged ran
+    assert Job.fetch(legit.id, connection=r, serializer="json").return_value() == 42
+    if patterns == ANY_DEPTH:  # the path matched: what refused it is the check after the import
+        assert "reaches 'untrusted_pkg.tasks.os', which is a module" in _exc(r, forged["import os"])
+        assert "reaches 'untrusted_pkg.tasks.system', which is a builtin function" in _exc(
+            r, forged["from os import system"]
+        )
+        assert "resolves to 'untrusted_pkg.admin.wipe'" in _exc(r, forged["success callback"])
+        assert "reaches 'untrusted_pkg.tasks.open_file', which is a builtin" in _exc(r, forged["a builtin"])
+        assert "resolves to 'untrusted_pkg.admin.wipe'" in _exc(r, forged["re-exported"])
+
+
+def test_the_stopped_callback_is_checked_where_it_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker runs on_stopped itself (and on_failure of an abandoned job): the same check."""
+    monkeypatch.syspath_prepend(str(JOBS_DIR))
+    monkeypatch.setenv("UNTRUSTED_MARKERS", str(tmp_path))
+    from workerd.execution import UnixSignalDeathPenalty, run_callback
+    from workerd.untrusted import UntrustedJobRefused
+
+    job = Job(id="stop-me", stopped_callback_name="untrusted_pkg.tasks.wipe")
+    with pytest.raises(UntrustedJobRefused, match=r"resolves to 'untrusted_pkg\.admin\.wipe'"):
+        run_callback(job, "stopped", UnixSignalDeathPenalty, ["untrusted_pkg.tasks.*"])
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- passwords ------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
-from workerd import rqview
+from workerd import rqview, untrusted
 from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
 from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, JobStatus, encode_return_value
-from workerd.utils import import_attribute, printable_id
+from workerd.untrusted import UntrustedJobRefused
+from workerd.utils import printable_id
 
 log = logging.getLogger("workerd.job")
 
@@ -92,8 +93,8 @@ def format_exception(exc: BaseException) -> str:
         return f"{type(exc).__module__}.{type(exc).__qualname__}: <the exception could not be printed>\n"
 
 
-def _call(job: Job) -> Any:
-    value = job.func(*job.args, **job.kwargs)
+def _call(job: Job, allowed_functions: Sequence[str]) -> Any:
+    value = untrusted.job_function(job, allowed_functions)(*job.args, **job.kwargs)
     if inspect.iscoroutine(value):
         value = asyncio.run(value)
     return value
@@ -104,27 +105,33 @@ def perform(
     death_penalty_class: type[BaseDeathPenalty] = UnixSignalDeathPenalty,
     exception_handlers: Sequence[ExceptionHandler] = (),
     record_failure: bool = True,
+    allowed_functions: Sequence[str] = (),
 ) -> Outcome:
     """Run `job` (and its success or failure callback) to an Outcome. Never raises: every failure,
-    timeout included, is in the Outcome."""
+    timeout included, is in the Outcome. With `allowed_functions`, the function and callbacks are
+    checked where they are imported (workerd.untrusted.job_function)."""
     started = time.time()
     _current_jobs.append(job)
     try:
         with rqview.current(job), death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(),
                                                       job_id=job.id):  # fmt: skip
-            value = _call(job)
+            value = _call(job, allowed_functions)
         retry = _as_retry(value)
         encoded = None if value is None else encode_return_value(value, job.serializer)
         if job.success_callback_name and retry is None:
-            run_callback(job, "success", death_penalty_class, value)
+            run_callback(job, "success", death_penalty_class, allowed_functions, value)
         return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded,
                        retry=retry)  # fmt: skip
+    except UntrustedJobRefused as refused:  # as the worker's own refusal: no callback, no handler runs
+        return Outcome(succeeded=False, started_at=started, ended_at=time.time(), exc_string=f"{_one_line(refused)}\n",
+                       reason=_one_line(refused))  # fmt: skip
     except BaseException as exc:  # SystemExit from a job is a failure of that job, not of the worker
         ended = time.time()
         exc_string = format_exception(exc)
         if job.failure_callback_name:
             try:
-                run_callback(job, "failure", death_penalty_class, type(exc), exc, exc.__traceback__)
+                run_callback(job, "failure", death_penalty_class, allowed_functions, type(exc), exc,
+                             exc.__traceback__)  # fmt: skip
             except BaseException as callback_exc:  # as rq: the callback's traceback replaces the job's
                 exc, exc_string = callback_exc, format_exception(callback_exc)
         run_exception_handlers(job, exc, exception_handlers)
@@ -143,18 +150,22 @@ def perform(
 _STATUS_SEEN_BY_CALLBACK = {"success": JobStatus.FINISHED, "failure": JobStatus.FAILED, "stopped": JobStatus.STOPPED}
 
 
-def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], *args: Any) -> None:
+def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], allowed_functions: Sequence[str],
+                 *args: Any) -> None:  # fmt: skip
     """Call the job's on_success / on_failure / on_stopped as rq does: (job, connection, *args),
-    under its own timeout (default 60 s). Raises what the callback raises."""
+    under its own timeout (default 60 s). Raises what the callback raises, and UntrustedJobRefused
+    for a callback the allowlist refuses (not called)."""
     name = getattr(job, f"{kind}_callback_name")
     timeout = getattr(job, f"{kind}_callback_timeout") or CALLBACK_TIMEOUT_S
     # RQ's view (rq #1631): the callback's job already has its final status, in memory. Redis gets it
     # from the worker's commit, after the callback: the one writer of job state stays the worker.
     job.status = _STATUS_SEEN_BY_CALLBACK[kind]
+    shown = printable_id(job.id)
     try:
-        callback = import_attribute(name)
+        callback = untrusted.resolve(name, allowed_functions, f"the {kind} callback {name!r} of job {shown}")
+    except UntrustedJobRefused:
+        raise
     except Exception as exc:
-        shown = printable_id(job.id)
         raise ImportError(f"the {kind} callback {name!r} of job {shown} cannot be imported: {exc}") from exc
     with death_penalty_class(timeout, rqview.timeout_exception(), job_id=job.id):
         callback(job, job.connection, *args)

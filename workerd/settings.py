@@ -221,8 +221,9 @@ class Settings(BaseSettings):
 
     # -- untrusted Redis ----------------------------------------------------------------------------
     allowed_functions: CommaList = Field(
-        default_factory=list, description="fnmatch patterns of the dotted function paths jobs may run (e.g. "
-        "myapp.tasks.*); callbacks too. Checked before importing, in the worker: anything else fails. Needs "
+        default_factory=list, description="Patterns of the dotted function paths jobs may run (e.g. "
+        "myapp.tasks.*: * and ? stay within one name, ** is any depth); callbacks too. Checked before importing, "
+        "and what the import resolves to is checked again before it is called: anything else fails. Needs "
         "SERIALIZER = 'json' (pickle data runs code when decoded); jobs on a bound method or callable "
         "instance are refused. Unset: any function (Redis is trusted). See docs/SECURITY.md.",
         json_schema_extra=_cli("--allowed-function", metavar="PATTERN", repeat=True))  # fmt: skip

@@ -6,6 +6,7 @@ import builtins
 import importlib
 import re
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 from workerd import schema
@@ -24,20 +25,26 @@ def import_attribute(path: str) -> Any:
         if hasattr(builtins, path):
             return getattr(builtins, path)
         raise ImportError(f"{path!r} is not a dotted path (expected module.function)")
+    value, attributes = import_module_prefix(path)
+    for attribute in attributes:
+        value = getattr(value, attribute)
+    return value
+
+
+def import_module_prefix(path: str) -> tuple[ModuleType, list[str]]:
+    """Import the longest module `path` starts with (never `path` itself, which names an attribute);
+    return it and the attribute names that follow it."""
     parts = path.split(".")
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
         try:
-            value: Any = importlib.import_module(module_name)
+            return importlib.import_module(module_name), parts[split:]
         except ModuleNotFoundError as exc:
             # Only swallow "this candidate module does not exist"; an import error raised from
             # inside an existing module is the user's bug and must surface.
             if exc.name is not None and module_name.startswith(exc.name):
                 continue
             raise
-        for attribute in parts[split:]:
-            value = getattr(value, attribute)
-        return value
     raise ImportError(f"cannot import {path!r}: no module found")
 
 

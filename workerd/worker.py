@@ -543,8 +543,8 @@ class Worker:
         if job.failure_callback_name:
             try:
                 # As RQ: the "traceback" is the cleaning process's stack; no job frame exists.
-                run_callback(job, "failure", self.death_penalty_class, AbandonedJobError, exc,
-                             traceback.extract_stack())  # fmt: skip
+                run_callback(job, "failure", self.death_penalty_class, self.settings.allowed_functions,
+                             AbandonedJobError, exc, traceback.extract_stack())  # fmt: skip
             except Exception:
                 shown = printable_id(job_id)
                 log.exception("Worker %s: the failure callback of abandoned job %s raised", self.name, shown,
@@ -680,7 +680,8 @@ class Worker:
     def perform(self, job: Job) -> Outcome:
         """Run the job's function here (in the horse, or in-process). Never raises."""
         return perform(job, self.death_penalty_class, self.exception_handlers,
-                       record_failure=not self.settings.disable_default_exception_handler)  # fmt: skip
+                       record_failure=not self.settings.disable_default_exception_handler,
+                       allowed_functions=self.settings.allowed_functions)  # fmt: skip
 
     def run_job(self, claim: Claim) -> Outcome | None:
         job = claim.job
@@ -928,7 +929,7 @@ class Worker:
         job = claim.job
         if job.stopped_callback_name:
             try:
-                run_callback(job, "stopped", self.death_penalty_class)
+                run_callback(job, "stopped", self.death_penalty_class, self.settings.allowed_functions)
             except Exception as exc:
                 log.error("Worker %s: the stopped callback of job %s raised: %s", self.name, printable_id(job.id), exc)
         self.committer.commit_failure(claim, outcome, stopped=True)
