@@ -96,9 +96,19 @@ class Horse:
         return True
 
     def discard(self) -> None:
-        """Kill and reap a horse that will not run a job."""
+        """Kill and reap a horse that will not run a job.
+
+        The job pipe is closed first: a pre-forked horse that is still starting then finds it at its
+        end and leaves by itself. The SIGKILL goes to the horse's group, which exists from the moment
+        fork() returned here (see _own_group), and to the horse itself, so waitpid() returns whether
+        or not the horse got as far as anything."""
+        if self.job_fd >= 0:
+            os.close(self.job_fd)
+            self.job_fd = -1
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # not reaped yet, so the pid is still this horse's
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.close()
@@ -118,6 +128,7 @@ def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
     if pid == 0:  # the horse
         os.close(read_fd)
         _horse_main(lambda: (job, title), run, write_fd, parent_pid)
+    _own_group(pid)
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Horse(pid=pid, read_fd=read_fd)
@@ -134,10 +145,22 @@ def prefork(run: Callable[[Job], Outcome], connection: Redis, worker_name: str) 
         os.close(job_write)
         set_title(f"horse of {worker_name}: waiting for a job")
         _horse_main(lambda: _receive_job(job_read, connection), run, write_fd, parent_pid)
+    _own_group(pid)
     os.close(write_fd)
     os.close(job_read)
     os.set_blocking(read_fd, False)
     return Horse(pid=pid, read_fd=read_fd, job_fd=job_write)
+
+
+def _own_group(pid: int) -> None:
+    """Put the new horse in its own process group from the worker's side too.
+
+    The horse calls setpgrp() itself, but only once it runs: until then a killpg() from the worker
+    finds no such group, and a worker that discarded a pre-forked horse in that window waited forever
+    for a horse that waited for its job. Both sides calling setpgid() is the race-free idiom: whichever
+    runs first creates the group, the other's call changes nothing."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone: waitpid will say so
+        os.setpgid(pid, pid)
 
 
 def _receive_job(job_read: int, connection: Redis) -> tuple[Job, str]:
@@ -156,7 +179,8 @@ def _horse_main(obtain: Callable[[], tuple[Job, str]], run: Callable[[Job], Outc
                 parent_pid: int) -> None:  # fmt: skip
     code = 0
     try:
-        # Its own process group, so the worker can kill the job together with any grandchildren.
+        # Its own process group, so the worker can kill the job together with any grandchildren
+        # (the worker sets it too, see _own_group).
         os.setpgrp()
         die_with_parent(parent_pid)  # a worker killed with -9 takes its horse along
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C on a terminal is for the worker
