@@ -219,3 +219,17 @@ def test_a_custom_death_penalty_class_stops_jobs_past_their_timeout(r: redis.Red
     result = run_workerd("-u", redis_url, "--burst", "--death-penalty-class", "testjobs.PoliteDeathPenalty")
     assert result.returncode == 0, result.stderr
     assert "stopped by PoliteDeathPenalty after 1 s" in _exc(r, job.id)
+
+
+def test_a_single_worker_goes_on_after_horses_over_the_hard_memory_limit(r: redis.Redis, redis_url: str) -> None:
+    # No master to replace it: the worker fails each hog with the memory reason and drains the queue.
+    q = Queue("default", connection=r)
+    hogs = [q.enqueue("testjobs.allocate_mib", 300, 5) for _ in range(2)]
+    ok = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--hard-memory-limit", "150", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for hog in hogs:
+        assert _status(r, hog.id) == "failed"
+        assert "hard memory limit of 150 MiB" in _exc(r, hog.id)
+    assert Job.fetch(ok.id, connection=r).return_value() == 3
+    assert "No more work, burst finished." in result.stdout

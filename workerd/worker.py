@@ -820,7 +820,11 @@ class Worker:
             return None
         if hard is not None and use.uss_mib > hard:
             _kill_group(horse.pid)
-            self.stop("replaced after its horse hit the hard memory limit")
+            # Under a master this worker is replaced (documented). A single worker is its own
+            # supervisor for its horses: stopping here would end it with exit code 0, the queue not
+            # drained, and a unit with Restart=on-failure would leave it down. It forks the next one.
+            if self.reporter is not None:
+                self.stop("replaced after its horse hit the hard memory limit")
             self.report(kill="hard_memory")
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
                     f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
