@@ -233,3 +233,19 @@ def test_a_single_worker_goes_on_after_horses_over_the_hard_memory_limit(r: redi
         assert "hard memory limit of 150 MiB" in _exc(r, hog.id)
     assert Job.fetch(ok.id, connection=r).return_value() == 3
     assert "No more work, burst finished." in result.stdout
+
+
+def test_an_inprocess_job_that_exits_or_is_interrupted_fails_and_the_worker_goes_on(r: redis.Redis,
+                                                                                     redis_url: str) -> None:  # fmt: skip
+    q = Queue("default", connection=r)
+    exits = [q.enqueue("sys.exit", 0), q.enqueue("sys.exit"), q.enqueue("testjobs.raise_base_exception", "SystemExit", 3)]
+    interrupted = q.enqueue("testjobs.raise_base_exception", "KeyboardInterrupt")
+    ok = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", "inprocess", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in exits:
+        assert _status(r, job.id) == "failed"
+        assert "SystemExit" in _exc(r, job.id)
+    assert "KeyboardInterrupt" in _exc(r, interrupted.id)
+    assert Job.fetch(ok.id, connection=r).return_value() == 3
+    assert "No more work, burst finished." in result.stdout

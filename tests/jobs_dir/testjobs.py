@@ -33,6 +33,10 @@ def exit_hard(code=3):
     os._exit(code)
 
 
+def raise_base_exception(name="SystemExit", *args):
+    raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[name](*args)
+
+
 def kill_self(signum=signal.SIGKILL):
     os.kill(os.getpid(), signum)
 
