@@ -235,10 +235,13 @@ def test_a_single_worker_goes_on_after_horses_over_the_hard_memory_limit(r: redi
     assert "No more work, burst finished." in result.stdout
 
 
-def test_an_inprocess_job_that_exits_or_is_interrupted_fails_and_the_worker_goes_on(r: redis.Redis,
-                                                                                     redis_url: str) -> None:  # fmt: skip
+def test_an_inprocess_job_that_exits_or_is_interrupted_fails(r: redis.Redis, redis_url: str) -> None:
     q = Queue("default", connection=r)
-    exits = [q.enqueue("sys.exit", 0), q.enqueue("sys.exit"), q.enqueue("testjobs.raise_base_exception", "SystemExit", 3)]
+    exits = [
+        q.enqueue("sys.exit", 0),
+        q.enqueue("sys.exit"),
+        q.enqueue("testjobs.raise_base_exception", "SystemExit", 3),
+    ]
     interrupted = q.enqueue("testjobs.raise_base_exception", "KeyboardInterrupt")
     ok = q.enqueue("testjobs.add", 1, 2)
     result = run_workerd("-u", redis_url, "--burst", "--execution", "inprocess", timeout=60)
@@ -249,3 +252,18 @@ def test_an_inprocess_job_that_exits_or_is_interrupted_fails_and_the_worker_goes
     assert "KeyboardInterrupt" in _exc(r, interrupted.id)
     assert Job.fetch(ok.id, connection=r).return_value() == 3
     assert "No more work, burst finished." in result.stdout
+
+
+def test_an_inprocess_job_that_calls_os_exit_fails_and_the_worker_exits_non_zero(r: redis.Redis,
+                                                                                 redis_url: str) -> None:  # fmt: skip
+    # os._exit ends the process whatever we do; it must not end it with 0 (Restart=on-failure would
+    # leave the worker down) nor leave its job started.
+    q = Queue("default", connection=r)
+    vanishing = q.enqueue("testjobs.exit_hard", 0)
+    later = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", "inprocess", timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"job {vanishing.id} called os._exit(0)" in result.stdout + result.stderr
+    assert _status(r, vanishing.id) == "failed"
+    assert "the job called os._exit(0) in the worker process" in _exc(r, vanishing.id)
+    assert _status(r, later.id) == "queued"  # the next start runs it
