@@ -102,6 +102,20 @@ def test_grandchildren_die_with_their_horse(r: redis.Redis, redis_url: str, tmp_
                message="the grandchild to be killed")  # fmt: skip
 
 
+def test_a_grandchild_that_calls_setsid_outlives_its_horse(r: redis.Redis, redis_url: str, tmp_path: Path,
+                                                           workerd) -> None:  # fmt: skip
+    # The documented limit (README, docs/RELIABILITY.md): only the unit's cgroup contains it. The
+    # worker's output goes to a file: the escaped process holds the worker's stdout and stderr open.
+    pidfile = tmp_path / "session-leader.pid"
+    Queue("default", connection=r).enqueue("testjobs.spawn_session_leader", str(pidfile))
+    assert workerd("-u", redis_url, "--burst").wait() == 0
+    escaped = int(pidfile.read_text())
+    try:
+        assert psutil.Process(escaped).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
 def test_max_jobs_stops_after_n(r: redis.Redis, redis_url: str) -> None:
     q = Queue("default", connection=r)
     jobs = [q.enqueue("testjobs.add", i, i) for i in range(5)]

@@ -97,6 +97,17 @@ def spawn_grandchild_and_sleep(pidfile, seconds):
     return pid
 
 
+def spawn_session_leader(pidfile):
+    pid = os.fork()
+    if pid == 0:  # leaves the horse's process group, as a daemonising library would
+        os.setsid()
+        time.sleep(600)
+        os._exit(0)
+    with open(pidfile, "w") as handle:
+        handle.write(str(pid))
+    return pid
+
+
 def allocate_mib(mib, hold_s=0.0):
     block = bytearray(mib * 1024 * 1024)
     for i in range(0, len(block), 4096):
