@@ -308,3 +308,19 @@ def test_usr1_reopens_the_log_file_after_rotation(r, redis_url, workerd, tmp_pat
     wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), message="a new log file")
     job = Queue("default", connection=r).enqueue("testjobs.add", 1, 2)
     wait_until(lambda: job.id in log_file.read_text(), message="worker lines in the new file")
+
+
+def test_a_worker_that_exits_0_with_a_job_in_hand_died(r, redis_url, workerd) -> None:
+    # An in-process job that calls posix._exit(0) (os._exit is guarded, see the single-worker test)
+    # ends its worker with exit code 0. The master must not take that for a clean stop (a burst pool
+    # would finish with the job started and the queue full).
+    q = Queue("default", connection=r)
+    vanishing = q.enqueue("posix._exit", 0)
+    ok = q.enqueue("testjobs.add", 1, 2)
+    master = workerd("-u", redis_url, "--workers", "1", "--execution", "inprocess", "--burst")
+    assert master.wait(timeout=60) == 0
+    output = master.output()
+    assert "died (exit code 0)" in output and f"it was running job {vanishing.id}" in output
+    assert _status(r, vanishing.id) == "failed"
+    assert "possible poison pill" in Job.fetch(vanishing.id, connection=r).exc_info
+    assert Job.fetch(ok.id, connection=r).return_value() == 3

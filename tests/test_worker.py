@@ -102,6 +102,20 @@ def test_grandchildren_die_with_their_horse(r: redis.Redis, redis_url: str, tmp_
                message="the grandchild to be killed")  # fmt: skip
 
 
+def test_a_grandchild_that_calls_setsid_outlives_its_horse(r: redis.Redis, redis_url: str, tmp_path: Path,
+                                                           workerd) -> None:  # fmt: skip
+    # The documented limit (README, docs/RELIABILITY.md): only the unit's cgroup contains it. The
+    # worker's output goes to a file: the escaped process holds the worker's stdout and stderr open.
+    pidfile = tmp_path / "session-leader.pid"
+    Queue("default", connection=r).enqueue("testjobs.spawn_session_leader", str(pidfile))
+    assert workerd("-u", redis_url, "--burst").wait() == 0
+    escaped = int(pidfile.read_text())
+    try:
+        assert psutil.Process(escaped).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
 def test_max_jobs_stops_after_n(r: redis.Redis, redis_url: str) -> None:
     q = Queue("default", connection=r)
     jobs = [q.enqueue("testjobs.add", i, i) for i in range(5)]
@@ -221,32 +235,49 @@ def test_a_custom_death_penalty_class_stops_jobs_past_their_timeout(r: redis.Red
     assert "stopped by PoliteDeathPenalty after 1 s" in _exc(r, job.id)
 
 
-def test_a_pre_forked_horse_discarded_at_once_never_hangs_its_worker(redis_url: str) -> None:
-    """Discarding a horse before it has made its own process group used to leave waitpid() blocked
-    (its killpg found no group; the horse kept waiting on its job pipe): a worker hung in teardown."""
-    pid = os.fork()
-    if pid == 0:  # a stand-in worker: prefork and discard, as a worker stopping right after a job does
-        code = 1
-        try:
-            from workerd import horse
+def test_a_single_worker_goes_on_after_horses_over_the_hard_memory_limit(r: redis.Redis, redis_url: str) -> None:
+    # No master to replace it: the worker fails each hog with the memory reason and drains the queue.
+    q = Queue("default", connection=r)
+    hogs = [q.enqueue("testjobs.allocate_mib", 300, 5) for _ in range(2)]
+    ok = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--hard-memory-limit", "150", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for hog in hogs:
+        assert _status(r, hog.id) == "failed"
+        assert "hard memory limit of 150 MiB" in _exc(r, hog.id)
+    assert Job.fetch(ok.id, connection=r).return_value() == 3
+    assert "No more work, burst finished." in result.stdout
 
-            connection = redis.Redis.from_url(redis_url)
-            for _ in range(30):
-                horse.prefork(lambda job: None, connection, "discarding").discard()  # type: ignore[arg-type,return-value]
-            code = 0
-        finally:
-            os._exit(code)
-    status: list[int] = []
 
-    def exited() -> bool:
-        done, raw = os.waitpid(pid, os.WNOHANG)
-        status.extend([raw] if done else [])
-        return bool(done)
+def test_an_inprocess_job_that_exits_or_is_interrupted_fails(r: redis.Redis, redis_url: str) -> None:
+    q = Queue("default", connection=r)
+    exits = [
+        q.enqueue("sys.exit", 0),
+        q.enqueue("sys.exit"),
+        q.enqueue("testjobs.raise_base_exception", "SystemExit", 3),
+    ]
+    interrupted = q.enqueue("testjobs.raise_base_exception", "KeyboardInterrupt")
+    ok = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", "inprocess", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in exits:
+        assert _status(r, job.id) == "failed"
+        assert "SystemExit" in _exc(r, job.id)
+    assert "KeyboardInterrupt" in _exc(r, interrupted.id)
+    assert Job.fetch(ok.id, connection=r).return_value() == 3
+    assert "No more work, burst finished." in result.stdout
 
-    try:
-        wait_until(exited, timeout=30, message="30 horses forked and discarded")
-    finally:
-        if not status:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status[0]) == 0
+
+def test_an_inprocess_job_that_calls_os_exit_fails_and_the_worker_exits_non_zero(r: redis.Redis,
+                                                                                 redis_url: str) -> None:  # fmt: skip
+    # os._exit ends the process whatever we do; it must not end it with 0 (Restart=on-failure would
+    # leave the worker down) nor leave its job started.
+    q = Queue("default", connection=r)
+    vanishing = q.enqueue("testjobs.exit_hard", 0)
+    later = q.enqueue("testjobs.add", 1, 2)
+    result = run_workerd("-u", redis_url, "--burst", "--execution", "inprocess", timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"job {vanishing.id} called os._exit(0)" in result.stdout + result.stderr
+    assert _status(r, vanishing.id) == "failed"
+    assert "the job called os._exit(0) in the worker process" in _exc(r, vanishing.id)
+    assert _status(r, later.id) == "queued"  # the next start runs it

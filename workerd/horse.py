@@ -98,15 +98,17 @@ class Horse:
     def discard(self) -> None:
         """Kill and reap a horse that will not run a job.
 
-        The job pipe is closed first, so a pre-forked horse still waiting on it leaves by itself, and
-        the pid is killed as well as its group: the group exists from fork() on (`_own_group`), but a
-        kill that reached neither would leave waitpid() blocked forever (a worker hung in teardown)."""
+        The job pipe is closed first: a pre-forked horse that is still starting then finds it at its
+        end and leaves by itself. The SIGKILL goes to the horse's group, which exists from the moment
+        fork() returned here (see _own_group), and to the horse itself, so waitpid() returns whether
+        or not the horse got as far as anything."""
         if self.job_fd >= 0:
             os.close(self.job_fd)
             self.job_fd = -1
-        for kill in (os.killpg, os.kill):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # not reaped yet, so the pid is still this horse's
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.close()
@@ -116,16 +118,6 @@ class Horse:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-
-
-def _own_group(pid: int) -> None:
-    """Put the new horse in a process group of its own, from the parent's side too.
-
-    The horse calls setpgrp() itself, but only once it runs; a killpg() sent before that would miss
-    it. Both sides setting it is the race-free idiom: whichever runs first wins, the other is a no-op
-    (EACCES once the child has exec'd, ESRCH if it is already gone)."""
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
 
 
 def spawn(job: Job, run: Callable[[Job], Outcome], title: str) -> Horse:
@@ -160,6 +152,17 @@ def prefork(run: Callable[[Job], Outcome], connection: Redis, worker_name: str) 
     return Horse(pid=pid, read_fd=read_fd, job_fd=job_write)
 
 
+def _own_group(pid: int) -> None:
+    """Put the new horse in its own process group from the worker's side too.
+
+    The horse calls setpgrp() itself, but only once it runs: until then a killpg() from the worker
+    finds no such group, and a worker that discarded a pre-forked horse in that window waited forever
+    for a horse that waited for its job. Both sides calling setpgid() is the race-free idiom: whichever
+    runs first creates the group, the other's call changes nothing."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone: waitpid will say so
+        os.setpgid(pid, pid)
+
+
 def _receive_job(job_read: int, connection: Redis) -> tuple[Job, str]:
     chunks = []
     while chunk := os.read(job_read, 1 << 20):
@@ -176,7 +179,8 @@ def _horse_main(obtain: Callable[[], tuple[Job, str]], run: Callable[[Job], Outc
                 parent_pid: int) -> None:  # fmt: skip
     code = 0
     try:
-        # Its own process group, so the worker can kill the job together with any grandchildren.
+        # Its own process group, so the worker can kill the job together with any grandchildren
+        # (the worker sets it too, see _own_group).
         os.setpgrp()
         die_with_parent(parent_pid)  # a worker killed with -9 takes its horse along
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C on a terminal is for the worker

@@ -426,7 +426,9 @@ class Master:
             os.close(child.status_fd)
         group = self._group(child.group)
         lived_s = time.monotonic() - child.started
-        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        # Exit code 0 with a job in hand is no clean stop (a worker reports idle before it stops):
+        # an in-process job called os._exit(0). Its replacement recovers the job, as after a crash.
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and child.job is None
         how = describe_wait_status(status)
         if self.metrics is not None:
             self.metrics.on_exit(child.group, clean, child.stop_reason if child.stop_reason != "killed" else None,

@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
@@ -736,14 +736,42 @@ class Worker:
             self._keeper = LeaseKeeper(self)
             self._keeper.start()
         self._keeper.claim = claim
+        real_exit = os._exit
+        os._exit = self._exit_guard(claim, real_exit)  # type: ignore[assignment]  # same signature, a closure
         try:
             return self.perform(claim.job)
         finally:
+            os._exit = real_exit
             self._keeper.claim = None
             _restore_stdio(stdio)
             os.chdir(cwd)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
+
+    def _exit_guard(self, claim: Claim, real_exit: Callable[[int], NoReturn]) -> Callable[[int], NoReturn]:
+        """What os._exit is while an in-process job runs: the process still ends, but not silently.
+
+        os._exit runs no atexit, no finally, nothing of ours: without this, a job calling it would end
+        the worker with the job's exit code (0 for a clean-looking stop, which Restart=on-failure does
+        not restart) and the job left started. So the job is failed with the reason, one log line names
+        it, and the worker leaves with exit code 1. A child the job forked exits as it asked. Only calls
+        through os._exit are seen: posix._exit or the C library's _exit (ctypes) bypass it."""
+        worker_pid = os.getpid()
+
+        def guarded_exit(code: int) -> NoReturn:
+            if os.getpid() != worker_pid:
+                real_exit(code)
+            reason = (f"SystemExit: the job called os._exit({code}) in the worker process (execution "
+                      f"inprocess); the worker exited with code {int(ExitCode.FAILURE)}\n")  # fmt: skip
+            log.error("Worker %s: job %s called os._exit(%s); failing it, then exiting with code %d", self.name,
+                      printable_id(claim.job.id), code, int(ExitCode.FAILURE),
+                      extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+            with contextlib.suppress(Exception):  # one try: Redis down, the lease expires and recovery fails it
+                self.committer.commit_failure(claim, _failed_outcome(reason, self._claim_started))
+            logging.shutdown()  # flush the line above
+            real_exit(ExitCode.FAILURE)
+
+        return guarded_exit
 
     def monitor(self, claim: Claim, horse: horse_module.Horse) -> Outcome | None:
         """Wait for the horse: read its report, heartbeat, enforce the timeout, obey a cold stop."""
@@ -830,7 +858,11 @@ class Worker:
             return None
         if hard is not None and use.uss_mib > hard:
             _kill_group(horse.pid)
-            self.stop("replaced after its horse hit the hard memory limit")
+            # Under a master this worker is replaced (documented). A single worker is its own
+            # supervisor for its horses: stopping here would end it with exit code 0, the queue not
+            # drained, and a unit with Restart=on-failure would leave it down. It forks the next one.
+            if self.reporter is not None:
+                self.stop("replaced after its horse hit the hard memory limit")
             self.report(kill="hard_memory")
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
                     f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip

@@ -33,6 +33,10 @@ def exit_hard(code=3):
     os._exit(code)
 
 
+def raise_base_exception(name="SystemExit", *args):
+    raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[name](*args)
+
+
 def kill_self(signum=signal.SIGKILL):
     os.kill(os.getpid(), signum)
 
@@ -90,6 +94,17 @@ def spawn_grandchild_and_sleep(pidfile, seconds):
     with open(pidfile, "w") as handle:
         handle.write(str(pid))
     time.sleep(seconds)
+    return pid
+
+
+def spawn_session_leader(pidfile):
+    pid = os.fork()
+    if pid == 0:  # leaves the horse's process group, as a daemonising library would
+        os.setsid()
+        time.sleep(600)
+        os._exit(0)
+    with open(pidfile, "w") as handle:
+        handle.write(str(pid))
     return pid
 
 
