@@ -211,7 +211,13 @@ def settle(r: redis.Redis, alive: Callable[[], bool], rounds: int = 5, timeout_s
             return Settled(sentinels, "the worker died")
         if r.llen(schema.queue_key(QUEUE)) == 0 and r.zcard(schema.started_key(QUEUE)) == 0:
             return Settled(sentinels, None)
-    return Settled(sentinels, None)  # still work left (a job that retries for ever): judged as queued
+    # Still work left (a job that retries at once, thousands of times): suspend the worker (its fetch
+    # checks the suspension atomically) and let the job in hand end, so that the oracle reads a still
+    # picture, with that job back in its queue, not one taken while it moves. clear() lifts it.
+    r.set(schema.SUSPENDED, "1")
+    if not wait_for(lambda: r.zcard(schema.started_key(QUEUE)) == 0 or not alive(), timeout_s):
+        return Settled(sentinels, f"the job in hand did not end within {timeout_s:g} s of a suspension")
+    return Settled(sentinels, None)
 
 
 def _finished_or_dead(r: redis.Redis, job_id: bytes, alive: Callable[[], bool]) -> Callable[[], bool]:
