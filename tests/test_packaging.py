@@ -146,10 +146,11 @@ def test_unit_has_the_required_directives(name: str) -> None:
     assert only(unit, "Install", "WantedBy") == "multi-user.target"
 
 
-def test_restart_prevent_status_is_the_config_error_exit_code() -> None:
+def test_restart_prevent_status_is_the_config_error_exit_codes() -> None:
     errors = pytest.importorskip("workerd.errors")
     unit = parse_unit(UNITS["workerd@.service"])
-    assert only(unit, "Service", "RestartPreventExitStatus") == str(int(errors.ExitCode.CONFIG))
+    prevented = set(only(unit, "Service", "RestartPreventExitStatus").split())
+    assert prevented == {str(int(errors.ExitCode.NO_PERMISSION)), str(int(errors.ExitCode.CONFIG))}
 
 
 def test_the_two_units_differ_only_where_the_instance_name_matters() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -293,3 +294,19 @@ def test_tls_options_without_tls_are_refused(tmp_path: Path) -> None:
     result = run_workerd("-c", str(toml), "--check")
     assert result.returncode == 78
     assert "redis_ssl_ca_certs" in result.stderr and "does not use TLS" in result.stderr
+
+
+@pytest.mark.parametrize("credentials", ["wrong", "missing"])
+def test_a_refused_password_is_a_settings_error_at_once(locked_server: RedisServer, credentials: str) -> None:
+    wrong = "not-the-Pa55word-xyz"
+    netloc = f":{wrong}@" if credentials == "wrong" else ""
+    url = f"redis://{netloc}127.0.0.1:{locked_server.port}/0"
+    started = time.monotonic()
+    result = run_workerd("--burst", "-u", url, timeout=30)
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 77, output
+    assert elapsed < 10, f"took {elapsed:.1f} s: retried as if Redis were down"
+    assert "refused workerd's credentials" in output and "not an outage" in output, output
+    assert "check that Redis is running" not in output and "unreachable" not in output, output
+    assert wrong not in output and PASSWORD not in output

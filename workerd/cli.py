@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workerd import __version__
-from workerd.config import build_settings, render_settings
+from workerd.config import build_settings, import_failure, render_settings
 from workerd.errors import ConfigError, ExitCode, WorkerdError
 from workerd.logs import setup_logging
 from workerd.settings import ENV_PREFIX, Settings
@@ -129,10 +129,9 @@ def check_imports(settings: Settings) -> None:
     for module in settings.preload:
         try:
             importlib.import_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a PRELOAD module is a config error too
             raise ConfigError(
-                f"PRELOAD module '{module}' failed to import: {type(exc).__name__}: {exc} "
-                f"(is it on --path / PATH = {settings.path}?)"
+                f"PRELOAD module '{module}' {import_failure(exc)} (is it on --path / PATH = {settings.path}?)"
             ) from exc
 
 

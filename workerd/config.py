@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +106,48 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"{path}: unknown key '{key}'{_suggest(key)} (settings are listed by `workerd --help` "
             "and in docs/CONFIGURATION.md)"
         )
-    return {key.lower(): value for key, value in data.items()}
+    values = {key.lower(): value for key, value in data.items()}
+    problems = [f"{key} = {_describe_value(key, value)}: {why}" for key, value in values.items()
+                if (why := _toml_type_problem(key, value)) is not None]  # fmt: skip
+    if problems:
+        raise ConfigError(f"{path}: invalid settings:\n  " + "\n  ".join(problems))
+    return values
+
+
+# A TOML value already has a type, so it must be the one the setting declares: pydantic's lax mode
+# would read `max_jobs = true` as 1 (a recycle after every job). Environment variables and flags
+# are strings by nature and keep the lax conversion.
+_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_VALUE_KINDS: dict[type, set[type]] = {bool: {bool}, int: {int, float}, float: {float}, str: {str}}
+
+
+def _scalar_kinds(annotation: Any) -> set[type] | None:
+    """The scalar types a setting accepts (Optional and Literal unwrapped); None if not only scalars."""
+    if annotation is SecretStr:
+        return {str}
+    if annotation in _KIND_NAMES:
+        return {annotation}
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(choice) for choice in typing.get_args(annotation)}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds: set[type] = set()
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            found = _scalar_kinds(arg)
+            if found is None:
+                return None
+            kinds |= found
+        return kinds
+    return None
+
+
+def _toml_type_problem(key: str, value: Any) -> str | None:
+    expected = _scalar_kinds(Settings.model_fields[key].annotation)
+    if not expected or type(value) not in _VALUE_KINDS or _VALUE_KINDS[type(value)] & expected:
+        return None
+    wanted = " or ".join(_KIND_NAMES[kind] for kind in sorted(expected, key=list(_KIND_NAMES).index))
+    return f"expected {wanted}, got {_KIND_NAMES[type(value)]}"
 
 
 def _check_file(spec: str) -> Path:
@@ -137,8 +180,17 @@ def _import_settings_module(spec: str) -> ModuleType:
             f"settings module '{spec}' not found ({exc}); give a path to a .toml or .py file, or a module "
             "importable from the current directory or --path"
         ) from exc
-    except Exception as exc:  # the user's module raised while being imported
-        raise ConfigError(f"settings module '{spec}' raised on import: {type(exc).__name__}: {exc}") from exc
+    # SystemExit too: a settings module that calls sys.exit() would otherwise end workerd silently
+    # with that code. KeyboardInterrupt stays an interrupt (Ctrl-C during start-up).
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"settings module '{spec}' {import_failure(exc)}") from exc
+
+
+def import_failure(exc: BaseException) -> str:
+    """How a user's module failed while being imported, for a config error naming that module."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r}) while being imported; a settings or PRELOAD module must not exit"
+    return f"raised on import: {type(exc).__name__}: {exc}"
 
 
 def _read_module(spec: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis could not be reached at start (burst mode)
     SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug in workerd)
     OS_ERROR = 71  # EX_OSERR: the system refused a resource (the metrics port is in use); a restart may succeed
+    NO_PERMISSION = 77  # EX_NOPERM: Redis refused our credentials or a command (ACL); restarting will not help
     CONFIG = 78  # EX_CONFIG: the settings are invalid; restarting will not help
 
 
@@ -39,6 +40,13 @@ class ListenError(WorkerdError):
 
 class RedisUnavailableError(WorkerdError):
     exit_code = ExitCode.UNAVAILABLE
+
+
+class RedisAuthError(WorkerdError):
+    """Redis refused the password or user, or an ACL forbids a command workerd needs: a settings
+    problem, not an outage, so it is reported at once rather than retried."""
+
+    exit_code = ExitCode.NO_PERMISSION
 
 
 class BootFailureError(WorkerdError):

@@ -32,7 +32,7 @@ from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
 from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
-from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
+from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisAuthError, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
     ExceptionHandler,
@@ -294,6 +294,14 @@ class Worker:
                 connection_module.check_version(self.redis)
                 self.outage.succeeded()
                 return was_down
+            # Before CONNECTION_ERRORS: redis-py's AuthenticationError is a ConnectionError, and a
+            # wrong password retried for 30 s then reported as an outage sends the reader to the wrong place.
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                raise RedisAuthError(
+                    f"Redis at {self.outage.where} refused workerd's credentials ({exc}): this is a settings "
+                    "error, not an outage; check the password and user in REDIS_URL / REDIS_PASSWORD, and that "
+                    "the ACL user is enabled and allowed the commands workerd uses"
+                ) from None
             except CONNECTION_ERRORS as exc:
                 was_down = True
                 delay = self.outage.failed(exc)
