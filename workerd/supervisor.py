@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from workerd import memory
-from workerd.errors import BootFailureError, ConfigError, ExitCode, WorkerdError
+from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
 from workerd.logs import reopen_log_files, rotate_log_file_if_needed
 from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
 from workerd.sdnotify import Notifier
@@ -446,6 +446,7 @@ class Master:
         if clean and group.settings.burst:
             self._burst_finished.add(child.group)
         if not self._stopping:
+            _give_up_if_no_restart_helps(child, status, how)
             self._pace_restarts(group, child, clean, how)
 
     def _pace_restarts(self, group: Group, child: Child, clean: bool, how: str) -> None:
@@ -661,3 +662,15 @@ def run_child(group: Group, name: str, reporter: Callable[[dict[str, Any]], None
 
 def uses_master(settings: Settings) -> bool:
     return settings.workers is not None or bool(settings.groups)
+
+
+def _give_up_if_no_restart_helps(child: Child, status: int, how: str) -> None:
+    """A worker that could not start because Redis refused its credentials (77) or its settings are
+    invalid (78) meets the same refusal at every restart: the master stops at once, with that code."""
+    if child.ready_at is not None or not os.WIFEXITED(status):
+        return
+    hopeless: dict[int, type[WorkerdError]] = {ExitCode.NO_PERMISSION: RedisAuthError, ExitCode.CONFIG: ConfigError}
+    error = hopeless.get(os.WEXITSTATUS(status))
+    if error is not None:
+        raise error(f"worker {child.name} could not start ({how}): see its error above; restarting it would "
+                    "not help, so the master stops")  # fmt: skip
