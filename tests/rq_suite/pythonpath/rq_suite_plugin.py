@@ -146,7 +146,8 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
     functions read these globals when they run)."""
     deselect_file = os.environ.get("RQ_SUITE_DESELECT")
     if deselect_file:
-        wanted = set(open(deselect_file).read().split())
+        with open(deselect_file) as handle:
+            wanted = set(handle.read().split())
         dropped = [item for item in items if item.nodeid in wanted]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
