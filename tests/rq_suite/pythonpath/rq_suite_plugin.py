@@ -182,3 +182,14 @@ def pytest_configure(config: Any) -> None:
 
 def pytest_report_header(config: Any) -> str:
     return f"rq-suite mode: {MODE}"
+
+
+def pytest_unconfigure(config: Any) -> None:
+    """A worker a test started in a multiprocessing.Process and never stopped (with workerd, a shutdown
+    command it did not act on) would keep pytest from exiting (multiprocessing joins its children at
+    exit): kill what is left."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
