@@ -184,6 +184,11 @@ def pytest_report_header(config: Any) -> str:
     return f"rq-suite mode: {MODE}"
 
 
+def pytest_runtest_teardown(item: Any) -> None:
+    """After each test too: a worker left running from one test would take the next test's jobs."""
+    pytest_unconfigure(item.config)
+
+
 def pytest_unconfigure(config: Any) -> None:
     """A worker a test started in a multiprocessing.Process and never stopped (with workerd, a shutdown
     command it did not act on) would keep pytest from exiting (multiprocessing joins its children at
