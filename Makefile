@@ -1,5 +1,5 @@
 # Shortcuts for the README's commands.
-.PHONY: setup demo test fuzz bench deb rpm
+.PHONY: setup demo test fuzz rq-suite bench deb rpm
 setup:
 	bash scripts/setup.sh
 demo:
@@ -10,6 +10,8 @@ test:
 FUZZ_EXAMPLES ?= 2000
 fuzz:
 	WORKERD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) WORKERD_FUZZ_SHRINK=1 .venv/bin/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider
+rq-suite:
+	MODE=$(MODE) bash scripts/rq_suite.sh
 bench: setup
 	.venv/bin/python benchmarks/bench.py
 
