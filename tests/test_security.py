@@ -310,15 +310,3 @@ def test_a_refused_password_is_a_settings_error_at_once(locked_server: RedisServ
     assert "refused workerd's credentials" in output and "not an outage" in output, output
     assert "check that Redis is running" not in output and "unreachable" not in output, output
     assert wrong not in output and PASSWORD not in output
-
-
-def test_a_pool_whose_workers_are_refused_by_redis_stops_with_77(locked_server: RedisServer) -> None:
-    """Every restart would meet the same refusal: the master stops at the first one, with the worker's code."""
-    url = f"redis://:not-the-Pa55word-xyz@127.0.0.1:{locked_server.port}/0"
-    started = time.monotonic()
-    result = run_workerd("-u", url, "--workers", "2", timeout=30)
-    output = result.stdout + result.stderr
-    assert result.returncode == 77, output
-    assert time.monotonic() - started < 10, output
-    assert "refused workerd's credentials" in output and "restarting it would not help" in output
-    assert "not-the-Pa55word-xyz" not in output
