@@ -50,7 +50,8 @@ CLIENT_FILES = ["test_queue.py", "test_job.py", "test_registry.py"]
 PATCHES = [
     # TestWorkerSubprocess hard-codes Redis's default port in the URL it gives `rqworker -u`.
     ("tests/test_worker.py", "redis://127.0.0.1:6379/{db_num}",
-     "redis://127.0.0.1:{os.environ.get('RQ_SUITE_REDIS_PORT', '6379')}/{db_num}"),
+     # RQ writes this f-string in single quotes: the inner ones are double (nested alike needs 3.12).
+     'redis://127.0.0.1:{os.environ.get("RQ_SUITE_REDIS_PORT", "6379")}/{db_num}'),
 ]  # fmt: skip
 
 
