@@ -196,14 +196,24 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def work(self, burst: bool = False, max_jobs: int | None = None) -> bool:
+    def work(self, burst: bool = False, max_jobs: int | None = None, max_idle_time: int | None = None,
+             with_scheduler: bool = False, dequeue_strategy: Any = None) -> bool:  # fmt: skip
         """rq's Worker.work(): run until stopped; True if any job ran in this call.
 
-        Callable again on the same object, as rq's: each call is a run of its own (its own burst and
-        max_jobs, a fresh stop state, a fresh registration in Redis, as rq's register_birth)."""
-        self.settings = self._constructed_settings.model_copy(
-            update={"burst": burst or self._constructed_settings.burst,
-                    "max_jobs": max_jobs or self._constructed_settings.max_jobs})  # fmt: skip
+        Callable again on the same object, as rq's: each call is a run of its own (its own burst,
+        max_jobs, max_idle_time and dequeue strategy, a fresh stop state, a fresh registration in
+        Redis, as rq's register_birth). `dequeue_strategy` takes rq's DequeueStrategy or its value."""
+        base = self._constructed_settings
+        per_run: dict[str, Any] = {"burst": burst or base.burst, "max_jobs": max_jobs or base.max_jobs}
+        if max_idle_time is not None:
+            per_run["max_idle_time"] = int(max_idle_time)
+        if dequeue_strategy is not None:
+            per_run["dequeue_strategy"] = getattr(dequeue_strategy, "value", dequeue_strategy)
+        if with_scheduler:
+            per_run["with_scheduler"] = True
+            if self.scheduler is None:
+                self.scheduler = Scheduler(self.redis, self.name, self.queues)
+        self.settings = base.model_copy(update=per_run)
         done_before = self.jobs_done
         self.run()
         return self.jobs_done > done_before

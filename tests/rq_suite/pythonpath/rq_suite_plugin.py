@@ -103,19 +103,9 @@ def _make_worker_classes() -> dict[str, type]:
             with_scheduler: bool = False,
             dequeue_strategy: Any = None,
         ) -> bool:
-            update: dict[str, Any] = {}
-            if max_idle_time is not None:
-                update["max_idle_time"] = int(max_idle_time)
-            if dequeue_strategy is not None:
-                update["dequeue_strategy"] = getattr(dequeue_strategy, "value", dequeue_strategy)
-            if with_scheduler and self.scheduler is None:
-                from workerd.scheduler import Scheduler
-
-                update["with_scheduler"] = True
-                self.scheduler = Scheduler(self.redis, self.name, self.queues)
-            if update:
-                self.settings = self.settings.model_copy(update=update)
-            return super().work(burst=burst, max_jobs=max_jobs)
+            # workerd's work() takes rq's per-run keywords itself; the logging ones are the settings'.
+            return super().work(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time,
+                                with_scheduler=with_scheduler, dequeue_strategy=dequeue_strategy)  # fmt: skip
 
     class SimpleWorker(Worker):
         _execution = "inprocess"
