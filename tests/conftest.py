@@ -119,3 +119,33 @@ def run_workerd(*args: str, timeout: float = 60.0, env: dict[str, str] | None = 
     environment.update(env or {})
     return subprocess.run([WORKERD, *args], capture_output=True, text=True, timeout=timeout,
                           env=environment, cwd=cwd or JOBS_DIR)  # fmt: skip
+
+
+@pytest.fixture
+def forked() -> Iterator[Callable[[Callable[[], int]], int]]:
+    """Run a function in a forked child that os._exit()s with its return value (the worker forks horses)."""
+
+    def run(body: Callable[[], int]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = body()
+            finally:
+                os._exit(code)
+        status: list[int] = []
+
+        def reaped() -> bool:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status.extend([raw] if done else [])
+            return bool(done)
+
+        try:
+            wait_until(reaped, 60, interval=0.05, message="the forked worker script to exit")
+        finally:
+            if not status:  # a hung script must not outlive the test
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status[0])
+
+    yield run

@@ -10,7 +10,7 @@ import pickle
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -387,41 +387,6 @@ def test_ttl_defaults_after_a_run(r: redis.Redis, redis_url: str) -> None:
 
 
 # -- workers -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def forked() -> Iterator[Callable[[Callable[[], int]], int]]:
-    """Run a function in a forked child that os._exit()s with its return value; yields the runner."""
-    children: list[int] = []
-
-    def run(body: Callable[[], int]) -> int:
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                code = body()
-            finally:
-                os._exit(code)
-        children.append(pid)
-        status: list[int] = []
-
-        def reaped() -> bool:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status.append(raw)
-            return bool(done)
-
-        wait_until(reaped, 30, interval=0.05, message="the forked worker to exit")
-        children.remove(pid)
-        return os.waitstatus_to_exitcode(status[0])
-
-    yield run
-    for pid in children:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 Runner = Callable[[Callable[[], int]], int]

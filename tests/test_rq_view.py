@@ -6,16 +6,13 @@ RQ is the client here, as in a deployment that swapped `rq worker` for workerd; 
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 import rq
 
-from tests.conftest import JOBS_DIR, run_workerd, wait_until
+from tests.conftest import JOBS_DIR, run_workerd
 from workerd import Worker
 
 if str(JOBS_DIR) not in sys.path:
@@ -49,36 +46,6 @@ def test_a_timeout_is_rqs_exception_and_workerds(r: redis.Redis, redis_url: str,
     exc_string = fetched.latest_result().exc_string
     assert "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in exc_string
     assert r.lrange("cleaned", 0, -1) != []  # the job's except clause ran
-
-
-@pytest.fixture
-def forked() -> Iterator[Callable[[Callable[[], int]], int]]:
-    """Run a function in a forked child that os._exit()s with its return value (the worker forks horses)."""
-
-    def run(body: Callable[[], int]) -> int:
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                code = body()
-            finally:
-                os._exit(code)
-        status: list[int] = []
-
-        def reaped() -> bool:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-            status.extend([raw] if done else [])
-            return bool(done)
-
-        try:
-            wait_until(reaped, 60, interval=0.05, message="the forked worker script to exit")
-        finally:
-            if not status:  # a hung script must not outlive the test
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status[0])
-
-    yield run
 
 
 def test_work_can_be_called_again_on_the_same_worker(r: redis.Redis, redis_url: str, forked) -> None:
