@@ -227,7 +227,8 @@ def test_mixed_fleet_runs_each_scheduled_job_once(r: redis.Redis, redis_url: str
     wait_until(lambda: r.exists("rq:scheduler-lock:fleet") and len(r.keys("rq:worker:*")) == 2, timeout=10,
                message="both workers and one scheduler lock")  # fmt: skip
     holder = r.get("rq:scheduler-lock:fleet").decode()  # type: ignore[union-attr]
-    assert r.exists(f"rq:scheduler:{holder}")  # rq's scheduler hash, or workerd's (its worker's name)
+    # rq's scheduler hash, or workerd's (its worker's name): written just after the lock is taken.
+    wait_until(lambda: r.exists(f"rq:scheduler:{holder}"), timeout=10, message="the lock holder's scheduler hash")
     now = time.time()
     tokens = []
     for i in range(20):
