@@ -169,6 +169,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         from workerd.metrics import serve_single_worker
 
         serve_single_worker(worker, settings)
+    from workerd.sdnotify import follow_single_worker
+
+    follow_single_worker(worker)  # no master to speak to systemd: the worker does (READY, WATCHDOG, STATUS)
     return worker.run()
 
 

@@ -1,6 +1,12 @@
 """systemd's notify protocol (sd_notify(3)): one datagram per state change to $NOTIFY_SOCKET.
 
 A no-op without NOTIFY_SOCKET. Abstract-namespace sockets are written '@name' in the variable.
+
+What the messages mean, for the master and for a single worker alike:
+    READY=1     the process is up and supervising: its workers registered in Redis, or alive and
+                waiting for Redis (STATUS= then says so). A start during an outage is a start.
+    WATCHDOG=1  its loops turn. Never withheld because Redis is down.
+    STATUS=     workers, busy, jobs since start; "waiting for Redis at ..." during an outage.
 """
 
 from __future__ import annotations
@@ -8,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 class Notifier:
@@ -44,3 +53,58 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+class SingleWorkerNotifier:
+    """A single worker (no master) speaks to systemd itself, from the reports a master would read.
+
+    Installed as the worker's `report`: every loop of a worker reports at least once per heartbeat
+    interval, Redis up or down (an outage is a report too), so WATCHDOG=1 follows them. READY=1
+    comes with the first state report (registered, listening) or, Redis down at start, with the
+    first outage report, as for a pool."""
+
+    def __init__(self, where: str, forward: Callable[..., None]) -> None:
+        self.notifier = Notifier()
+        self.where = where  # the Redis the worker uses, password masked
+        self.forward = forward
+        self.interval_s = self.notifier.watchdog_interval_s()
+        self.ready = False
+        self.state = "starting"
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.waiting_since: float | None = None
+        self.next_watchdog = 0.0
+
+    def __call__(self, **fields: Any) -> None:
+        self.forward(**fields)
+        now = time.monotonic()
+        if "state" in fields or fields.get("heartbeat"):  # it reached Redis
+            self.waiting_since = None
+        if fields.get("outage") and self.waiting_since is None:
+            self.waiting_since = now
+        self.state = str(fields.get("state", self.state))
+        if "jobs" in fields:
+            self.jobs_done = int(fields["jobs"])
+            self.jobs_failed = int(fields.get("failed", self.jobs_failed))
+        if "stopping" in fields:
+            self.notifier.send(STOPPING=1, STATUS=f"stopping: {fields['stopping']}")
+        elif not self.ready and ("state" in fields or self.waiting_since is not None):
+            self.ready = True
+            self.notifier.send(READY=1, STATUS=self.status_line(now))
+        elif self.ready:
+            self.notifier.send(STATUS=self.status_line(now))
+        if self.interval_s is not None and now >= self.next_watchdog:
+            self.next_watchdog = now + self.interval_s
+            self.notifier.send(WATCHDOG=1)
+
+    def status_line(self, now: float) -> str:
+        line = f"single worker, {self.state}; jobs since start: {self.jobs_done} run, {self.jobs_failed} failed"
+        if self.waiting_since is None:
+            return line
+        return f"waiting for Redis at {self.where}: unreachable for {now - self.waiting_since:.0f} s; {line}"
+
+
+def follow_single_worker(worker: Any) -> None:
+    """Under systemd (NOTIFY_SOCKET set), make a single worker's reports its notifications."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        worker.report = SingleWorkerNotifier(worker.outage.where, worker.report)

@@ -6,8 +6,9 @@
 
 Workers are forked from the master after it has imported PRELOAD, so they share those pages; each
 opens its own Redis connection after the fork. They report their state over a pipe (one JSON
-object a line), which is how the master knows who is busy, who is healthy, and the deadline of an
-in-process job. A worker (and its horse) dies with the master: PR_SET_PDEATHSIG.
+object a line), which is how the master knows who is busy, who is alive (every loop of a worker
+reports at least once per heartbeat interval, Redis up or down), and the deadline of an in-process
+job. A worker (and its horse) dies with the master: PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from workerd import connection as connection_module
 from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
 from workerd.logs import reopen_log_files, rotate_log_file_if_needed
@@ -52,10 +54,12 @@ EARLY_DEATH_S = 30.0
 # After the graceful timeout, workers get a cold stop (their jobs go back to the queue), and this
 # long to do it before SIGKILL.
 COLD_STOP_GRACE_S = 10.0
-# A worker that has missed this many heartbeats of Redis in a row (60 s at the default 3 s) makes the
-# master stop pinging the systemd watchdog ("cannot fetch"), so systemd restarts the unit after
-# WatchdogSec more. Counted in heartbeats, so that it scales with HEARTBEAT_INTERVAL.
-WATCHDOG_STALE_HEARTBEATS = 20
+# The watchdog says whether workerd's loops turn, not whether Redis answers (a Redis outage is
+# reported in STATUS=, the logs and the metrics). Every loop of a worker reports over its pipe at
+# least once per heartbeat interval, Redis up or down (an outage is a report too). A started worker
+# silent for this many heartbeats (60 s at the default 3 s) is stuck: the master stops pinging the
+# watchdog, and systemd restarts the unit after WatchdogSec more.
+STUCK_HEARTBEATS = 20
 TICK_S = 0.25
 _GROUP_ONLY_KEYS = ("name", "workers", "daemon")
 
@@ -124,8 +128,8 @@ class Child:
     kill_at_epoch: float | None = None
     jobs_done: int = 0
     jobs_failed: int = 0
-    last_heartbeat: float = field(default_factory=time.monotonic)
-    outage: bool = False
+    last_report: float = field(default_factory=time.monotonic)  # monotonic time of its last report of any kind
+    outage_since: float | None = None  # it reported that it cannot reach Redis, since then (monotonic)
     stop_reason: str | None = None  # why the master asked it to stop
     kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
     worker_stop_reason: str | None = None  # why the worker said it stops (max jobs, ...)
@@ -134,7 +138,13 @@ class Child:
     def ready(self) -> bool:
         return self.ready_at is not None
 
+    @property
+    def reported(self) -> bool:
+        """It said it is alive: ready, or waiting for Redis (a worker that could not register yet)."""
+        return self.ready_at is not None or self.outage_since is not None
+
     def apply(self, report: dict[str, Any]) -> None:
+        self.last_report = time.monotonic()  # any report: its loop turns, whatever Redis does
         if "state" in report:
             self.state = str(report["state"])
             if self.ready_at is None:
@@ -144,11 +154,10 @@ class Child:
         if "jobs" in report:
             self.jobs_done = int(report["jobs"])
             self.jobs_failed = int(report.get("failed", self.jobs_failed))
-        if report.get("heartbeat") or "state" in report:
-            self.last_heartbeat = time.monotonic()
-            self.outage = False
-        if report.get("outage"):
-            self.outage = True
+        if report.get("heartbeat") or "state" in report:  # it reached Redis
+            self.outage_since = None
+        if report.get("outage") and self.outage_since is None:
+            self.outage_since = self.last_report
         if "stopping" in report:
             self.worker_stop_reason = str(report["stopping"])
 
@@ -175,6 +184,10 @@ class Master:
         self._next_watchdog = 0.0
         self._next_status = 0.0
         self._burst_finished: set[str] = set()
+        self._stuck: set[int] = set()  # pids of the workers silent past _stuck_after_s
+        # Jobs of the workers that exited (recycled, replaced on reload, died): STATUS= counts since start.
+        self._exited_jobs_done = 0
+        self._exited_jobs_failed = 0
         self.metrics: PoolMetrics | None = None
         self._metrics_server: MetricsServer | None = None
 
@@ -424,6 +437,8 @@ class Master:
         self._read_reports_of(child)
         with contextlib.suppress(OSError):
             os.close(child.status_fd)
+        self._exited_jobs_done += child.jobs_done
+        self._exited_jobs_failed += child.jobs_failed
         group = self._group(child.group)
         lived_s = time.monotonic() - child.started
         # Exit code 0 with a job in hand is no clean stop (a worker reports idle before it stops):
@@ -594,37 +609,68 @@ class Master:
         live = list(self.children.values())
         busy = sum(1 for c in live if c.state == "busy")
         target = sum(g.target for g in self.groups)
-        if not self._ready_sent and not self._stopping and len([c for c in live if c.ready]) >= target:
+        if not self._ready_sent and not self._stopping and sum(1 for c in live if c.reported) >= target:
+            # READY = the pool is up and supervised: each worker registered in Redis, or alive and
+            # waiting for it. A start during a Redis outage is a start, so that neither TimeoutStartSec
+            # nor the start limit can turn an outage of any length into a failed unit.
             self._ready_sent = True
             self.notifier.send(READY=1, STATUS=self._status_line(live, busy))
-            log.info("master: %d workers ready", target)
+            waiting = sum(1 for c in live if c.outage_since is not None)
+            log.info("master: %d workers ready%s", target,
+                     f" ({waiting} waiting for Redis)" if waiting else "")  # fmt: skip
         if now >= self._next_status:
             self._next_status = now + 2.0
-            set_title(f"master: {' '.join(f'{g.name} {self._count(g)}/{g.target}' for g in self.groups)}, {busy} busy")
+            waiting_title = ", waiting for Redis" if any(c.outage_since is not None for c in live) else ""
+            set_title(f"master: {' '.join(f'{g.name} {self._count(g)}/{g.target}' for g in self.groups)}, "
+                      f"{busy} busy{waiting_title}")  # fmt: skip
             if self._ready_sent:
                 self.notifier.send(STATUS=self._status_line(live, busy))
             if self._stopping and self.notifier.enabled:
                 remaining_s = max(self._stop_deadline - now, 0) + COLD_STOP_GRACE_S + 5
                 self.notifier.send(EXTEND_TIMEOUT_USEC=int(remaining_s * 1_000_000))
         interval = self.notifier.watchdog_interval_s()
-        if interval is not None and now >= self._next_watchdog and self.healthy():
+        if interval is not None and now >= self._next_watchdog and self.alive():
             self._next_watchdog = now + interval
             self.notifier.send(WATCHDOG=1)
 
-    def healthy(self) -> bool:
-        """The watchdog is fed only while every started worker heartbeats Redis."""
+    def alive(self) -> bool:
+        """The watchdog is fed while every started worker reports over its pipe: its loop turns,
+        whether or not it reaches Redis. A stuck one is logged once, when it falls silent."""
         now = time.monotonic()
-        stale_s = {g.name: WATCHDOG_STALE_HEARTBEATS * g.settings.effective_heartbeat_s for g in self.groups}
-        default_s = WATCHDOG_STALE_HEARTBEATS * self.settings.effective_heartbeat_s  # a group gone on reload
-        return all(now - c.last_heartbeat < stale_s.get(c.group, default_s) for c in self.children.values() if c.ready)
+        children = self.children.items()
+        stuck = {pid for pid, c in children if c.reported and now - c.last_report >= self._stuck_after_s(c)}
+        for pid in sorted(stuck - self._stuck):
+            child = self.children[pid]
+            log.error("master: worker %s (pid %d) has not reported for %.0f s: stuck; the systemd watchdog is no "
+                      "longer pinged", child.name, pid, now - child.last_report)  # fmt: skip
+        self._stuck = stuck
+        return not stuck
+
+    def _stuck_after_s(self, child: Child) -> float:
+        heartbeat_s = self._settings_of(child).effective_heartbeat_s
+        # A worker blocked in one Redis call to a host that drops packets (rather than refusing
+        # them) is waiting for Redis, not stuck: the call ends within the client's timeouts.
+        one_call_s = connection_module.CONNECT_TIMEOUT_S + connection_module.SOCKET_TIMEOUT_S
+        return max(STUCK_HEARTBEATS * heartbeat_s, one_call_s + heartbeat_s)
 
     def _count(self, group: Group) -> int:
         return sum(1 for c in self.children.values() if c.group == group.name)
 
     def _status_line(self, live: list[Child], busy: int) -> str:
-        done = sum(c.jobs_done for c in live)
-        failed = sum(c.jobs_failed for c in live)
-        return f"{len(live)} workers, {busy} busy; jobs by live workers: {done} done, {failed} failed"
+        done = self._exited_jobs_done + sum(c.jobs_done for c in live)
+        failed = self._exited_jobs_failed + sum(c.jobs_failed for c in live)
+        line = f"{len(live)} workers, {busy} busy; jobs since start: {done} run, {failed} failed"
+        waiting = [c for c in live if c.outage_since is not None]
+        if not waiting:
+            return line
+        down_s = time.monotonic() - min(c.outage_since or 0.0 for c in waiting)
+        where = sorted({connection_module.describe(self._settings_of(c)) for c in waiting})
+        return (f"waiting for Redis at {', '.join(where)}: unreachable for {down_s:.0f} s "
+                f"({len(waiting)} of {len(live)} workers); {line}")  # fmt: skip
+
+    def _settings_of(self, child: Child) -> Settings:
+        group = self._group(child.group)
+        return group.settings if group is not None else self.settings
 
 
 def _signal(pid: int, signum: int) -> None:

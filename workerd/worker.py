@@ -315,6 +315,7 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 was_down = True
                 delay = self.outage.failed(exc)
+                self.report(outage=True)  # alive, waiting for Redis: the master's READY and watchdog count on it
                 if give_up_at is not None and time.monotonic() + delay > give_up_at:
                     raise RedisUnavailableError(
                         f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
@@ -1075,7 +1076,7 @@ class LeaseKeeper(threading.Thread):
                     pipe.execute()
                 self.worker.report(heartbeat=True)
             except CONNECTION_ERRORS:
-                continue  # the job goes on; the commit will wait for Redis
+                self.worker.report(outage=True)  # the job goes on; the commit will wait for Redis
 
     def stop(self) -> None:
         self._done.set()
