@@ -117,7 +117,8 @@ def test_unit_has_the_required_directives(name: str) -> None:
 
     assert only(unit, "Service", "Type") == "notify"
     assert only(unit, "Service", "NotifyAccess") == "main"
-    assert seconds(only(unit, "Service", "WatchdogSec")) == 30
+    # Above the 35 s a single worker's loop may wait on one Redis call (packets dropped): no outage trips it.
+    assert seconds(only(unit, "Service", "WatchdogSec")) == 60
     assert only(unit, "Service", "KillMode") == "mixed"
     assert seconds(only(unit, "Service", "TimeoutStopSec")) >= 2 * graceful_timeout_default_s()
     assert only(unit, "Service", "OOMPolicy") == "continue"

@@ -211,7 +211,8 @@ def test_a_stuck_worker_stops_the_watchdog(own_redis: RedisServer, notify: Notif
     proc = _start(workerd, own_redis, notify, True)
     wait_until(lambda: notify.with_key("READY"), timeout=20, message="READY=1")
     wait_until(lambda: len(_pids(proc, True)) == 3, message="the master and its 2 workers")
-    worker = min(_pids(proc, True) - {proc.pid})
+    pids = _pids(proc, True)
+    worker = min(pids - {proc.pid})
     psutil.Process(worker).send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
@@ -227,6 +228,8 @@ def test_a_stuck_worker_stops_the_watchdog(own_redis: RedisServer, notify: Notif
         psutil.Process(worker).send_signal(signal.SIGCONT)
     resumed_at = time.monotonic()
     wait_until(lambda: notify.with_key("WATCHDOG", resumed_at), timeout=10, message="pings once it reports again")
+    assert _pids(proc, True) == pids  # the master judged it, did not replace it
+    assert "reports again" in proc.output()
 
 
 def test_status_counts_survive_a_reload(own_redis: RedisServer, notify: NotifySocket,

@@ -94,7 +94,9 @@ class SingleWorkerNotifier:
         elif self.ready:
             self.notifier.send(STATUS=self.status_line(now))
         if self.interval_s is not None and now >= self.next_watchdog:
-            self.next_watchdog = now + self.interval_s
+            # Half the master's pace: the pings ride on reports, which may come a heartbeat apart
+            # (or, Redis dropping packets, one Redis call's timeouts apart: 35 s).
+            self.next_watchdog = now + self.interval_s / 2
             self.notifier.send(WATCHDOG=1)
 
     def status_line(self, now: float) -> str:

@@ -628,8 +628,9 @@ class Master:
             if self._stopping and self.notifier.enabled:
                 remaining_s = max(self._stop_deadline - now, 0) + COLD_STOP_GRACE_S + 5
                 self.notifier.send(EXTEND_TIMEOUT_USEC=int(remaining_s * 1_000_000))
+        alive = self.alive()  # judged at every turn, so that a stuck worker is logged without systemd too
         interval = self.notifier.watchdog_interval_s()
-        if interval is not None and now >= self._next_watchdog and self.alive():
+        if interval is not None and now >= self._next_watchdog and alive:
             self._next_watchdog = now + interval
             self.notifier.send(WATCHDOG=1)
 
@@ -641,8 +642,11 @@ class Master:
         stuck = {pid for pid, c in children if c.reported and now - c.last_report >= self._stuck_after_s(c)}
         for pid in sorted(stuck - self._stuck):
             child = self.children[pid]
-            log.error("master: worker %s (pid %d) has not reported for %.0f s: stuck; the systemd watchdog is no "
-                      "longer pinged", child.name, pid, now - child.last_report)  # fmt: skip
+            log.error("master: worker %s (pid %d) has not reported for %.0f s: stuck; the systemd watchdog (if "
+                      "any) is no longer pinged", child.name, pid, now - child.last_report)  # fmt: skip
+        for pid in sorted(self._stuck - stuck):
+            if pid in self.children:
+                log.warning("master: worker %s (pid %d) reports again", self.children[pid].name, pid)
         self._stuck = stuck
         return not stuck
 
