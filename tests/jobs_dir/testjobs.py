@@ -185,3 +185,11 @@ class PoliteDeathPenalty(UnixSignalDeathPenalty):
 
     def _raise(self, signum, frame):
         raise self.exception(f"stopped by PoliteDeathPenalty after {self.timeout_s:g} s")
+
+
+def log_warning(message):
+    """Log a WARNING line from the process running the job (a horse, or an in-process worker)."""
+    import logging
+
+    logging.getLogger("workerd.testjobs").warning(message)
+    return os.getpid()
