@@ -118,3 +118,25 @@ def test_a_single_worker_writes_to_the_new_file_after_usr1(r, redis_url, workerd
     assert len(horse_lines) == 1, log_file.read_text()  # the horse's line, once
     assert _open_logs(single.pid, logs) == [str(log_file)]
     assert single.process.poll() is None
+
+
+def test_after_usr1_a_daemon_and_a_worker_write_their_last_lines_to_the_new_file(r, redis_url, workerd,
+                                                                                tmp_path: Path) -> None:  # fmt: skip
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_file = logs / "workerd.log"
+    config = tmp_path / "settings.toml"
+    config.write_text(f'log_file = "{log_file}"\n\n[[groups]]\nname = "jobs"\nworkers = 1\n\n'
+                      '[[groups]]\nname = "scanner"\nworkers = 1\ndaemon = "testjobs.Scanner"\n')  # fmt: skip
+    master = workerd("-u", redis_url, "-c", str(config), env={"SCANNER_URL": redis_url})
+    wait_until(lambda: log_file.exists() and "workers ready" in log_file.read_text(), message="the pool ready")
+    log_file.rename(logs / "workerd.log.1")
+    os.killpg(master.pid, signal.SIGUSR1)
+    wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), message="the reopen")
+    master.signal(signal.SIGTERM)  # every process logs that it stops: the lines show where each writes
+    assert master.wait() == 0
+    lines = log_file.read_text().splitlines()
+    assert any(" Daemon " in line and ".scanner." in line and line.endswith(": stopping") for line in lines), lines
+    assert any(" Worker " in line and ".jobs." in line and line.endswith(": warm shut down") for line in lines), lines
+    assert sum("all workers stopped" in line for line in lines) == 1, lines
+    assert len(lines) == len(set(lines)), lines  # one handler each: no line twice
