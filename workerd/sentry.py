@@ -54,9 +54,9 @@ _USERINFO = re.compile(rf"({_URL_USER})({_PASSWORD_CHARS}+)@")
 _CUT_USERINFO = re.compile(rf"({_URL_USER}){_PASSWORD_CHARS}*$")
 # A URL password found in an event is removed from the whole event, unless it is this short (a
 # one-character "password" removed from every string would leave nothing readable).
-MIN_FOUND_PASSWORD = 4
+MIN_FOUND_PASSWORD_CHARS = 4
 # Keys whose values the SDK's EventScrubber replaces, besides its own DEFAULT_DENYLIST.
-SECRET_KEYS = ("redis_url", "redis_password", "sentry_dsn", "dsn", "sentinel", "url_password")
+SECRET_KEYS = ("redis_url", "redis_password", "sentry_dsn", "dsn", "sentinel")
 
 _initialised_pid: int | None = None
 
@@ -128,7 +128,7 @@ class EventScrubber(sentry_scrubber.EventScrubber):
 
     def scrub_event(self, event: Event) -> None:
         super().scrub_event(event)
-        found = {p for p in url_passwords(event) if len(p) >= MIN_FOUND_PASSWORD}
+        found = {p for p in url_passwords(event) if len(p) >= MIN_FOUND_PASSWORD_CHARS}
         scrubbed = scrub(event, sorted({*self.secrets, *found}, key=len, reverse=True))
         event.clear()  # type: ignore[attr-defined]  # the SDK goes on with this very object
         event.update(scrubbed)
