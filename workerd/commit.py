@@ -173,6 +173,9 @@ class Committer:
         ops.add("HSET", execution, "last_heartbeat", now.timestamp())
         ops.add("EXPIRE", execution, int(lease_s) + 60)
         ops.add("ZADD", schema.executions_key(claim.job.id), "XX", deadline + 60, claim.execution_id)
+        # As RQ's heartbeat does: without it the registry expires under a long job, and RQ's
+        # get_executions() (used by its cancel) finds nothing (docs/PROTOCOL.md §5.4).
+        ops.add("EXPIRE", schema.executions_key(claim.job.id), int(lease_s) + 120)
         ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
         ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
         self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", "", *ops.args],
