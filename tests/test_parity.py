@@ -512,7 +512,7 @@ def test_workerd_suspension_of_rq_worker(r: redis.Redis, redis_url: str, rq_work
     rq_worker("-n", "rq-susp", "susp_r")
     wait_until(lambda: worker_field(r, "rq-susp", "state") == "idle", timeout=10, message="rq worker idle")
     workerd.suspension.suspend(r)
-    # rq-protocol.md 4.2: an rq worker already blocked takes the next job anyway, then suspends.
+    # docs/PROTOCOL.md §5.13: an rq worker already blocked takes the next job anyway, then suspends.
     first = queue.enqueue(pj.add, 1, 1)
     wait_until(lambda: status(r, first.id) == "finished", timeout=10, message="rq's blocked pop")
     wait_until(lambda: worker_field(r, "rq-susp", "state") == "suspended", timeout=5, message="rq suspended")

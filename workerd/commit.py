@@ -3,7 +3,7 @@
 Every change a worker makes to a job goes through here, and each change is one atomic script call
 (one round trip): start (pop + started registry + execution record), lease renewal, success,
 failure (with RQ's retry rules), requeue on shutdown, and recovery of jobs whose worker died.
-The writes are RQ 2.12's (shared/rq-protocol.md 4.4-4.6), so RQ clients read them unchanged.
+The writes are RQ 2.12's (docs/PROTOCOL.md §5.3 to §5.8), so RQ clients read them unchanged.
 
 Every write after start is guarded by the job's wip entry (`<job>:<execution>` in `rq:wip:<q>`):
 it is the worker's lease on the job. A worker that was presumed dead and whose job was recovered
@@ -173,6 +173,9 @@ class Committer:
         ops.add("HSET", execution, "last_heartbeat", now.timestamp())
         ops.add("EXPIRE", execution, int(lease_s) + 60)
         ops.add("ZADD", schema.executions_key(claim.job.id), "XX", deadline + 60, claim.execution_id)
+        # As RQ's heartbeat does: without it the registry expires under a long job, and RQ's
+        # get_executions() (used by its cancel) finds nothing (docs/PROTOCOL.md §5.4).
+        ops.add("EXPIRE", schema.executions_key(claim.job.id), int(lease_s) + 120)
         ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
         ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
         self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", "", *ops.args],
@@ -233,7 +236,7 @@ class Committer:
         return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
 
     def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
-        """Finished (shared/rq-protocol.md 4.6, success). Returns LEASE_LOST or dependents released."""
+        """Finished (docs/PROTOCOL.md §5.5). Returns LEASE_LOST or dependents released."""
         job = claim.job
         ttl = job.result_ttl if job.result_ttl is not None else default_result_ttl_s
         ops = _Ops()

@@ -1,6 +1,6 @@
 """`workerd info` and `workerd health`: what is on the queues and who works them, read from Redis.
 
-`info` is `rq info` for workerd's and RQ's workers alike (rq-protocol.md 8.4), with the heartbeat
+`info` is `rq info` for workerd's and RQ's workers alike (docs/PROTOCOL.md §9.3), with the heartbeat
 age, current job and all registries added. Unlike `rq info` it is read-only: it cleans no
 registry and removes no stale worker; expired finished/failed entries are simply not counted.
 

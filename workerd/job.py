@@ -113,7 +113,7 @@ class Callback:
 
 
 def _func_reference(func: Any) -> tuple[str, Any]:
-    """(func_name, instance) as RQ stores them (shared/rq-protocol.md 2.2)."""
+    """(func_name, instance) as RQ stores them (docs/PROTOCOL.md §3.2)."""
     if isinstance(func, str):
         return func, None
     if inspect.ismethod(func):
@@ -363,7 +363,7 @@ class Job:
     # -- encoding ------------------------------------------------------------------------------
 
     def to_mapping(self, include_meta: bool = True) -> dict[str, str | bytes]:
-        """The hash fields RQ's `Job.to_dict` writes (shared/rq-protocol.md 2.1)."""
+        """The hash fields RQ's `Job.to_dict` writes (docs/PROTOCOL.md §3.1)."""
         mapping: dict[str, str | bytes] = {
             "created_at": _stamp(self.created_at),
             "data": self.data,

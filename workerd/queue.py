@@ -1,4 +1,4 @@
-"""The producer side: Queue.enqueue and friends, writing what RQ 2.12's Queue writes (rq-protocol.md 3)."""
+"""The producer side: Queue.enqueue and friends, writing what RQ 2.12's Queue writes (docs/PROTOCOL.md §4)."""
 
 from __future__ import annotations
 

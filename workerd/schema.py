@@ -1,6 +1,6 @@
 """The Redis schema: every key workerd reads or writes, and the Lua scripts that touch several at once.
 
-No other module formats a key string. The layout is RQ 2.12's (shared/rq-protocol.md, section 1),
+No other module formats a key string. The layout is RQ 2.12's (docs/PROTOCOL.md §2.1),
 so RQ clients, `rq info` and rq-dashboard see workerd's jobs and workers as their own.
 
 =========================================  ======  ==============================================
@@ -196,7 +196,7 @@ local function is_a(key, kind) return redis.call('TYPE', key)['ok'] == kind end
 """
 
 # Release the dependents of a job that just reached `parent_status` (RQ's enqueue_dependents,
-# shared/rq-protocol.md 3.3): a dependent is enqueued on its own origin queue once every other
+# docs/PROTOCOL.md §5.9): a dependent is enqueued on its own origin queue once every other
 # dependency is finished (or failed, when it allows failures). Missing dependency hashes count as met.
 _LUA_RELEASE_DEPENDENTS = """
 local function release_dependents(parent_id, parent_status, now_stamp)
@@ -372,7 +372,7 @@ return 'failed'
 
 # KEYS: scheduler hash, then per queue i of n: lock key, scheduled registry, queue key.
 # ARGV: n, scheduler name, lock ttl, now (epoch), now stamp, hostname, pid, queue names (comma).
-# RQ's scheduler-lock protocol (rq-protocol.md 4.9): a lock absent is taken, one we hold is
+# RQ's scheduler-lock protocol (docs/PROTOCOL.md §5.10): a lock absent is taken, one we hold is
 # refreshed, anyone else's is left alone. For each queue we hold, due jobs are promoted to the
 # queue (front if they asked for it) and removed from the scheduled registry - ids whose hash is
 # gone (or is not a hash) are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.

@@ -247,6 +247,11 @@ class Settings(BaseSettings):
             self.execution = mode  # type: ignore[assignment]
         return self
 
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """A copy with `changes` applied, validated like any other source (model_copy(update=) skips
+        validation: Worker(max_jobs="abc") was accepted and failed later, far from its cause)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
     @property
     def uses_tls(self) -> bool:
         if self.redis_url is not None:

@@ -126,7 +126,7 @@ class Worker:
     ) -> None:
         names = [queues] if isinstance(queues, str) else [getattr(q, "name", q) for q in queues]
         base = settings or Settings()
-        self.settings = base.model_copy(update={"queues": names, **({"name": name} if name else {}), **overrides})
+        self.settings = base.updated({"queues": names, **({"name": name} if name else {}), **overrides})
         self._constructed_settings = self.settings  # what each work() call starts from
         self.name: str = self.settings.name or uuid.uuid4().hex
         self.redis = connection if connection is not None else connection_module.connect(self.settings)
@@ -213,7 +213,7 @@ class Worker:
             per_run["with_scheduler"] = True
             if self.scheduler is None:
                 self.scheduler = Scheduler(self.redis, self.name, self.queues)
-        self.settings = base.model_copy(update=per_run)
+        self.settings = base.updated(per_run)
         done_before = self.jobs_done
         self.run()
         return self.jobs_done > done_before
