@@ -8,6 +8,8 @@ The writes are RQ 2.12's (shared/rq-protocol.md 4.4-4.6), so RQ clients read the
 Every write after start is guarded by the job's wip entry (`<job>:<execution>` in `rq:wip:<q>`):
 it is the worker's lease on the job. A worker that was presumed dead and whose job was recovered
 finds its lease gone and writes nothing, so a re-run is never overwritten by a stale outcome.
+`job.cancel()` takes the wip entry too, but leaves the execution record that recovery deletes: a
+job canceled while it runs is still renewed and committed, as RQ's worker commits it (CANCELED).
 """
 
 from __future__ import annotations

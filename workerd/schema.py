@@ -39,7 +39,9 @@ it. RQ ignores fields it does not know, and never deletes them.
 Where workerd differs from RQ on the wire (same data, fewer round trips, no loss window):
 ``FETCH_START`` pops the id and writes the started state in one script, so an id is never only in
 a process's memory; ``GUARDED_APPLY`` commits an outcome only while the worker still holds the
-job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run.
+job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run - or,
+for a job canceled while it runs (cancel removes the wip entry), while its execution record is
+left, which recovery deletes.
 """
 
 from __future__ import annotations
