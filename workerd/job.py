@@ -84,6 +84,19 @@ def check_retry(maximum: Any, intervals: Iterable[Any]) -> None:
         check_whole_number("Retry(interval=...)", interval, 0, MAX_TTL_S)
 
 
+class Repeat:
+    """Run a job that succeeded `times` more times (RQ 2.12's Repeat): each repeat `interval` seconds
+    after the run before (0: at once), an int or a list; as RQ, the list is read from the end."""
+
+    def __init__(self, times: int, interval: int | Iterable[int] = 0) -> None:
+        intervals = [interval] if isinstance(interval, int) else list(interval)
+        check_whole_number("Repeat(times=...)", times, 1, MAX_RETRIES)
+        for value in intervals:
+            check_whole_number("Repeat(interval=...)", value, 0, MAX_TTL_S)
+        self.times = times
+        self.intervals = intervals
+
+
 @dataclass
 class Dependency:
     """What a job waits for: `depends_on=Dependency([a, b], allow_failure=True)` (RQ's class)."""
@@ -154,18 +167,19 @@ def check_whole_number(option: str, value: Any, low: int, high: int, never: int 
     raise ValueError(f"{option}: {value!r} is out of range: expected {allowed}")
 
 
-def retry_intervals_within_limits(values: Iterable[Any], problems: list[str]) -> list[int]:
-    """Retry intervals as a worker can use them: a non-number, NaN or infinity reads as 0 (retry at
-    once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
+def retry_intervals_within_limits(values: Iterable[Any], problems: list[str],
+                                  name: str = "retry_intervals") -> list[int]:  # fmt: skip
+    """Retry (or repeat) intervals as a worker can use them: a non-number, NaN or infinity reads as 0
+    (at once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
     intervals = []
     for value in values:
         number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         if number is None or not math.isfinite(number):
-            problems.append(f"retry_intervals: {_clip(value)} is not a number of seconds; read as 0")
+            problems.append(f"{name}: {_clip(value)} is not a number of seconds; read as 0")
             intervals.append(0)
         elif not 0 <= number <= MAX_TTL_S:
             bounded = 0 if number < 0 else MAX_TTL_S
-            problems.append(f"retry_intervals: {_clip(value)} is outside 0..{MAX_TTL_S}; read as {bounded}")
+            problems.append(f"{name}: {_clip(value)} is outside 0..{MAX_TTL_S}; read as {bounded}")
             intervals.append(bounded)
         else:
             intervals.append(int(number))
@@ -224,6 +238,8 @@ class Job:
     retry_intervals: list[int] | None = None
     enqueue_at_front_on_retry: bool = False
     number_of_retries: int | None = None
+    repeats_left: int | None = None
+    repeat_intervals: list[int] | None = None
     success_callback_name: str = ""
     failure_callback_name: str = ""
     stopped_callback_name: str = ""
@@ -260,6 +276,7 @@ class Job:
         meta: Mapping[str, Any] | None = None,
         status: JobStatus = JobStatus.CREATED,
         retry: Retry | None = None,
+        repeat: Repeat | None = None,
         on_success: Callback | Callable[..., Any] | None = None,
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
@@ -296,6 +313,10 @@ class Job:
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front
+        if repeat is not None:  # an rq.Repeat as well: same attribute names, checked here for both
+            Repeat(repeat.times, repeat.intervals)
+            job.repeats_left = repeat.times
+            job.repeat_intervals = list(repeat.intervals)
         for kind, callback in (("success", on_success), ("failure", on_failure), ("stopped", on_stopped)):
             if callback is not None:
                 cb = callback if isinstance(callback, Callback) else Callback(callback)
@@ -393,6 +414,8 @@ class Job:
             "retry_intervals": json.dumps(self.retry_intervals) if self.retry_intervals is not None else None,
             "enqueue_at_front_on_retry": "1" if self.enqueue_at_front_on_retry else None,
             "number_of_retries": _encode_ttl(self.number_of_retries),
+            "repeats_left": _encode_ttl(self.repeats_left),
+            "repeat_intervals": json.dumps(self.repeat_intervals) if self.repeat_intervals is not None else None,
             "success_callback_timeout": _encode_ttl(self.success_callback_timeout),
             "failure_callback_timeout": _encode_ttl(self.failure_callback_timeout),
             "stopped_callback_timeout": _encode_ttl(self.stopped_callback_timeout),
@@ -450,9 +473,14 @@ class Job:
             problems.append(f"{name}: {_clip(raw)} is outside {low}..{high}; read as {out_of_range or bounded}")
             return bounded
 
-        intervals = json_list("retry_intervals")
-        if intervals is None and text("retry_intervals") is not None:
-            problems.append(f"retry_intervals: {_clip(text('retry_intervals'))} is not a JSON list; read as unset")
+        def intervals(name: str) -> list[int] | None:
+            values = json_list(name)
+            if values is None:
+                if text(name) is not None:
+                    problems.append(f"{name}: {_clip(text(name))} is not a JSON list; read as unset")
+                return None
+            return retry_intervals_within_limits(values, problems, name)
+
         status_text = text("status")
         try:
             status = JobStatus(status_text) if status_text else JobStatus.CREATED
@@ -486,9 +514,11 @@ class Job:
             allow_dependency_failures=text("allow_dependency_failures") == "1",
             enqueue_at_front=text("enqueue_at_front") == "1",
             retries_left=number("retries_left", 0, MAX_RETRIES, out_of_range="no retries"),
-            retry_intervals=None if intervals is None else retry_intervals_within_limits(intervals, problems),
+            retry_intervals=intervals("retry_intervals"),
             enqueue_at_front_on_retry=text("enqueue_at_front_on_retry") == "1",
             number_of_retries=number("number_of_retries", 0, MAX_RETRIES),
+            repeats_left=number("repeats_left", 0, MAX_RETRIES, out_of_range="no repeats"),
+            repeat_intervals=intervals("repeat_intervals"),
             success_callback_name=text("success_callback_name") or "",
             failure_callback_name=text("failure_callback_name") or "",
             stopped_callback_name=text("stopped_callback_name") or "",
@@ -630,6 +660,11 @@ class Job:
             }.get(status)
             if registry_key is not None:
                 pipe.zrem(registry_key(self.origin), self.id)
+            if status == JobStatus.STARTED:  # rq's remove_executions: the job runs on, its worker commits it
+                executions: list[bytes] = redis.zrange(schema.executions_key(self.id), 0, -1)  # type: ignore[assignment]
+                members = [schema.wip_member(self.id, schema.decode_id(e)) for e in executions]
+                if members:
+                    pipe.zrem(schema.started_key(self.origin), *members)
             pipe.zadd(schema.canceled_key(self.origin), {self.id: _epoch_now()})
             pipe.execute()
         self.status = JobStatus.CANCELED

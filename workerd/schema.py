@@ -39,7 +39,9 @@ it. RQ ignores fields it does not know, and never deletes them.
 Where workerd differs from RQ on the wire (same data, fewer round trips, no loss window):
 ``FETCH_START`` pops the id and writes the started state in one script, so an id is never only in
 a process's memory; ``GUARDED_APPLY`` commits an outcome only while the worker still holds the
-job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run.
+job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run - or,
+for a job canceled while it runs (cancel removes the wip entry), while its execution record is
+left, which recovery deletes.
 """
 
 from __future__ import annotations
@@ -294,28 +296,45 @@ return {0, '', {}, skipped}
 )
 
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
-# 'failed'), job id, now stamp, tolerant ('1' or ''), then commands as (argc, command, args...)*.
+# 'failed'), job id, now stamp, tolerant ('1' or ''), canceled ok ('1' or ''), then commands as
+# (argc, command, args...)*.
 # Releases dependents, then applies the commands, atomically and only while the member is still
-# in the wip registry, i.e. while this worker still holds the job. Returns -1 if the lease was
-# lost, else the number of dependents released. A command that errors stops the script, and Redis
-# keeps the writes made before it: callers validate every argument first. Tolerant (the last-resort
-# failure path) attempts every command whatever the others do.
+# in the wip registry, i.e. while this worker still holds the job. A job canceled while it runs
+# (RQ's Job.cancel takes its wip entry away but leaves the execution record, which only recovery
+# deletes) stays this worker's to renew and commit when 'canceled ok' is set, as RQ's worker commits
+# it; a success then releases no dependent (RQ's enqueue_dependents finds the parent canceled), a
+# failure releases them as usual (RQ writes 'failed' before it looks). Without 'canceled ok' (a
+# requeue) a canceled job is never written. Returns -1 if the lease was lost, -2 after committing a
+# canceled job, else the number of dependents released. A command that errors stops the script, and
+# Redis keeps the writes made before it: callers validate every argument first. Tolerant (the
+# last-resort failure path) attempts every command whatever the others do.
 GUARDED_APPLY = (
     _LUA_PREFIXES
     + _LUA_RELEASE_DEPENDENTS
     + """
-if ARGV[1] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+local canceled = false
+if ARGV[1] ~= '' then
+  local job_key = JOB_PREFIX .. ARGV[3]
+  canceled = is_a(job_key, 'hash') and redis.call('HGET', job_key, 'status') == 'canceled'
+  local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  local execution_kept = redis.call('EXISTS', EXECUTION_PREFIX .. ARGV[1]) == 1
+  if canceled and (ARGV[6] ~= '1' or not (held or execution_kept)) then return -1 end
+  if not canceled and not held then return -1 end
+end
 -- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
 local released = 0
-if ARGV[2] ~= '' then released = release_dependents(ARGV[3], ARGV[2], ARGV[4]) end
+if ARGV[2] ~= '' and not (canceled and ARGV[2] == 'finished') then
+  released = release_dependents(ARGV[3], ARGV[2], ARGV[4])
+end
 local call = redis.call
 if ARGV[5] == '1' then call = redis.pcall end
-local i = 6
+local i = 7
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
   call(unpack(ARGV, i + 1, i + argc))
   i = i + argc + 1
 end
+if canceled then return -2 end
 return released
 """
 )

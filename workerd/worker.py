@@ -31,7 +31,7 @@ from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
-from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
+from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
 from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisAuthError, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
@@ -41,7 +41,7 @@ from workerd.execution import (
     run_callback,
     run_exception_handlers,
 )
-from workerd.job import Job
+from workerd.job import Job, JobStatus
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
@@ -578,6 +578,10 @@ class Worker:
         # Say what happened, not what usually happens: after a FLUSHALL (or a restart of a Redis that
         # does not persist) nobody recovered the job; it is gone.
         status: bytes | None = self.redis.hget(schema.job_key(claim.job.id), "status")  # type: ignore[assignment]
+        if status == JobStatus.CANCELED.value.encode():  # a requeue, or an execution record that expired
+            log.info("Worker %s: job %s was canceled while it ran; it stays canceled", self.name,
+                     printable_id(claim.job.id))  # fmt: skip
+            return
         if status is None:
             why = "its hash is gone from Redis (deleted, expired, or Redis was flushed or restarted without its data)"
         else:
@@ -895,7 +899,9 @@ class Worker:
 
     def _requeue(self, claim: Claim) -> None:
         try:
-            self.committer.requeue(claim)
+            if self.committer.requeue(claim) == LEASE_LOST:
+                self._lease_lost(claim)
+                return
             log.warning("Worker %s: job %s put back at the front of %s", self.name, printable_id(claim.job.id),
                         claim.queue, extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
             self.report(outcome="requeued", queue=claim.queue)
@@ -931,6 +937,7 @@ class Worker:
             return
         if outcome.succeeded and outcome.retry is not None:
             released, what = self.committer.commit_retry_requested(claim, outcome)
+            self._note_canceled(claim, released)
             if released != LEASE_LOST:
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id), what)
             return
@@ -939,6 +946,7 @@ class Worker:
             if released == LEASE_LOST:
                 self._lease_lost(claim)
                 return
+            self._note_canceled(claim, released)
             self._log_success(claim, outcome)
             self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
             return
@@ -947,6 +955,7 @@ class Worker:
         if released == LEASE_LOST:
             self._lease_lost(claim)
             return
+        self._note_canceled(claim, released)
         self.report(outcome="retried" if what.startswith("retry") else "failed", queue=claim.queue,
                     duration_s=outcome.duration_s)  # fmt: skip
         extra = job_fields(job, claim.queue, self.name)
@@ -960,6 +969,12 @@ class Worker:
         if what.startswith("retry"):
             log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
                      extra=extra)  # fmt: skip
+
+    def _note_canceled(self, claim: Claim, released: int) -> None:
+        if released == CANCELED:
+            log.info("Worker %s: job %s was canceled while it ran; its outcome is committed as rq's worker "
+                     "commits it (a success keeps its result and leaves its dependents deferred)", self.name,
+                     printable_id(claim.job.id), extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
 
     def _commit_failed(self, claim: Claim, outcome: Outcome, exc: redis.ResponseError) -> None:
         """A commit the checks in workerd.job did not foresee: fail the job by the path with fixed

@@ -193,3 +193,12 @@ def log_warning(message):
 
     logging.getLogger("workerd.testjobs").warning(message)
     return os.getpid()
+
+
+def wait_for_go(url, key, fail=False):
+    """Block until the test pushes to `key` in its Redis (at most 20 s), then return or raise."""
+    if redis.Redis.from_url(url).blpop([key], timeout=20) is None:
+        raise TimeoutError(f"nobody pushed to {key}")
+    if fail:
+        raise ValueError("failed after go")
+    return "went"
