@@ -599,6 +599,11 @@ def test_cancel_requeue_delete_and_registries_both_ways(r: redis.Redis, redis_ur
     assert workerd.Job.fetch(rr["cancel"].id, r).get_status() == workerd.JobStatus.CANCELED
     assert rq.registry.CanceledJobRegistry("api_w", connection=r).get_job_ids() == [w["cancel"].id]
     assert workerd.CanceledJobRegistry("api_r", connection=r).get_job_ids() == [rr["cancel"].id]
+    # Both write the canceled registry's score in whole seconds, as rq scores every registry.
+    scores = [
+        r.zscore(f"rq:canceled:{queue}", job.id) for queue, job in (("api_w", w["cancel"]), ("api_r", rr["cancel"]))
+    ]
+    assert all(score is not None and score == int(score) for score in scores), scores
 
     wd_burst(redis_url, "api_w")
     rq_burst(redis_url, "api_r")

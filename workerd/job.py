@@ -665,7 +665,8 @@ class Job:
                 members = [schema.wip_member(self.id, schema.decode_id(e)) for e in executions]
                 if members:
                     pipe.zrem(schema.started_key(self.origin), *members)
-            pipe.zadd(schema.canceled_key(self.origin), {self.id: _epoch_now()})
+            # whole seconds, as rq's registries score (docs/PROTOCOL.md §1.1)
+            pipe.zadd(schema.canceled_key(self.origin), {self.id: int(utcnow().timestamp())})
             pipe.execute()
         self.status = JobStatus.CANCELED
 
@@ -709,10 +710,6 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
-
-
-def _epoch_now() -> float:
-    return utcnow().timestamp()
 
 
 @dataclass
