@@ -214,6 +214,22 @@ def test_the_sender_dies_with_its_worker(r: redis.Redis, redis_url: str, endpoin
     wait_until(lambda: not _alive(sender), 10, message="the sender to die with its worker")
 
 
+def test_a_warm_stop_of_the_whole_group_lets_the_sender_finish(r: redis.Redis, redis_url: str, endpoint: Endpoint,
+                                                               workerd: Any) -> None:  # fmt: skip
+    """`systemctl stop` signals every process: the sender outlives SIGTERM, and the worker waits for it
+    (up to webhooks.DRAIN_S) before it exits, so the webhooks it held still go out."""
+    hooks = [RQWebhook(endpoint.url("/slow"), "finished", timeout=30), RQWebhook(endpoint.url("/ok/after"), "finished")]
+    rq.Queue(connection=r).enqueue(webhook_jobs.add, 1, 1, webhooks=hooks)
+    worker = workerd("-u", redis_url)
+    wait_until(lambda: endpoint.at("/slow"), 30, message="the slow webhook's request")
+    os.killpg(worker.pid, signal.SIGTERM)
+    wait_until(lambda: "stopping: warm shut down" in worker.output(), 10, message="the warm stop")
+    assert worker.process.poll() is None and endpoint.at("/ok/after") == []  # waiting for its sender
+    endpoint.released.set()
+    assert worker.wait(webhooks.DRAIN_S + 5) == 0
+    assert len(endpoint.at("/ok/after")) == 1
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.status() != psutil.STATUS_ZOMBIE
@@ -263,3 +279,14 @@ def test_no_sender_without_webhooks(r: redis.Redis, redis_url: str) -> None:
     result = run_workerd("--burst", "-u", redis_url, "-v")
     assert result.returncode == 0
     assert "webhook sender" not in result.stdout + result.stderr
+
+
+def test_untrusted_mode_sends_no_webhooks(r: redis.Redis, redis_url: str, endpoint: Endpoint) -> None:
+    """With ALLOWED_FUNCTIONS, a hash's URLs and headers are not trusted with a request (SSRF)."""
+    from rq.serializers import JSONSerializer
+
+    queue = rq.Queue(connection=r, serializer=JSONSerializer)
+    job = queue.enqueue(webhook_jobs.add, 1, 2, webhooks=[RQWebhook(endpoint.url("/ok"), "finished")])
+    _burst(redis_url, "--serializer", "json", "--allowed-function", "webhook_jobs.*")
+    assert job.get_status(refresh=True) == "finished"
+    assert endpoint.received == []

@@ -149,6 +149,11 @@ class Sender:
         from workerd.utils import printable_id
 
         shown = printable_id(job.id)
+        if self.settings.allowed_functions:
+            # Untrusted-Redis mode: a forged hash must not make workers send requests where it likes (SSRF).
+            log.warning("Job %s: %s webhook(s) not sent: webhooks are off in untrusted-Redis mode "
+                        "(ALLOWED_FUNCTIONS is set; docs/SECURITY.md)", shown, status)  # fmt: skip
+            return
         message = pickle.dumps((shown, matching, payload(job, status, ended_at, exc_string)))
         log.debug("Job %s: sending %d %s webhook(s)", shown, len(matching), status)
         why = "the webhook sender died at once, twice"

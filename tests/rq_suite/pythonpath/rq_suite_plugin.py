@@ -114,7 +114,8 @@ def _make_worker_classes() -> dict[str, type]:
             check) go through RQ's Job.send_webhooks here. workerd's own delivery: tests/test_webhooks.py."""
             from rq.job import Job as RQJob
 
-            RQJob.fetch(job.id, connection=self.redis).send_webhooks(status, exc_string=exc_string)
+            if any(webhook.job_status == status for webhook in job.webhooks):  # else the hash may be gone (ttl 0)
+                RQJob.fetch(job.id, connection=self.redis).send_webhooks(status, exc_string=exc_string)
 
     class SimpleWorker(Worker):
         _execution = "inprocess"
