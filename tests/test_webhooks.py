@@ -290,3 +290,20 @@ def test_untrusted_mode_sends_no_webhooks(r: redis.Redis, redis_url: str, endpoi
     _burst(redis_url, "--serializer", "json", "--allowed-function", "webhook_jobs.*")
     assert job.get_status(refresh=True) == "finished"
     assert endpoint.received == []
+
+
+def test_a_sender_that_died_is_replaced(endpoint: Endpoint) -> None:
+    sender = webhooks.Sender(Settings(), "test-worker")
+    job = Job(id="j", webhooks=[webhooks.Webhook(endpoint.url("/ok"), "finished")])
+    try:
+        sender.send(job, "finished", time.time())
+        wait_until(lambda: len(endpoint.at("/ok")) == 1, 30, message="the first webhook")
+        first = sender._process
+        assert first is not None
+        first.kill()
+        first.wait(10)
+        sender.send(job, "finished", time.time())
+        wait_until(lambda: len(endpoint.at("/ok")) == 2, 30, message="the webhook sent by a new sender")
+        assert sender._process is not None and sender._process.pid != first.pid
+    finally:
+        sender.close()

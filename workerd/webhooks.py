@@ -44,6 +44,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from workerd.utils import printable_id
+
 if TYPE_CHECKING:
     from workerd.job import Job
     from workerd.settings import Settings
@@ -146,8 +148,6 @@ class Sender:
         matching = [webhook.to_dict() for webhook in job.webhooks if webhook.job_status == status]
         if not matching:
             return
-        from workerd.utils import printable_id
-
         shown = printable_id(job.id)
         if self.settings.allowed_functions:
             # Untrusted-Redis mode: a forged hash must not make workers send requests where it likes (SSRF).
