@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workerd import schema
+from workerd import webhooks as webhooks_module
 from workerd.errors import DeserializationError, InvalidJobOperation, NoSuchJobError
 from workerd.serializers import Serializer, resolve_serializer
 from workerd.timeutil import utcformat, utcnow, utcparse
 from workerd.utils import as_text, call_string, import_attribute, printable_id, validate_job_id
+from workerd.webhooks import Webhook
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -247,6 +249,7 @@ class Job:
     failure_callback_timeout: int | None = None
     stopped_callback_timeout: int | None = None
     lost_count: int = 0
+    webhooks: list[Webhook] = field(default_factory=list)  # RQ 2.12's; sent by the worker (workerd.webhooks)
     # What from_mapping had to change to read the hash (a field out of range or unreadable): logged by
     # the worker, and added to the exc_info if the job fails. Not stored.
     problems: list[str] = field(default_factory=list, repr=False)
@@ -419,6 +422,7 @@ class Job:
             "success_callback_timeout": _encode_ttl(self.success_callback_timeout),
             "failure_callback_timeout": _encode_ttl(self.failure_callback_timeout),
             "stopped_callback_timeout": _encode_ttl(self.stopped_callback_timeout),
+            "webhooks": webhooks_module.encode_field(self.webhooks),
         }
         mapping.update({key: value for key, value in optional.items() if value is not None})
         if include_meta and self.meta:
@@ -526,6 +530,7 @@ class Job:
             failure_callback_timeout=number("failure_callback_timeout", -1, MAX_TIMEOUT_S),
             stopped_callback_timeout=number("stopped_callback_timeout", -1, MAX_TIMEOUT_S),
             lost_count=number(schema.LOST_COUNT_FIELD, 0, MAX_RETRIES) or 0,
+            webhooks=webhooks_module.parse_field(fields.get("webhooks"), problems),
             problems=problems,
             data=fields.get("data", b""),
             connection=connection,

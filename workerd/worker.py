@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
-from workerd import __version__, registration, rqview, schema, suspension, untrusted
+from workerd import __version__, registration, rqview, schema, suspension, untrusted, webhooks
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
@@ -146,6 +146,7 @@ class Worker:
 
             self.exception_handlers.insert(0, sentry.exception_handler(self.settings, self.name))
         self.committer = Committer(self.redis, self.name, self.serializer)
+        self.webhook_sender = webhooks.Sender(self.settings, self.name)
         self.outage = Outage(connection_module.describe(self.settings), f"Worker {self.name}: ",
                              max_backoff_s=self.settings.effective_heartbeat_s)  # fmt: skip
         self.jobs_done = 0
@@ -340,6 +341,7 @@ class Worker:
                 self.scheduler.release()
             if self._pubsub is not None:
                 self._pubsub.close()
+        self.webhook_sender.close(0.0 if self._cold_stop else webhooks.DRAIN_S)
         if self._registered:
             try:
                 registration.register_death(self.redis, self.name, self.queues)
@@ -940,6 +942,8 @@ class Worker:
             self._note_canceled(claim, released)
             if released != LEASE_LOST:
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id), what)
+                if what.startswith("failed"):  # past its max: failed, with no exception (as RQ)
+                    self.send_webhooks(job, "failed", outcome.ended_at, "")
             return
         if outcome.succeeded:
             released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
@@ -949,6 +953,7 @@ class Worker:
             self._note_canceled(claim, released)
             self._log_success(claim, outcome)
             self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
+            self.send_webhooks(job, "finished", outcome.ended_at)
             return
         self.jobs_failed += 1
         released, what = self.committer.commit_failure(claim, outcome)
@@ -969,6 +974,8 @@ class Worker:
         if what.startswith("retry"):
             log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
                      extra=extra)  # fmt: skip
+        else:
+            self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
 
     def _note_canceled(self, claim: Claim, released: int) -> None:
         if released == CANCELED:
@@ -988,6 +995,7 @@ class Worker:
             self._lease_lost(claim)
             return
         self.report(outcome="failed", queue=claim.queue, duration_s=outcome.duration_s)
+        self.send_webhooks(claim.job, "failed", outcome.ended_at, outcome.exc_string)
 
     def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
         """stop-job: status stopped, failed registry, dependents not released; on_stopped runs here."""
@@ -1000,6 +1008,11 @@ class Worker:
         self.committer.commit_failure(claim, outcome, stopped=True)
         self._stop_job_id = None
         log.info("Worker %s: job %s stopped", self.name, printable_id(job.id))
+
+    def send_webhooks(self, job: Job, status: str, ended_at: float, exc_string: str | None = None) -> None:
+        """The job's webhooks for its final `status`, once the commit has landed: handed to the sender
+        process, never waited for (workerd.webhooks)."""
+        self.webhook_sender.send(job, status, ended_at, exc_string)
 
     def _log_success(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job
