@@ -4,8 +4,13 @@
 #   scripts/test.sh [PYTEST ARGS]                 everyday: on the default python3 (.venv)
 #   scripts/test.sh --all-pythons [PYTEST ARGS]   on the oldest and the newest supported Python found
 #                                                 (scripts/pythons.sh), each in .venv-X.Y; CI=true implies it
+#
+# pytest runs test files in parallel (pytest-xdist, one file per process so a file's tests share its
+# redis-server): WORKERD_TEST_PROCESSES=3 by default (most tests wait on subprocesses, not the CPU);
+# 0 runs them in this process, one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+parallel=(-n "${WORKERD_TEST_PROCESSES:-3}" --dist loadfile)
 all_pythons=false
 [ "${CI:-}" = "true" ] && all_pythons=true
 if [ "${1:-}" = "--all-pythons" ]; then all_pythons=true; shift; fi
@@ -16,7 +21,7 @@ bash scripts/setup.sh
 .venv/bin/mypy
 
 if ! $all_pythons; then
-  exec .venv/bin/python -m pytest -q "$@"
+  exec .venv/bin/python -m pytest -q "${parallel[@]}" "$@"
 fi
 mapfile -t pythons < <(bash scripts/pythons.sh)
 versions=()
@@ -27,7 +32,7 @@ for i in "${!pythons[@]}"; do
   venv=".venv-${versions[$i]}"
   PYTHON=${pythons[$i]} VENV=$venv bash scripts/setup.sh
   echo "test: Python ${versions[$i]} ($venv)" >&2
-  "$venv/bin/python" -m pytest -q "$@" || failed+=("${versions[$i]}")
+  "$venv/bin/python" -m pytest -q "${parallel[@]}" "$@" || failed+=("${versions[$i]}")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test: FAILED on Python ${failed[*]} (of ${versions[*]})" >&2

@@ -209,7 +209,7 @@ def settle(r: redis.Redis, alive: Callable[[], bool], rounds: int = 5, timeout_s
             return Settled(sentinels, f"the sentinel job did not finish within {timeout_s:g} s")
         if not alive():
             return Settled(sentinels, "the worker died")
-        if r.llen(schema.queue_key(QUEUE)) == 0 and r.zcard(schema.started_key(QUEUE)) == 0:
+        if _nothing_left(r):
             return Settled(sentinels, None)
     # Still work left (a job that retries at once, thousands of times): suspend the worker (its fetch
     # checks the suspension atomically) and let the job in hand end, so that the oracle reads a still
@@ -218,6 +218,15 @@ def settle(r: redis.Redis, alive: Callable[[], bool], rounds: int = 5, timeout_s
     if not wait_for(lambda: r.zcard(schema.started_key(QUEUE)) == 0 or not alive(), timeout_s):
         return Settled(sentinels, f"the job in hand did not end within {timeout_s:g} s of a suspension")
     return Settled(sentinels, None)
+
+
+def _nothing_left(r: redis.Redis) -> bool:
+    """Queue and wip registry both empty, read in one transaction: two separate reads can see the
+    queue empty while a job retried at once is in hand, then the wip registry empty once it is back
+    in the queue, and call a still-moving job settled."""
+    with r.pipeline(transaction=True) as pipe:
+        queued, in_hand = pipe.llen(schema.queue_key(QUEUE)).zcard(schema.started_key(QUEUE)).execute()
+    return queued == 0 and in_hand == 0
 
 
 def _finished_or_dead(r: redis.Redis, job_id: bytes, alive: Callable[[], bool]) -> Callable[[], bool]:

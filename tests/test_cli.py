@@ -1,4 +1,4 @@
-"""`workerd` as a drop-in for `rq worker`: every option of rq-protocol.md 8.1/8.2, parsed and observed.
+"""`workerd` as a drop-in for `rq worker`: every option of docs/PROTOCOL.md §9.1/§9.2, parsed and observed.
 
 Behaviour is checked on the real binary against the suite's redis-server, mostly with `--burst`.
 """

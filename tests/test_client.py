@@ -479,3 +479,14 @@ def test_is_async_false_leaves_the_same_data_as_rq(r: redis.Redis) -> None:
         return data
 
     assert_same_data(scenario(rq.Queue), scenario(Queue), "is_async=False")
+
+
+@pytest.mark.parametrize("overrides", [{"max_jobs": "abc"}, {"heartbeat_interval": -1}, {"no_such_setting": 1}])
+def test_worker_keyword_settings_are_validated(r: redis.Redis, overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        Worker("default", connection=r, **overrides)
+
+
+def test_work_keywords_are_validated(r: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="max_idle_time"):
+        Worker("default", connection=r).work(burst=True, max_idle_time=-5)

@@ -91,7 +91,7 @@ FAILED = {"fail", "fail_ttl", "fail_forever", "kill", "bad_parent"}
 # snapshots drop them before comparing.
 LEGITIMATE_DIFFERENCES = {
     # RQ's abnormal-exit path saves the main process's stale copy of the job, blanking worker_name
-    # and last_heartbeat (rq-protocol.md 4.6, "Quirk"); workerd keeps who ran it and when.
+    # and last_heartbeat (docs/PROTOCOL.md §5.8); workerd keeps who ran it and when.
     ("rq:job:<kill>", "worker_name"),
     ("rq:job:<kill>", "last_heartbeat"),
     # The worker hash's `version` is the software's own: "2.12.0" vs "workerd 0.1.0".

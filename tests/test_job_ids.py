@@ -2,7 +2,7 @@
 that are not UTF-8, colons, nothing at all, 10,000 characters - is run and committed exactly as an
 ASCII id is, against the real binary, and never crashes a worker.
 
-The hostile ids are planted as bytes, as any producer can write them (rq-protocol.md, section 1).
+The hostile ids are planted as bytes, as any producer can write them (docs/PROTOCOL.md §1.2).
 """
 
 from __future__ import annotations

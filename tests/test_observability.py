@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import run_workerd, wait_until
 from tests.redis_server import RedisServer, free_port
 from workerd import Queue, Retry, registration, schema
-from workerd.timeutil import utcformat, utcnow
+from workerd.timeutil import utcformat, utcnow, utcparse
 
 
 def _status(r: redis.Redis, job_id: str) -> str | None:
@@ -67,9 +67,13 @@ def test_info_shows_queues_registries_and_workerd_and_rq_workers(r, redis_url, w
     low_line = next(line for line in lines if line.startswith("low "))
     assert low_line.endswith(" 0, 0 executing, 0 finished, 0 failed, 0 deferred, 1 scheduled"), out
     assert "2 queues, 3 jobs total" in out
-    for job in long_jobs:
-        busy = [line for line in lines if f": busy job {job.id} default, low." in line]
+    for job in long_jobs:  # the function, queue and how long it has run, from the job's hash
+        shown = f": busy job {job.id} (testjobs.mark_then_sleep from default, running "
+        busy = [line for line in lines if shown in line]
         assert len(busy) == 1 and "s ago" in busy[0], out
+        shown_s = float(busy[0].split(", running ")[1].split(" s)")[0])
+        running_s = (utcnow() - utcparse(r.hget(schema.job_key(job.id), "started_at"))).total_seconds()
+        assert running_s - 5 < shown_s <= running_s, (shown_s, running_s)
     assert any(line.startswith("an-rq-worker (") and ": ? default. jobs: 0 finished" in line for line in lines), out
     assert "3 workers, 2 queues" in out
     assert pool.process.poll() is None
@@ -82,6 +86,22 @@ def test_info_shows_queues_registries_and_workerd_and_rq_workers(r, redis_url, w
 
     unreachable = run_workerd("info", "-u", f"redis://127.0.0.1:{free_port()}/0")
     assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+
+
+def test_info_shows_a_running_jobs_function_but_never_its_arguments_nor_a_custom_description(r) -> None:
+    from workerd.info import describe_job, running_jobs
+    from workerd.registration import WorkerInfo
+
+    started_at = "2026-01-02T03:04:05.000000Z"
+    rq_default = {"description": "app.mail.send('to@x', password='pw')", "origin": "mail", "started_at": started_at}
+    r.hset(schema.job_key("rq-default"), mapping=rq_default)
+    r.hset(schema.job_key("custom"), mapping={"description": "send pw to bob", "origin": "mail"})
+    workers = [WorkerInfo.from_hash(name, {b"current_job": name.encode()}) for name in ("rq-default", "custom", "gone")]
+    running = running_jobs(r, workers)
+    now = dt.datetime(2026, 1, 2, 3, 5, 5, tzinfo=dt.timezone.utc)
+    shown = [describe_job(name, running.get(name), now) for name in ("rq-default", "custom", "gone")]
+    assert shown == [" job rq-default (app.mail.send from mail, running 60.0 s)", " job custom (from mail)",
+                     " job gone"]  # fmt: skip
 
 
 def test_a_queue_named_info_is_given_after_a_double_dash(r, redis_url) -> None:

@@ -512,7 +512,7 @@ def test_workerd_suspension_of_rq_worker(r: redis.Redis, redis_url: str, rq_work
     rq_worker("-n", "rq-susp", "susp_r")
     wait_until(lambda: worker_field(r, "rq-susp", "state") == "idle", timeout=10, message="rq worker idle")
     workerd.suspension.suspend(r)
-    # rq-protocol.md 4.2: an rq worker already blocked takes the next job anyway, then suspends.
+    # docs/PROTOCOL.md §5.13: an rq worker already blocked takes the next job anyway, then suspends.
     first = queue.enqueue(pj.add, 1, 1)
     wait_until(lambda: status(r, first.id) == "finished", timeout=10, message="rq's blocked pop")
     wait_until(lambda: worker_field(r, "rq-susp", "state") == "suspended", timeout=5, message="rq suspended")
@@ -599,6 +599,11 @@ def test_cancel_requeue_delete_and_registries_both_ways(r: redis.Redis, redis_ur
     assert workerd.Job.fetch(rr["cancel"].id, r).get_status() == workerd.JobStatus.CANCELED
     assert rq.registry.CanceledJobRegistry("api_w", connection=r).get_job_ids() == [w["cancel"].id]
     assert workerd.CanceledJobRegistry("api_r", connection=r).get_job_ids() == [rr["cancel"].id]
+    # Both write the canceled registry's score in whole seconds, as rq scores every registry.
+    scores = [
+        r.zscore(f"rq:canceled:{queue}", job.id) for queue, job in (("api_w", w["cancel"]), ("api_r", rr["cancel"]))
+    ]
+    assert all(score is not None and score == int(score) for score in scores), scores
 
     wd_burst(redis_url, "api_w")
     rq_burst(redis_url, "api_r")

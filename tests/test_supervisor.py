@@ -15,8 +15,6 @@ import redis
 
 from tests.conftest import run_workerd, wait_until
 from workerd import Job, Queue, schema
-from workerd.logs import rotate_log_file_if_needed
-from workerd.settings import Settings
 
 
 def _status(r: redis.Redis, job_id: str) -> str | None:
@@ -271,15 +269,6 @@ def test_systemd_notify_protocol(r, redis_url, workerd, tmp_path) -> None:
     wait_until(lambda: got("STOPPING=1"), message="STOPPING=1")
     assert master.wait() == 0
     sock.close()
-
-
-def test_log_file_rotation(tmp_path) -> None:
-    log_file = tmp_path / "workerd.log"
-    log_file.write_bytes(b"x" * (1024 * 1024 + 1))
-    settings = Settings.model_validate({"log_file": str(log_file), "log_file_max_mib": 1, "log_file_backups": 2})
-    rotate_log_file_if_needed(settings)
-    assert (tmp_path / "workerd.log.1").stat().st_size == 1024 * 1024 + 1
-    assert not log_file.exists() or log_file.stat().st_size == 0
 
 
 @pytest.fixture(autouse=True)

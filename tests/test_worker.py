@@ -281,3 +281,15 @@ def test_an_inprocess_job_that_calls_os_exit_fails_and_the_worker_exits_non_zero
     assert _status(r, vanishing.id) == "failed"
     assert "the job called os._exit(0) in the worker process" in _exc(r, vanishing.id)
     assert _status(r, later.id) == "queued"  # the next start runs it
+
+
+def test_the_lease_renewal_keeps_the_executions_registry_alive(r: redis.Redis, redis_url: str, workerd) -> None:
+    """RQ's cancel finds a running job's executions through rq:executions:<id>; a job that runs longer
+    than the ttl the fetch gave that key must still have it (the renewal renews its ttl, as RQ's does)."""
+    job = Queue("default", connection=r).enqueue("testjobs.mark_then_sleep", redis_url, "started", 30)
+    workerd("-u", redis_url, "--heartbeat-interval", "0.5")
+    wait_until(lambda: r.llen("started"), message="the job to start")
+    executions = schema.executions_key(job.id)
+    r.expire(executions, 2)  # as if the job had run for the fetch's whole ttl
+    wait_until(lambda: r.ttl(executions) > 2, message="a renewal to extend the executions registry's ttl")
+    assert r.zcard(executions) == 1

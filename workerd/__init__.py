@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from workerd.commands import send_kill_horse_command, send_shutdown_command, send_stop_job_command
 from workerd.execution import get_current_job
-from workerd.job import Callback, Dependency, Job, JobStatus, Result, Retry
+from workerd.job import Callback, Dependency, Job, JobStatus, Repeat, Result, Retry
 from workerd.queue import Queue, job
 from workerd.registration import WorkerInfo
 from workerd.registry import (
@@ -19,7 +19,7 @@ from workerd.worker import Worker
 
 __all__ = [
     "Callback", "CanceledJobRegistry", "DeferredJobRegistry", "Dependency", "FailedJobRegistry",
-    "FinishedJobRegistry", "Job", "JobStatus", "Queue", "Result", "Retry", "ScheduledJobRegistry",
+    "FinishedJobRegistry", "Job", "JobStatus", "Queue", "Repeat", "Result", "Retry", "ScheduledJobRegistry",
     "StartedJobRegistry", "Worker", "WorkerInfo", "__version__", "get_current_job", "job",
     "send_kill_horse_command", "send_shutdown_command", "send_stop_job_command",
 ]  # fmt: skip

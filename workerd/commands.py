@@ -1,4 +1,4 @@
-"""Commands to a running worker over RQ's pub/sub channel `rq:pubsub:<worker name>` (rq-protocol.md 6.2).
+"""Commands to a running worker over RQ's pub/sub channel `rq:pubsub:<worker name>` (docs/PROTOCOL.md §5.14).
 
 Messages are JSON objects with a `command` key: `shutdown`, `kill-horse`, or `stop-job` with a
 `job_id`. RQ's `send_*_command` functions and these are interchangeable.

@@ -3,11 +3,13 @@
 Every change a worker makes to a job goes through here, and each change is one atomic script call
 (one round trip): start (pop + started registry + execution record), lease renewal, success,
 failure (with RQ's retry rules), requeue on shutdown, and recovery of jobs whose worker died.
-The writes are RQ 2.12's (shared/rq-protocol.md 4.4-4.6), so RQ clients read them unchanged.
+The writes are RQ 2.12's (docs/PROTOCOL.md §5.3 to §5.8), so RQ clients read them unchanged.
 
 Every write after start is guarded by the job's wip entry (`<job>:<execution>` in `rq:wip:<q>`):
 it is the worker's lease on the job. A worker that was presumed dead and whose job was recovered
 finds its lease gone and writes nothing, so a re-run is never overwritten by a stale outcome.
+`job.cancel()` takes the wip entry too, but leaves the execution record that recovery deletes: a
+job canceled while it runs is still renewed and committed, as RQ's worker commits it (CANCELED).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ MAX_SKIPS_PER_FETCH = 100
 # returned to ask for another run - also when that run is refused past Retry.max (no exc_string then).
 _WITH_RETURN_VALUE = (ResultType.SUCCESSFUL, ResultType.RETRIED, ResultType.MAX_RETRIES_EXCEEDED)
 LEASE_LOST = -1
+# The job was canceled while it ran (Job.cancel of RQ's client or of workerd's); its outcome was
+# committed as RQ's worker commits it (schema.GUARDED_APPLY says how).
+CANCELED = -2
 
 
 @dataclass(frozen=True)
@@ -173,10 +178,13 @@ class Committer:
         ops.add("HSET", execution, "last_heartbeat", now.timestamp())
         ops.add("EXPIRE", execution, int(lease_s) + 60)
         ops.add("ZADD", schema.executions_key(claim.job.id), "XX", deadline + 60, claim.execution_id)
+        # As RQ's heartbeat does: without it the registry expires under a long job, and RQ's
+        # get_executions() (used by its cancel) finds nothing (docs/PROTOCOL.md §5.4).
+        ops.add("EXPIRE", schema.executions_key(claim.job.id), int(lease_s) + 120)
         ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
         ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
-        self._apply(keys=[schema.started_key(claim.queue)], args=[claim.member, "", "", "", "", *ops.args],
-                    client=pipe)  # fmt: skip
+        args = [claim.member, "", schema.encode_id(claim.job.id), "", "", "1", *ops.args]
+        self._apply(keys=[schema.started_key(claim.queue)], args=args, client=pipe)
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -227,13 +235,16 @@ class Committer:
         elif stream_ttl_s is not None and stream_ttl_s > 0:
             ops.add("EXPIRE", key, stream_ttl_s)
 
-    def _run(self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False) -> int:
+    def _run(self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False, canceled_ok: bool = True) -> int:
+        """Apply `ops` while the lease holds. LEASE_LOST, CANCELED, or the number of dependents released."""
         now_stamp = utcformat(utcnow())
-        args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, "1" if tolerant else "", *ops.args]
+        args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, "1" if tolerant else "",
+                "1" if canceled_ok else "", *ops.args]  # fmt: skip
         return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
 
     def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
-        """Finished (shared/rq-protocol.md 4.6, success). Returns LEASE_LOST or dependents released."""
+        """Finished (docs/PROTOCOL.md §5.5), and the next run of a job with repeats left.
+        Returns LEASE_LOST, CANCELED or the number of dependents released."""
         job = claim.job
         ttl = job.result_ttl if job.result_ttl is not None else default_result_ttl_s
         ops = _Ops()
@@ -246,9 +257,26 @@ class Committer:
             self._result_entry(ops, claim, outcome, ResultType.SUCCESSFUL, ttl)
             score = "+inf" if ttl < 0 else int(outcome.ended_at) + ttl  # whole seconds, as RQ's scores
             ops.add("ZADD", schema.finished_key(claim.queue), score, job.id)
-        self._expire_job(ops, job.id, ttl)
+        if job.repeats_left and claim.execution_id:  # as rq's run_sync, a synchronous run never repeats
+            self._repeat_ops(ops, claim)
+        else:
+            self._expire_job(ops, job.id, ttl)
         self._release_execution(ops, claim)
         return self._run(claim, ops, release=JobStatus.FINISHED.value)
+
+    def _repeat_ops(self, ops: _Ops, claim: Claim) -> None:
+        """rq's Repeat.schedule: one repeat fewer, then back on the queue at once, or into the scheduled
+        registry after the interval - counted from the end of the list, as rq counts. The job keeps no
+        result-ttl expiry (rq's cleanup is skipped), only its own ttl."""
+        job = claim.job
+        assert job.repeats_left
+        left = job.repeats_left - 1
+        intervals = job.repeat_intervals or [0]
+        delay_s = intervals[min(left, len(intervals) - 1)]
+        ops.hset(schema.job_key(job.id), {"repeats_left": left})
+        self._requeue_ops(ops, claim, delay_s, at_front=False)
+        if job.ttl is not None and job.ttl > 0:
+            self._expire_job(ops, job.id, job.ttl)
 
     def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> tuple[int, str]:
         """The job returned a Retry (rq's handle_job_retry): run it again, or fail it past max."""
@@ -344,7 +372,7 @@ class Committer:
         ops.add("SADD", schema.QUEUES, queue_key)
         ops.add("LPUSH", queue_key, claim.job.id)
         self._release_execution(ops, claim)
-        return self._run(claim, ops)
+        return self._run(claim, ops, canceled_ok=False)  # a job canceled meanwhile stays canceled
 
     # -- recovery --------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 log = logging.getLogger("workerd.config")
 
 FIELD_NAMES = tuple(Settings.model_fields)
-# RQ reads these from the environment when no settings module is given (rq-protocol.md 8.1).
+# RQ reads these from the environment when no settings module is given (docs/PROTOCOL.md §9.1).
 _RQ_ENVIRONMENT = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_SSL")
 
 

@@ -1,6 +1,6 @@
 """`workerd info` and `workerd health`: what is on the queues and who works them, read from Redis.
 
-`info` is `rq info` for workerd's and RQ's workers alike (rq-protocol.md 8.4), with the heartbeat
+`info` is `rq info` for workerd's and RQ's workers alike (docs/PROTOCOL.md §9.3), with the heartbeat
 age, current job and all registries added. Unlike `rq info` it is read-only: it cleans no
 registry and removes no stale worker; expired finished/failed entries are simply not counted.
 
@@ -13,8 +13,10 @@ same rules to its own workers (workerd.metrics).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import sys
@@ -33,7 +35,8 @@ from workerd.config import build_settings
 from workerd.errors import ExitCode
 from workerd.registration import WorkerInfo
 from workerd.settings import Settings
-from workerd.utils import printable_id
+from workerd.timeutil import utcparse
+from workerd.utils import as_text, printable_id
 
 # A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
 HEALTH_GRACE_S = 5.0
@@ -94,6 +97,48 @@ def heartbeat_age_s(worker: WorkerInfo, now: dt.datetime | None = None) -> float
     return ((now or dt.datetime.now(dt.timezone.utc)) - worker.last_heartbeat).total_seconds()
 
 
+@dataclass
+class RunningJob:
+    """What a busy worker runs, from its job's hash."""
+
+    func: str | None  # the function, when the job's description is RQ's own "func(args...)"
+    queue: str | None
+    started_at: dt.datetime | None
+
+
+# The function at the head of RQ's default description, `pkg.mod.func(1, 'a')`: only the name is
+# shown, never the arguments (they may hold secrets), nor a description the application chose.
+_CALL_HEAD = re.compile(r"([A-Za-z_][\w.]*)\(")
+
+
+def running_jobs(client: redis.Redis, workers: Sequence[WorkerInfo]) -> dict[str, RunningJob]:
+    """The current jobs of `workers`, by id, in one round trip. The job's data is not decoded
+    (unpickling what Redis holds would run code): the function comes from its description."""
+    ids = sorted({w.current_job_id for w in workers if w.current_job_id})
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(schema.job_key(job_id), ["description", "origin", "started_at"])
+        replies = pipe.execute()
+    running = {}
+    for job_id, (description, origin, started_at) in zip(ids, replies, strict=True):
+        head = _CALL_HEAD.match(as_text(description) or "")
+        started = None
+        with contextlib.suppress(ValueError):
+            started = utcparse(started_at) if started_at else None
+        running[job_id] = RunningJob(head.group(1) if head else None, as_text(origin), started)
+    return running
+
+
+def describe_job(job_id: str, job: RunningJob | None, now: dt.datetime) -> str:
+    """` job <id> (<func> from <queue>, running 12.3 s)`, leaving out what is not known."""
+    about = []
+    if job is not None and (job.func or job.queue):
+        about.append(" ".join(filter(None, [job.func, job.queue and f"from {job.queue}"])))
+    if job is not None and job.started_at is not None:
+        about.append(f"running {max((now - job.started_at).total_seconds(), 0.0):.1f} s")
+    return f" job {printable_id(job_id)}" + (f" ({', '.join(about)})" if about else "")
+
+
 def workers_of(client: redis.Redis, queues: Sequence[str]) -> list[WorkerInfo]:
     if not queues:
         return WorkerInfo.all(client)
@@ -127,9 +172,10 @@ def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, o
     if not only_queues:
         now = dt.datetime.now(dt.timezone.utc)
         workers = workers_of(client, list(queues))
+        running = running_jobs(client, workers)
         for w in workers:
             age = heartbeat_age_s(w, now)
-            job = f" job {printable_id(w.current_job_id)}" if w.current_job_id else ""
+            job = describe_job(w.current_job_id, running.get(w.current_job_id), now) if w.current_job_id else ""
             heartbeat = f"heartbeat {age:.1f} s ago" if age is not None else "no heartbeat"
             text = (f"{w.name} ({w.hostname} {w.ip_address} {w.pid}): {w.state}{job} {', '.join(w.queue_names)}. "
                     f"jobs: {w.successful_job_count} finished, {w.failed_job_count} failed, "

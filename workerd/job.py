@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workerd import schema
+from workerd import webhooks as webhooks_module
 from workerd.errors import DeserializationError, InvalidJobOperation, NoSuchJobError
 from workerd.serializers import Serializer, resolve_serializer
 from workerd.timeutil import utcformat, utcnow, utcparse
 from workerd.utils import as_text, call_string, import_attribute, printable_id, validate_job_id
+from workerd.webhooks import Webhook
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -84,6 +86,19 @@ def check_retry(maximum: Any, intervals: Iterable[Any]) -> None:
         check_whole_number("Retry(interval=...)", interval, 0, MAX_TTL_S)
 
 
+class Repeat:
+    """Run a job that succeeded `times` more times (RQ 2.12's Repeat): each repeat `interval` seconds
+    after the run before (0: at once), an int or a list; as RQ, the list is read from the end."""
+
+    def __init__(self, times: int, interval: int | Iterable[int] = 0) -> None:
+        intervals = [interval] if isinstance(interval, int) else list(interval)
+        check_whole_number("Repeat(times=...)", times, 1, MAX_RETRIES)
+        for value in intervals:
+            check_whole_number("Repeat(interval=...)", value, 0, MAX_TTL_S)
+        self.times = times
+        self.intervals = intervals
+
+
 @dataclass
 class Dependency:
     """What a job waits for: `depends_on=Dependency([a, b], allow_failure=True)` (RQ's class)."""
@@ -113,7 +128,7 @@ class Callback:
 
 
 def _func_reference(func: Any) -> tuple[str, Any]:
-    """(func_name, instance) as RQ stores them (shared/rq-protocol.md 2.2)."""
+    """(func_name, instance) as RQ stores them (docs/PROTOCOL.md §3.2)."""
     if isinstance(func, str):
         return func, None
     if inspect.ismethod(func):
@@ -154,18 +169,19 @@ def check_whole_number(option: str, value: Any, low: int, high: int, never: int 
     raise ValueError(f"{option}: {value!r} is out of range: expected {allowed}")
 
 
-def retry_intervals_within_limits(values: Iterable[Any], problems: list[str]) -> list[int]:
-    """Retry intervals as a worker can use them: a non-number, NaN or infinity reads as 0 (retry at
-    once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
+def retry_intervals_within_limits(values: Iterable[Any], problems: list[str],
+                                  name: str = "retry_intervals") -> list[int]:  # fmt: skip
+    """Retry (or repeat) intervals as a worker can use them: a non-number, NaN or infinity reads as 0
+    (at once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
     intervals = []
     for value in values:
         number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         if number is None or not math.isfinite(number):
-            problems.append(f"retry_intervals: {_clip(value)} is not a number of seconds; read as 0")
+            problems.append(f"{name}: {_clip(value)} is not a number of seconds; read as 0")
             intervals.append(0)
         elif not 0 <= number <= MAX_TTL_S:
             bounded = 0 if number < 0 else MAX_TTL_S
-            problems.append(f"retry_intervals: {_clip(value)} is outside 0..{MAX_TTL_S}; read as {bounded}")
+            problems.append(f"{name}: {_clip(value)} is outside 0..{MAX_TTL_S}; read as {bounded}")
             intervals.append(bounded)
         else:
             intervals.append(int(number))
@@ -224,6 +240,8 @@ class Job:
     retry_intervals: list[int] | None = None
     enqueue_at_front_on_retry: bool = False
     number_of_retries: int | None = None
+    repeats_left: int | None = None
+    repeat_intervals: list[int] | None = None
     success_callback_name: str = ""
     failure_callback_name: str = ""
     stopped_callback_name: str = ""
@@ -231,6 +249,7 @@ class Job:
     failure_callback_timeout: int | None = None
     stopped_callback_timeout: int | None = None
     lost_count: int = 0
+    webhooks: list[Webhook] = field(default_factory=list)  # RQ 2.12's; sent by the worker (workerd.webhooks)
     # What from_mapping had to change to read the hash (a field out of range or unreadable): logged by
     # the worker, and added to the exc_info if the job fails. Not stored.
     problems: list[str] = field(default_factory=list, repr=False)
@@ -260,6 +279,7 @@ class Job:
         meta: Mapping[str, Any] | None = None,
         status: JobStatus = JobStatus.CREATED,
         retry: Retry | None = None,
+        repeat: Repeat | None = None,
         on_success: Callback | Callable[..., Any] | None = None,
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
@@ -296,6 +316,10 @@ class Job:
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front
+        if repeat is not None:  # an rq.Repeat as well: same attribute names, checked here for both
+            Repeat(repeat.times, repeat.intervals)
+            job.repeats_left = repeat.times
+            job.repeat_intervals = list(repeat.intervals)
         for kind, callback in (("success", on_success), ("failure", on_failure), ("stopped", on_stopped)):
             if callback is not None:
                 cb = callback if isinstance(callback, Callback) else Callback(callback)
@@ -363,7 +387,7 @@ class Job:
     # -- encoding ------------------------------------------------------------------------------
 
     def to_mapping(self, include_meta: bool = True) -> dict[str, str | bytes]:
-        """The hash fields RQ's `Job.to_dict` writes (shared/rq-protocol.md 2.1)."""
+        """The hash fields RQ's `Job.to_dict` writes (docs/PROTOCOL.md §3.1)."""
         mapping: dict[str, str | bytes] = {
             "created_at": _stamp(self.created_at),
             "data": self.data,
@@ -393,9 +417,12 @@ class Job:
             "retry_intervals": json.dumps(self.retry_intervals) if self.retry_intervals is not None else None,
             "enqueue_at_front_on_retry": "1" if self.enqueue_at_front_on_retry else None,
             "number_of_retries": _encode_ttl(self.number_of_retries),
+            "repeats_left": _encode_ttl(self.repeats_left),
+            "repeat_intervals": json.dumps(self.repeat_intervals) if self.repeat_intervals is not None else None,
             "success_callback_timeout": _encode_ttl(self.success_callback_timeout),
             "failure_callback_timeout": _encode_ttl(self.failure_callback_timeout),
             "stopped_callback_timeout": _encode_ttl(self.stopped_callback_timeout),
+            "webhooks": webhooks_module.encode_field(self.webhooks),
         }
         mapping.update({key: value for key, value in optional.items() if value is not None})
         if include_meta and self.meta:
@@ -450,9 +477,14 @@ class Job:
             problems.append(f"{name}: {_clip(raw)} is outside {low}..{high}; read as {out_of_range or bounded}")
             return bounded
 
-        intervals = json_list("retry_intervals")
-        if intervals is None and text("retry_intervals") is not None:
-            problems.append(f"retry_intervals: {_clip(text('retry_intervals'))} is not a JSON list; read as unset")
+        def intervals(name: str) -> list[int] | None:
+            values = json_list(name)
+            if values is None:
+                if text(name) is not None:
+                    problems.append(f"{name}: {_clip(text(name))} is not a JSON list; read as unset")
+                return None
+            return retry_intervals_within_limits(values, problems, name)
+
         status_text = text("status")
         try:
             status = JobStatus(status_text) if status_text else JobStatus.CREATED
@@ -486,9 +518,11 @@ class Job:
             allow_dependency_failures=text("allow_dependency_failures") == "1",
             enqueue_at_front=text("enqueue_at_front") == "1",
             retries_left=number("retries_left", 0, MAX_RETRIES, out_of_range="no retries"),
-            retry_intervals=None if intervals is None else retry_intervals_within_limits(intervals, problems),
+            retry_intervals=intervals("retry_intervals"),
             enqueue_at_front_on_retry=text("enqueue_at_front_on_retry") == "1",
             number_of_retries=number("number_of_retries", 0, MAX_RETRIES),
+            repeats_left=number("repeats_left", 0, MAX_RETRIES, out_of_range="no repeats"),
+            repeat_intervals=intervals("repeat_intervals"),
             success_callback_name=text("success_callback_name") or "",
             failure_callback_name=text("failure_callback_name") or "",
             stopped_callback_name=text("stopped_callback_name") or "",
@@ -496,6 +530,7 @@ class Job:
             failure_callback_timeout=number("failure_callback_timeout", -1, MAX_TIMEOUT_S),
             stopped_callback_timeout=number("stopped_callback_timeout", -1, MAX_TIMEOUT_S),
             lost_count=number(schema.LOST_COUNT_FIELD, 0, MAX_RETRIES) or 0,
+            webhooks=webhooks_module.parse_field(fields.get("webhooks"), problems),
             problems=problems,
             data=fields.get("data", b""),
             connection=connection,
@@ -630,7 +665,13 @@ class Job:
             }.get(status)
             if registry_key is not None:
                 pipe.zrem(registry_key(self.origin), self.id)
-            pipe.zadd(schema.canceled_key(self.origin), {self.id: _epoch_now()})
+            if status == JobStatus.STARTED:  # rq's remove_executions: the job runs on, its worker commits it
+                executions: list[bytes] = redis.zrange(schema.executions_key(self.id), 0, -1)  # type: ignore[assignment]
+                members = [schema.wip_member(self.id, schema.decode_id(e)) for e in executions]
+                if members:
+                    pipe.zrem(schema.started_key(self.origin), *members)
+            # whole seconds, as rq's registries score (docs/PROTOCOL.md §1.1)
+            pipe.zadd(schema.canceled_key(self.origin), {self.id: int(utcnow().timestamp())})
             pipe.execute()
         self.status = JobStatus.CANCELED
 
@@ -674,10 +715,6 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
-
-
-def _epoch_now() -> float:
-    return utcnow().timestamp()
 
 
 @dataclass

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # The worker this process is (set by the worker; None in a master): the `worker` of JSON lines.
 WORKER_NAME: str | None = None
 JOB_FIELDS = ("job_id", "queue", "worker", "attempt")
+# The settings setup_logging reads: a reload that changes one of them sets logging up again.
+LOGGING_SETTINGS = frozenset({"log_level", "log_format", "date_format", "log_file", "dict_config"})
 
 
 def job_fields(job: Job, queue: str, worker: str) -> dict[str, Any]:
@@ -70,6 +72,9 @@ def setup_logging(settings: Settings) -> None:
     keeps lines whole) through a WatchedFileHandler, which reopens the file when it is moved; the
     size-based rotation itself is done by one process only (rotate_log_file_if_needed), so that
     two processes never rotate at once.
+
+    Called again (a reload), it replaces this process's handlers, closing the old ones: one
+    handler per stream, never two, and no file left open. Processes forked later inherit them.
     """
     if settings.dict_config:
         _apply_dict_config(settings.dict_config)
@@ -89,8 +94,7 @@ def setup_logging(settings: Settings) -> None:
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.ERROR)
     root = logging.getLogger("workerd")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    _remove_handlers(root)
     handlers: list[logging.Handler] = [out, err]
     if settings.log_file:
         handlers.append(logging.handlers.WatchedFileHandler(settings.log_file, errors="backslashreplace"))
@@ -101,14 +105,19 @@ def setup_logging(settings: Settings) -> None:
     root.propagate = False
 
 
+def _remove_handlers(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()  # a file handler's file; a StreamHandler leaves sys.stdout/stderr open
+
+
 def _apply_dict_config(config: dict[str, Any]) -> None:
     """The user's DICT_CONFIG, as rq applies it. Two differences from a bare dictConfig call: the
     workerd loggers, created at import, stay enabled unless the config says otherwise (logging's
     default disable_existing_loggers=True would silence every worker line), and they propagate to
     whatever handlers the config gives the root logger. A config logging rejects is a config error."""
     workerd_logger = logging.getLogger("workerd")
-    for handler in list(workerd_logger.handlers):
-        workerd_logger.removeHandler(handler)
+    _remove_handlers(workerd_logger)
     workerd_logger.setLevel(logging.NOTSET)
     workerd_logger.propagate = True
     try:
@@ -117,10 +126,19 @@ def _apply_dict_config(config: dict[str, Any]) -> None:
         raise ConfigError(f"DICT_CONFIG is not a valid logging.config.dictConfig dictionary: {exc}") from exc
 
 
+def backup_path(path: str, index: int) -> str:
+    """The name of the index-th backup of the built-in rotation: app.log.size-1 (the newest) ...
+
+    Not logrotate's names (app.log.1, or app.log-20260102 with dateext), so the two never overwrite
+    each other's files, and not ending in .log, so that a logrotate rule for *.log leaves them alone."""
+    return f"{path}.size-{index}"
+
+
 def rotate_log_file_if_needed(settings: Settings) -> None:
-    """Rotate LOG_FILE past LOG_FILE_MAX_MIB: file -> file.1 -> ... -> file.N (the oldest dropped)."""
+    """Rotate LOG_FILE past LOG_FILE_MAX_MIB: file -> file.size-1 -> ... -> file.size-N (the oldest
+    dropped). LOG_FILE_MAX_MIB = 0: never (logrotate, or another tool, rotates the file)."""
     path = settings.log_file
-    if not path:
+    if not path or not settings.log_file_max_mib:
         return
     try:
         if os.path.getsize(path) < settings.log_file_max_mib * 1024 * 1024:
@@ -128,10 +146,10 @@ def rotate_log_file_if_needed(settings: Settings) -> None:
     except OSError:
         return
     for index in range(settings.log_file_backups - 1, 0, -1):
-        if os.path.exists(f"{path}.{index}"):
-            os.replace(f"{path}.{index}", f"{path}.{index + 1}")
+        if os.path.exists(backup_path(path, index)):
+            os.replace(backup_path(path, index), backup_path(path, index + 1))
     if settings.log_file_backups:
-        os.replace(path, f"{path}.1")
+        os.replace(path, backup_path(path, 1))
     else:
         os.truncate(path, 0)
     reopen_log_files()

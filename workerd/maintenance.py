@@ -1,6 +1,6 @@
 """Registry clean-up, under RQ's maintenance lock so RQ workers and workerd never clean at once.
 
-Per queue, every MAINTENANCE_INTERVAL (rq-protocol.md section 7): expired entries of the finished
+Per queue, every MAINTENANCE_INTERVAL (docs/PROTOCOL.md §5.11): expired entries of the finished
 and failed registries go; worker keys whose hash is gone leave the worker sets; ids that an RQ
 worker moved to the queue's intermediate list and never started (it died in between) go back to
 the front of the queue once they have been seen there for a minute - where RQ would fail them.

@@ -1,4 +1,4 @@
-"""The producer side: Queue.enqueue and friends, writing what RQ 2.12's Queue writes (rq-protocol.md 3)."""
+"""The producer side: Queue.enqueue and friends, writing what RQ 2.12's Queue writes (docs/PROTOCOL.md §4)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from workerd.job import (
     Dependency,
     Job,
     JobStatus,
+    Repeat,
     Retry,
     check_whole_number,
 )
@@ -42,7 +43,7 @@ R = TypeVar("R", bound=BaseRegistry)
 # Keyword arguments of enqueue() that configure the job instead of being passed to the function.
 _RESERVED = (
     "job_timeout", "description", "result_ttl", "ttl", "failure_ttl", "depends_on", "job_id", "at_front",
-    "meta", "retry", "on_success", "on_failure", "on_stopped", "pipeline",
+    "meta", "retry", "repeat", "on_success", "on_failure", "on_stopped", "pipeline",
 )  # fmt: skip
 
 
@@ -203,6 +204,7 @@ class Queue:
         at_front: bool = False,
         meta: dict[str, Any] | None = None,
         retry: Retry | None = None,
+        repeat: Repeat | None = None,
         on_success: Callback | Callable[..., Any] | None = None,
         on_failure: Callback | Callable[..., Any] | None = None,
         on_stopped: Callback | Callable[..., Any] | None = None,
@@ -212,7 +214,7 @@ class Queue:
         job = self.create_job(
             func, args=args, kwargs=kwargs, timeout=timeout if timeout is not None else job_timeout,
             result_ttl=result_ttl, ttl=ttl, failure_ttl=failure_ttl, description=description,
-            depends_on=depends_on, job_id=job_id, meta=meta, retry=retry,
+            depends_on=depends_on, job_id=job_id, meta=meta, retry=retry, repeat=repeat,
             on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
         )  # fmt: skip
         return self.enqueue_job(job, pipeline=pipeline, at_front=at_front)
@@ -231,6 +233,7 @@ class Queue:
         job_id: str | None = None,
         meta: dict[str, Any] | None = None,
         retry: Retry | None = None,
+        repeat: Repeat | None = None,
         status: JobStatus = JobStatus.QUEUED,
         on_success: Callback | Callable[..., Any] | None = None,
         on_failure: Callback | Callable[..., Any] | None = None,
@@ -241,7 +244,7 @@ class Queue:
             func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
             origin=self.name, description=description, timeout=job_timeout,
             result_ttl=result_ttl, failure_ttl=failure_ttl, ttl=ttl, meta=meta, status=status, retry=retry,
-            on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
+            repeat=repeat, on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
         )  # fmt: skip
         _apply_dependencies(job, depends_on)
         return job

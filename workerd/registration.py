@@ -1,4 +1,4 @@
-"""A worker's presence in Redis, exactly as an RQ 2.12 worker keeps it (rq-protocol.md section 5).
+"""A worker's presence in Redis, exactly as an RQ 2.12 worker keeps it (docs/PROTOCOL.md §6).
 
 Writers (birth, heartbeat, death) are used by the worker process; `WorkerInfo` is the read side used
 by `Worker.all()` and `workerd info`, and reads RQ's workers the same way.

@@ -1,6 +1,6 @@
 """The Redis schema: every key workerd reads or writes, and the Lua scripts that touch several at once.
 
-No other module formats a key string. The layout is RQ 2.12's (shared/rq-protocol.md, section 1),
+No other module formats a key string. The layout is RQ 2.12's (docs/PROTOCOL.md §2.1),
 so RQ clients, `rq info` and rq-dashboard see workerd's jobs and workers as their own.
 
 =========================================  ======  ==============================================
@@ -39,7 +39,9 @@ it. RQ ignores fields it does not know, and never deletes them.
 Where workerd differs from RQ on the wire (same data, fewer round trips, no loss window):
 ``FETCH_START`` pops the id and writes the started state in one script, so an id is never only in
 a process's memory; ``GUARDED_APPLY`` commits an outcome only while the worker still holds the
-job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run.
+job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run - or,
+for a job canceled while it runs (cancel removes the wip entry), while its execution record is
+left, which recovery deletes.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ local function is_a(key, kind) return redis.call('TYPE', key)['ok'] == kind end
 """
 
 # Release the dependents of a job that just reached `parent_status` (RQ's enqueue_dependents,
-# shared/rq-protocol.md 3.3): a dependent is enqueued on its own origin queue once every other
+# docs/PROTOCOL.md §5.9): a dependent is enqueued on its own origin queue once every other
 # dependency is finished (or failed, when it allows failures). Missing dependency hashes count as met.
 _LUA_RELEASE_DEPENDENTS = """
 local function release_dependents(parent_id, parent_status, now_stamp)
@@ -294,28 +296,45 @@ return {0, '', {}, skipped}
 )
 
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
-# 'failed'), job id, now stamp, tolerant ('1' or ''), then commands as (argc, command, args...)*.
+# 'failed'), job id, now stamp, tolerant ('1' or ''), canceled ok ('1' or ''), then commands as
+# (argc, command, args...)*.
 # Releases dependents, then applies the commands, atomically and only while the member is still
-# in the wip registry, i.e. while this worker still holds the job. Returns -1 if the lease was
-# lost, else the number of dependents released. A command that errors stops the script, and Redis
-# keeps the writes made before it: callers validate every argument first. Tolerant (the last-resort
-# failure path) attempts every command whatever the others do.
+# in the wip registry, i.e. while this worker still holds the job. A job canceled while it runs
+# (RQ's Job.cancel takes its wip entry away but leaves the execution record, which only recovery
+# deletes) stays this worker's to renew and commit when 'canceled ok' is set, as RQ's worker commits
+# it; a success then releases no dependent (RQ's enqueue_dependents finds the parent canceled), a
+# failure releases them as usual (RQ writes 'failed' before it looks). Without 'canceled ok' (a
+# requeue) a canceled job is never written. Returns -1 if the lease was lost, -2 after committing a
+# canceled job, else the number of dependents released. A command that errors stops the script, and
+# Redis keeps the writes made before it: callers validate every argument first. Tolerant (the
+# last-resort failure path) attempts every command whatever the others do.
 GUARDED_APPLY = (
     _LUA_PREFIXES
     + _LUA_RELEASE_DEPENDENTS
     + """
-if ARGV[1] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+local canceled = false
+if ARGV[1] ~= '' then
+  local job_key = JOB_PREFIX .. ARGV[3]
+  canceled = is_a(job_key, 'hash') and redis.call('HGET', job_key, 'status') == 'canceled'
+  local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  local execution_kept = redis.call('EXISTS', EXECUTION_PREFIX .. ARGV[1]) == 1
+  if canceled and (ARGV[6] ~= '1' or not (held or execution_kept)) then return -1 end
+  if not canceled and not held then return -1 end
+end
 -- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
 local released = 0
-if ARGV[2] ~= '' then released = release_dependents(ARGV[3], ARGV[2], ARGV[4]) end
+if ARGV[2] ~= '' and not (canceled and ARGV[2] == 'finished') then
+  released = release_dependents(ARGV[3], ARGV[2], ARGV[4])
+end
 local call = redis.call
 if ARGV[5] == '1' then call = redis.pcall end
-local i = 6
+local i = 7
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
   call(unpack(ARGV, i + 1, i + argc))
   i = i + argc + 1
 end
+if canceled then return -2 end
 return released
 """
 )
@@ -372,7 +391,7 @@ return 'failed'
 
 # KEYS: scheduler hash, then per queue i of n: lock key, scheduled registry, queue key.
 # ARGV: n, scheduler name, lock ttl, now (epoch), now stamp, hostname, pid, queue names (comma).
-# RQ's scheduler-lock protocol (rq-protocol.md 4.9): a lock absent is taken, one we hold is
+# RQ's scheduler-lock protocol (docs/PROTOCOL.md §5.10): a lock absent is taken, one we hold is
 # refreshed, anyone else's is left alone. For each queue we hold, due jobs are promoted to the
 # queue (front if they asked for it) and removed from the scheduled registry - ids whose hash is
 # gone (or is not a hash) are dropped, as RQ does. Returns, per queue, {held (0/1), promoted, dropped}.

@@ -7,8 +7,17 @@ in the process that ran the job: the horse, or the worker in in-process mode. A 
 
 Nothing but the explicit capture sends events: the default integrations are off, so the worker's
 own error log line about the same failure is not a second event (and no log line becomes a
-breadcrumb). Every string of an event is scrubbed of the Redis password and URL (the job's
-arguments and exception messages may contain them) before it leaves the process.
+breadcrumb).
+
+Secrets are scrubbed twice, because the SDK may cut a long string (max_value_length) anywhere, the
+middle of a password included, and a cut password no longer looks like one:
+
+1. `EventScrubber.scrub_event`, which the SDK calls before it cuts: its key-based scrub (frame
+   variables, extra, ... named password, token, redis_url, ...), then every string of the event,
+   whole, loses the Redis password and URL and every URL's password (`scheme://user:password@`);
+   a URL password found anywhere is also removed wherever else it appears (a parsed netloc).
+2. `before_send`, after the cut: the same, plus for a string that ends with the SDK's cut mark, a
+   `scheme://user:` left open at the end (its `@` cut off) and any start of a known secret there.
 """
 
 from __future__ import annotations
@@ -18,12 +27,18 @@ import os
 import re
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+# Imported here: this module is imported only when SENTRY_DSN is set (workerd.worker).
+from sentry_sdk import scrubber as sentry_scrubber
 
 from workerd.job import Job
 from workerd.settings import Settings
 from workerd.utils import printable_id
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import Event
 
 log = logging.getLogger("workerd.sentry")
 
@@ -31,8 +46,17 @@ log = logging.getLogger("workerd.sentry")
 FLUSH_TIMEOUT_S = 5.0
 FILTERED = "[Filtered]"
 TRUNCATION_MARK = "..."  # what the SDK puts at the end of a string it cut
+_URL_USER = r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:"  # scheme://user: (the user may be empty)
+_PASSWORD_CHARS = r"[^@\s'\"]"  # up to the @; quotes end a repr'd string, so they end a password too
 # scheme://user:password@ -> scheme://user:[Filtered]@ (any URL's password, not only Redis's)
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_USERINFO = re.compile(rf"({_URL_USER})({_PASSWORD_CHARS}+)@")
+# scheme://user:passw at the very end of a cut string: the start of a password whose @ was cut off.
+_CUT_USERINFO = re.compile(rf"({_URL_USER}){_PASSWORD_CHARS}*$")
+# A URL password found in an event is removed from the whole event, unless it is this short (a
+# one-character "password" removed from every string would leave nothing readable).
+MIN_FOUND_PASSWORD_CHARS = 4
+# Keys whose values the SDK's EventScrubber replaces, besides its own DEFAULT_DENYLIST.
+SECRET_KEYS = ("redis_url", "redis_password", "sentry_dsn", "dsn", "sentinel")
 
 _initialised_pid: int | None = None
 
@@ -54,11 +78,13 @@ def secrets_of(settings: Settings) -> list[str]:
 
 
 def scrub(value: Any, secrets: list[str]) -> Any:
+    """`value` (an event, or any part of one) with every secret and URL password in its strings
+    replaced by [Filtered], also where the SDK cut a string in the middle of one."""
     if isinstance(value, str):
         for secret in secrets:
             value = value.replace(secret, FILTERED)
         value = _USERINFO.sub(rf"\1{FILTERED}@", value)
-        return _scrub_cut_secret(value, secrets) if value.endswith(TRUNCATION_MARK) else value
+        return _scrub_cut(value, secrets) if value.endswith(TRUNCATION_MARK) else value
     if isinstance(value, dict):
         return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -66,16 +92,46 @@ def scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def _scrub_cut_secret(value: str, secrets: list[str]) -> str:
-    """The SDK cuts strings longer than its max_value_length (1,024) before before_send sees them,
-    so a secret that straddled the cut ends the string with its first characters: filter those.
-    Any length counts, one character too (over-filtering the end of a cut string costs nothing)."""
+def _scrub_cut(value: str, secrets: list[str]) -> str:
+    """The SDK cuts strings longer than its max_value_length (1,024 in sentry-sdk 2.0; unlimited by
+    default in recent ones, but settable) and ends them with "...": a secret that straddled the cut
+    ends the string with its first characters, and a URL cut before its @ ends with the start of its
+    password. Filter both. Any length counts, one character too (over-filtering the end of a cut
+    string costs nothing)."""
     body = value[: -len(TRUNCATION_MARK)]
-    for secret in secrets:
-        for size in range(len(secret) - 1, 0, -1):
-            if body.endswith(secret[:size]):
-                return body[:-size] + FILTERED + TRUNCATION_MARK
-    return value
+    body = next((body[:-size] + FILTERED for secret in secrets for size in range(len(secret) - 1, 0, -1)
+                 if body.endswith(secret[:size])), body)  # fmt: skip
+    opened = _CUT_USERINFO.search(body)
+    if opened is not None:
+        body = body[: opened.end(1)] + FILTERED
+    return body + TRUNCATION_MARK
+
+
+def url_passwords(value: Any) -> set[str]:
+    """The passwords of the URLs (scheme://user:password@) in the strings of `value`."""
+    if isinstance(value, str):
+        return {match.group(2) for match in _USERINFO.finditer(value)}
+    if isinstance(value, dict):
+        return set().union(*(url_passwords(k) | url_passwords(v) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(url_passwords(item) for item in value))
+    return set()
+
+
+class EventScrubber(sentry_scrubber.EventScrubber):
+    """The SDK's EventScrubber, which it calls before it cuts any string: its scrub by key
+    (recursive, with SECRET_KEYS added), then every string of the event, whole (see the module doc)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__(denylist=[*sentry_scrubber.DEFAULT_DENYLIST, *SECRET_KEYS], recursive=True)
+        self.secrets = secrets
+
+    def scrub_event(self, event: Event) -> None:
+        super().scrub_event(event)
+        found = {p for p in url_passwords(event) if len(p) >= MIN_FOUND_PASSWORD_CHARS}
+        scrubbed = scrub(event, sorted({*self.secrets, *found}, key=len, reverse=True))
+        event.clear()  # type: ignore[attr-defined]  # the SDK goes on with this very object
+        event.update(scrubbed)
 
 
 def init(settings: Settings) -> None:
@@ -94,6 +150,7 @@ def init(settings: Settings) -> None:
         dsn=settings.sentry_dsn.get_secret_value(),
         default_integrations=False,
         auto_enabling_integrations=False,
+        event_scrubber=EventScrubber(secrets),
         before_send=before_send,
         before_breadcrumb=lambda crumb, hint: scrub(crumb, secrets),
         send_default_pii=False,

@@ -1,6 +1,6 @@
 """Serializers for job data, meta and return values, as RQ defines them.
 
-The serializer is not recorded in Redis (shared/rq-protocol.md 2.2): producers and workers agree on
+The serializer is not recorded in Redis (docs/PROTOCOL.md §3.2): producers and workers agree on
 it out of band (`--serializer`). `pickle` trusts whoever can write to Redis; `json` does not run
 code on load.
 """

@@ -164,10 +164,12 @@ class Settings(BaseSettings):
         None, description="Write the process id to this file.", json_schema_extra=_cli("--pid", metavar="FILE")
     )
     log_file: str | None = Field(
-        None, description="Also log to this file, rotated by size (USR1 reopens it after external rotation).",
+        None, description="Also log to this file (USR1 to the master reopens it after logrotate moved it).",
         json_schema_extra=_cli("--log-file", metavar="FILE"))  # fmt: skip
-    log_file_max_mib: int = Field(100, ge=1, description="Rotate the log file at this size (MiB).")
-    log_file_backups: int = Field(5, ge=0, description="Rotated log files to keep.")
+    log_file_max_mib: int = Field(
+        100, ge=0, description="Rotate the log file at this size (MiB), to FILE.size-1, FILE.size-2, ... "
+        "0: never (set 0 when logrotate rotates it; see docs/OBSERVABILITY.md).")  # fmt: skip
+    log_file_backups: int = Field(5, ge=0, description="Rotated log files (FILE.size-N) to keep.")
 
     # -- the pool (master) -------------------------------------------------------------------------
     workers: int | None = Field(
@@ -245,6 +247,11 @@ class Settings(BaseSettings):
             self.execution = mode  # type: ignore[assignment]
         return self
 
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """A copy with `changes` applied, validated like any other source (model_copy(update=) skips
+        validation: Worker(max_jobs="abc") was accepted and failed later, far from its cause)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
     @property
     def uses_tls(self) -> bool:
         if self.redis_url is not None:
@@ -315,3 +322,13 @@ class _FileSource(PydanticBaseSettingsSource):
 SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if info.annotation in (SecretStr, SecretStr | None)
 )
+
+# The settings the master reads once, at start: a reload (HUP) keeps their old values and logs their
+# names. metrics_*: the listening socket; pid: the file written at start (and removed at exit);
+# name: the base of every worker's name; path: sys.path, extended before the first import.
+RESTART_ONLY = frozenset({"metrics_port", "metrics_host", "pid", "name", "path"})
+
+
+def changed_settings(old: Settings, new: Settings) -> set[str]:
+    """The names of the settings whose values differ (secrets compare by value)."""
+    return {name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)}

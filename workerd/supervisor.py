@@ -35,10 +35,10 @@ from pydantic import ValidationError
 from workerd import connection as connection_module
 from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
-from workerd.logs import reopen_log_files, rotate_log_file_if_needed
+from workerd.logs import LOGGING_SETTINGS, reopen_log_files, rotate_log_file_if_needed, setup_logging
 from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
 from workerd.sdnotify import Notifier
-from workerd.settings import Settings
+from workerd.settings import RESTART_ONLY, Settings, changed_settings
 from workerd.utils import import_attribute
 
 if TYPE_CHECKING:
@@ -588,13 +588,24 @@ class Master:
             log.error("master: reload failed, keeping the current settings: %s", exc)
             self.notifier.send(READY=1, STATUS="reload failed; running with the previous settings")
             return
+        changed = changed_settings(self.settings, settings)
+        pending = sorted(changed & RESTART_ONLY)
+        # What the master read once at start stays as it was, so that it keeps acting on it (the
+        # pid file it wrote is the one it removes at exit); a later reload warns again.
+        settings = settings.model_copy(update={name: getattr(self.settings, name) for name in pending})
         # The file's worker counts win over earlier TTIN/TTOU adjustments.
         self.settings = settings
         self.groups = groups
         self.generation += 1
         if self.metrics is not None:
             self.metrics.set_groups(groups)
-        log.info("master: settings reloaded; replacing workers one at a time")
+        if changed & LOGGING_SETTINGS:  # before the next line, and before the new workers inherit it
+            setup_logging(settings)
+        log.info("master: settings reloaded (changed: %s); replacing workers one at a time",
+                 ", ".join(sorted(changed)) or "none")  # fmt: skip
+        if pending:
+            log.warning("master: changed settings that need a restart to take effect (kept as they were): %s",
+                        ", ".join(pending))  # fmt: skip
         self.notifier.send(READY=1)
 
     def reopen_logs(self) -> None:

@@ -2,7 +2,7 @@
 
 An idle worker must wake within milliseconds when a job arrives on any of its queues, but popping
 the id with BLPOP would leave it only in this process's memory until it is recorded (RQ's loss
-window, rq-protocol.md 4.10). Instead, each queue gets its own connection blocked on
+window, docs/PROTOCOL.md §8.1, W1). Instead, each queue gets its own connection blocked on
 `BLMOVE q q LEFT LEFT`: when q becomes non-empty Redis moves its head to its head - the list is
 unchanged - and the reply wakes us. The worker then takes the job with the atomic FETCH_START
 script, which honours priority across all queues.

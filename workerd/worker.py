@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
-from workerd import __version__, registration, rqview, schema, suspension, untrusted
+from workerd import __version__, registration, rqview, schema, suspension, untrusted, webhooks
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
-from workerd.commit import LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
+from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
 from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisAuthError, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
@@ -41,7 +41,7 @@ from workerd.execution import (
     run_callback,
     run_exception_handlers,
 )
-from workerd.job import Job
+from workerd.job import Job, JobStatus
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
@@ -126,7 +126,7 @@ class Worker:
     ) -> None:
         names = [queues] if isinstance(queues, str) else [getattr(q, "name", q) for q in queues]
         base = settings or Settings()
-        self.settings = base.model_copy(update={"queues": names, **({"name": name} if name else {}), **overrides})
+        self.settings = base.updated({"queues": names, **({"name": name} if name else {}), **overrides})
         self._constructed_settings = self.settings  # what each work() call starts from
         self.name: str = self.settings.name or uuid.uuid4().hex
         self.redis = connection if connection is not None else connection_module.connect(self.settings)
@@ -146,6 +146,7 @@ class Worker:
 
             self.exception_handlers.insert(0, sentry.exception_handler(self.settings, self.name))
         self.committer = Committer(self.redis, self.name, self.serializer)
+        self.webhook_sender = webhooks.Sender(self.settings, self.name)
         self.outage = Outage(connection_module.describe(self.settings), f"Worker {self.name}: ",
                              max_backoff_s=self.settings.effective_heartbeat_s)  # fmt: skip
         self.jobs_done = 0
@@ -213,7 +214,7 @@ class Worker:
             per_run["with_scheduler"] = True
             if self.scheduler is None:
                 self.scheduler = Scheduler(self.redis, self.name, self.queues)
-        self.settings = base.model_copy(update=per_run)
+        self.settings = base.updated(per_run)
         done_before = self.jobs_done
         self.run()
         return self.jobs_done > done_before
@@ -341,6 +342,7 @@ class Worker:
                 self.scheduler.release()
             if self._pubsub is not None:
                 self._pubsub.close()
+        self.webhook_sender.close(0.0 if self._cold_stop else webhooks.DRAIN_S)
         if self._registered:
             try:
                 registration.register_death(self.redis, self.name, self.queues)
@@ -579,6 +581,10 @@ class Worker:
         # Say what happened, not what usually happens: after a FLUSHALL (or a restart of a Redis that
         # does not persist) nobody recovered the job; it is gone.
         status: bytes | None = self.redis.hget(schema.job_key(claim.job.id), "status")  # type: ignore[assignment]
+        if status == JobStatus.CANCELED.value.encode():  # a requeue, or an execution record that expired
+            log.info("Worker %s: job %s was canceled while it ran; it stays canceled", self.name,
+                     printable_id(claim.job.id))  # fmt: skip
+            return
         if status is None:
             why = "its hash is gone from Redis (deleted, expired, or Redis was flushed or restarted without its data)"
         else:
@@ -896,7 +902,9 @@ class Worker:
 
     def _requeue(self, claim: Claim) -> None:
         try:
-            self.committer.requeue(claim)
+            if self.committer.requeue(claim) == LEASE_LOST:
+                self._lease_lost(claim)
+                return
             log.warning("Worker %s: job %s put back at the front of %s", self.name, printable_id(claim.job.id),
                         claim.queue, extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
             self.report(outcome="requeued", queue=claim.queue)
@@ -932,22 +940,28 @@ class Worker:
             return
         if outcome.succeeded and outcome.retry is not None:
             released, what = self.committer.commit_retry_requested(claim, outcome)
+            self._note_canceled(claim, released)
             if released != LEASE_LOST:
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id), what)
+                if what.startswith("failed"):  # past its max: failed, with no exception (as RQ)
+                    self.send_webhooks(job, "failed", outcome.ended_at, "")
             return
         if outcome.succeeded:
             released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
             if released == LEASE_LOST:
                 self._lease_lost(claim)
                 return
+            self._note_canceled(claim, released)
             self._log_success(claim, outcome)
             self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
+            self.send_webhooks(job, "finished", outcome.ended_at)
             return
         self.jobs_failed += 1
         released, what = self.committer.commit_failure(claim, outcome)
         if released == LEASE_LOST:
             self._lease_lost(claim)
             return
+        self._note_canceled(claim, released)
         self.report(outcome="retried" if what.startswith("retry") else "failed", queue=claim.queue,
                     duration_s=outcome.duration_s)  # fmt: skip
         extra = job_fields(job, claim.queue, self.name)
@@ -961,6 +975,14 @@ class Worker:
         if what.startswith("retry"):
             log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
                      extra=extra)  # fmt: skip
+        else:
+            self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
+
+    def _note_canceled(self, claim: Claim, released: int) -> None:
+        if released == CANCELED:
+            log.info("Worker %s: job %s was canceled while it ran; its outcome is committed as rq's worker "
+                     "commits it (a success keeps its result and leaves its dependents deferred)", self.name,
+                     printable_id(claim.job.id), extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
 
     def _commit_failed(self, claim: Claim, outcome: Outcome, exc: redis.ResponseError) -> None:
         """A commit the checks in workerd.job did not foresee: fail the job by the path with fixed
@@ -974,6 +996,7 @@ class Worker:
             self._lease_lost(claim)
             return
         self.report(outcome="failed", queue=claim.queue, duration_s=outcome.duration_s)
+        self.send_webhooks(claim.job, "failed", outcome.ended_at, outcome.exc_string)
 
     def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
         """stop-job: status stopped, failed registry, dependents not released; on_stopped runs here."""
@@ -986,6 +1009,11 @@ class Worker:
         self.committer.commit_failure(claim, outcome, stopped=True)
         self._stop_job_id = None
         log.info("Worker %s: job %s stopped", self.name, printable_id(job.id))
+
+    def send_webhooks(self, job: Job, status: str, ended_at: float, exc_string: str | None = None) -> None:
+        """The job's webhooks for its final `status`, once the commit has landed: handed to the sender
+        process, never waited for (workerd.webhooks)."""
+        self.webhook_sender.send(job, status, ended_at, exc_string)
 
     def _log_success(self, claim: Claim, outcome: Outcome) -> None:
         job = claim.job

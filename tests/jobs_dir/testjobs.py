@@ -185,3 +185,20 @@ class PoliteDeathPenalty(UnixSignalDeathPenalty):
 
     def _raise(self, signum, frame):
         raise self.exception(f"stopped by PoliteDeathPenalty after {self.timeout_s:g} s")
+
+
+def log_warning(message):
+    """Log a WARNING line from the process running the job (a horse, or an in-process worker)."""
+    import logging
+
+    logging.getLogger("workerd.testjobs").warning(message)
+    return os.getpid()
+
+
+def wait_for_go(url, key, fail=False):
+    """Block until the test pushes to `key` in its Redis (at most 20 s), then return or raise."""
+    if redis.Redis.from_url(url).blpop([key], timeout=20) is None:
+        raise TimeoutError(f"nobody pushed to {key}")
+    if fail:
+        raise ValueError("failed after go")
+    return "went"
