@@ -675,6 +675,16 @@ class Job:
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
 
+    def __str__(self) -> str:  # rq's
+        return f"<Job {self.id}: {self.description}>"
+
+    # As rq's: a job is its id (two fetches of one job are equal); the dataclass fields are not compared.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
 
 def _epoch_now() -> float:
     return utcnow().timestamp()

@@ -106,9 +106,32 @@ class Queue:
         return schema.queue_key(self.name)
 
     @classmethod
-    def all(cls, connection: Redis, serializer: Serializer | str | None = None) -> list[Queue]:
+    def all(cls, connection: Redis, serializer: Serializer | str | None = None,
+            job_class: type[Job] | None = None) -> list[Queue]:  # fmt: skip
         names = sorted(schema.queue_name_from_key(k) for k in connection.smembers(schema.QUEUES))
-        return [cls(name, connection=connection, serializer=serializer) for name in names]
+        return [cls(name, connection=connection, serializer=serializer, job_class=job_class) for name in names]
+
+    # As rq's: a queue is its name; comparing one with anything else is a mistake worth an error.
+    def __eq__(self, other: object) -> bool:
+        return self._name_of(other) == self.name
+
+    def __lt__(self, other: object) -> bool:
+        return self.name < self._name_of(other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    @staticmethod
+    def _name_of(other: object) -> str:
+        if not isinstance(other, Queue):
+            raise TypeError("Cannot compare queues to other objects")
+        return other.name
 
     # -- inspection ------------------------------------------------------------------------------
 

@@ -29,11 +29,20 @@ class BaseRegistry:
 
     def __init__(self, name: str = "default", connection: Redis | None = None, queue: object = None,
                  serializer: Serializer | str | None = None) -> None:  # fmt: skip
+        if connection is None:  # rq's Registry(queue=queue) takes the queue's connection and serializer
+            connection = getattr(queue, "connection", None)
         if connection is None:
-            raise TypeError("a registry needs connection=redis.Redis(...)")
+            raise TypeError("a registry needs connection=redis.Redis(...) or queue=Queue(...)")
         self.name = getattr(queue, "name", None) or name
         self.connection = connection
-        self.serializer = resolve_serializer(serializer)
+        self.serializer = resolve_serializer(serializer or getattr(queue, "serializer", None))
+
+    def __eq__(self, other: object) -> bool:  # as rq's: the same registry of the same Redis
+        return (isinstance(other, BaseRegistry) and type(other) is type(self) and other.name == self.name
+                and other.connection.connection_pool.connection_kwargs
+                == self.connection.connection_pool.connection_kwargs)  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]  # mutable name and connection, as rq's
 
     @property
     def key(self) -> str:
