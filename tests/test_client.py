@@ -479,3 +479,29 @@ def test_is_async_false_leaves_the_same_data_as_rq(r: redis.Redis) -> None:
         return data
 
     assert_same_data(scenario(rq.Queue), scenario(Queue), "is_async=False")
+
+
+def test_rq_client_api_found_by_rqs_own_suite(r: redis.Redis) -> None:
+    """Small pieces of rq's client API that RQ 2.12's test_queue/test_job showed missing (issue 13)."""
+    queue = Queue("small", connection=r)
+    first = queue.enqueue("testjobs.add", 1, 2, job_id="only-once", unique=True)
+    with pytest.raises(workerd.errors.DuplicateJobError):
+        queue.enqueue("testjobs.add", 1, 2, job_id="only-once", unique=True)
+    assert first.kwargs == {} and r.llen(queue.key) == 1  # unique configures, is not passed to the function
+    with pytest.raises(ValueError):
+        queue.enqueue("testjobs.add", 1, 2, unique=True)  # needs an explicit id
+    second = queue.enqueue("testjobs.add", 3, 4)
+    assert (queue.get_job_position(second), queue.get_job_position("nope")) == (1, None)
+    assert queue.get_jobs(1) == [second] and queue.jobs == [first, second]
+    assert queue.remove(first) == 1 and queue.job_ids == [second.id] and r.exists(first.key)
+    created = Job.create("testjobs.add", (1, 2), connection=r)
+    assert queue.enqueue_job(created).timeout == Queue.DEFAULT_TIMEOUT  # the queue's default, as rq
+    for bad in ({"args": "12"}, {"kwargs": [("a", 1)]}):
+        with pytest.raises(TypeError):
+            Job.create("testjobs.add", connection=r, **bad)  # type: ignore[arg-type]
+    job = Job.create("testjobs.add", (1,), {"b": "x" * 100}, connection=r, ttl=60)
+    assert (job.get_ttl(5), job.get_result_ttl(7), Job.create("testjobs.add").get_ttl(5)) == (60, 7, 5)
+    assert job.get_call_string() == rq.utils.get_call_string("testjobs.add", (1,), {"b": "x" * 100}, max_length=75)
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    scheduled = queue.enqueue_at(when, "testjobs.add", 1, 2)
+    assert workerd.ScheduledJobRegistry(queue=queue).get_expiration_time(scheduled) == when

@@ -273,6 +273,11 @@ class Job:
             if value is not None:
                 check_whole_number(option, value, low, high, never, never_means)
         func_name, instance = _func_reference(func)
+        # As rq: a string is not a list of arguments (tuple("abc") would silently be three of them).
+        if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, Iterable)):
+            raise TypeError(f"{args!r} is not a valid args list")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"{kwargs!r} is not a valid kwargs dict")
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         chosen_serializer = resolve_serializer(serializer)
@@ -674,6 +679,17 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
+
+    # rq's small accessors (docs/jobs.md): the job's own value, else the caller's default.
+    def get_ttl(self, default_ttl: int | None = None) -> int | None:
+        return default_ttl if self.ttl is None else self.ttl
+
+    def get_result_ttl(self, default_ttl: int | None = None) -> int | None:
+        return default_ttl if self.result_ttl is None else self.result_ttl
+
+    def get_call_string(self) -> str | None:
+        """The call as Python source, `tasks.add(2, 3)`, each argument cut at 75 characters, as rq's."""
+        return call_string(self.func_name, self.args, self.kwargs)
 
     def __str__(self) -> str:  # rq's
         return f"<Job {self.id}: {self.description}>"

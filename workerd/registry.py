@@ -8,6 +8,7 @@ Expired entries of the finished and failed registries are not counted; a negativ
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -74,9 +75,14 @@ class BaseRegistry:
             ids.reverse()
         return ids[start:] if end == -1 else ids[start : end + 1]
 
-    def get_expiration_time(self, job: Job) -> float | None:
-        score = self.connection.zscore(self.key, job.id)
-        return None if score is None else float(score)
+    def get_expiration_time(self, job: Job | str) -> dt.datetime | None:
+        """The entry's score as an aware UTC datetime, as rq's (None if the job is not in the registry)."""
+        score = self.connection.zscore(self.key, job.id if isinstance(job, Job) else job)
+        if score is None:
+            return None
+        if float(score) == float("inf"):  # a started job without a timeout: rq's +inf, no datetime holds it
+            return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(float(score), dt.timezone.utc)
 
     def remove(self, job: Job | str, delete_job: bool = False) -> None:
         job_id = job.id if isinstance(job, Job) else job
