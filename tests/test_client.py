@@ -505,3 +505,32 @@ def test_rq_client_api_found_by_rqs_own_suite(r: redis.Redis) -> None:
     when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
     scheduled = queue.enqueue_at(when, "testjobs.add", 1, 2)
     assert workerd.ScheduledJobRegistry(queue=queue).get_expiration_time(scheduled) == when
+
+
+def test_registry_get_job_ids_without_cleanup_and_an_empty_job_is_not_saved(r: redis.Redis) -> None:
+    finished = workerd.FinishedJobRegistry("small", connection=r)
+    r.zadd(finished.key, {"expired": 1, "live": time.time() + 100})
+    assert finished.get_job_ids() == ["live"] and finished.get_job_ids(cleanup=False) == ["expired", "live"]
+    assert r.zcard(finished.key) == 2  # reading never deletes
+    with pytest.raises(ValueError):
+        Job(id="empty", connection=r).save()
+    assert not r.exists("rq:job:empty")
+
+
+def test_enqueue_into_the_callers_pipeline_waits_for_its_execute(r: redis.Redis) -> None:
+    """As rq: with pipeline=, nothing is written before the caller executes it, even a deferral, and a
+    pipeline the caller WATCHes still runs the enqueue inside its transaction."""
+    queue = Queue("piped", connection=r)
+    parent = queue.enqueue("testjobs.add", 1, 2)
+    with r.pipeline() as pipe:
+        child = queue.enqueue_call("testjobs.add", (3, 4), depends_on=parent, pipeline=pipe)
+        assert child.status == JobStatus.DEFERRED and len(queue.deferred_job_registry) == 0
+        pipe.execute()
+    assert queue.deferred_job_registry.get_job_ids() == [child.id]
+    with r.pipeline() as pipe:
+        pipe.watch("some-key")
+        queued = queue.enqueue_call("testjobs.add", (5, 6), pipeline=pipe)
+        assert queue.job_ids == [parent.id]
+        pipe.set("some-key", "x")
+        pipe.execute()
+    assert queue.job_ids == [parent.id, queued.id]

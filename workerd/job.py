@@ -568,6 +568,8 @@ class Job:
         self._redis().hset(self.key, "meta", self.serializer.dumps(self.meta))
 
     def save(self) -> None:
+        if not self.data:  # as rq: a job without a function is not a job any worker could run
+            raise ValueError(f"job {printable_id(self.id)} has no function (empty data): nothing to save")
         self._redis().hset(self.key, mapping=self.to_mapping())  # type: ignore[arg-type]
 
     is_queued = property(lambda self: self.get_status() == JobStatus.QUEUED)

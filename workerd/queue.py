@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -347,7 +348,7 @@ class Queue:
             raise ValueError("unique=True is not supported with job dependencies or a caller's pipeline")
         if job.timeout is None:  # a Job.create()d job takes the queue's default, as in rq
             job.timeout = self.default_timeout
-        if job.dependency_ids and self._defer_if_waiting(job):
+        if job.dependency_ids and self._defer_if_waiting(job, pipeline):
             return job  # as RQ, even with is_async=False: a job waits for its dependencies
         if not self.is_async:
             return self.run_sync(job)
@@ -357,6 +358,8 @@ class Queue:
         if unique:
             self._push_unique(job, at_front)
             return job
+        if pipeline is not None and not pipeline.explicit_transaction:
+            pipeline.multi()  # as rq: a pipeline the caller WATCHes would run our writes at once, unguarded
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
         self._push(pipe, job, at_front)
         if pipeline is None:
@@ -395,9 +398,14 @@ class Queue:
         else:
             pipe.rpush(self.key, job.id)
 
-    def _defer_if_waiting(self, job: Job) -> bool:
-        """rq's setup_dependencies: defer the job while any existing dependency is not finished."""
-        with self.connection.pipeline() as pipe:
+    def _defer_if_waiting(self, job: Job, pipeline: Pipeline | None = None) -> bool:
+        """rq's setup_dependencies: defer the job while any existing dependency is not finished.
+
+        With the caller's `pipeline` (as rq): the statuses are read now under WATCH and the writes join
+        the caller's transaction, so a dependency that changes before the caller executes it makes the
+        caller's execute() raise WatchError instead of deferring on stale news."""
+        own = pipeline is None
+        with self.connection.pipeline() if pipeline is None else contextlib.nullcontext(pipeline) as pipe:
             while True:
                 try:
                     dependency_keys = [schema.job_key(i) for i in job.dependency_ids]
@@ -406,7 +414,10 @@ class Queue:
                     finished = JobStatus.FINISHED.value
                     waiting = [s for s in statuses if s is not None and as_text(s) != finished]
                     if not waiting:
-                        pipe.unwatch()
+                        if own:
+                            pipe.unwatch()
+                        else:
+                            pipe.multi()  # the caller's WATCHes now guard the enqueue that follows
                         return False
                     pipe.multi()
                     job.status = JobStatus.DEFERRED
@@ -419,9 +430,12 @@ class Queue:
                         pipe.sadd(schema.dependencies_key(job.id), dependency_id)
                     if job.ttl:
                         pipe.expire(job.key, job.ttl)
-                    pipe.execute()
+                    if own:
+                        pipe.execute()
                     return True
                 except redis_module.WatchError:
+                    if not own:
+                        raise
                     continue
 
     def run_sync(self, job: Job) -> Job:

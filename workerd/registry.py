@@ -66,10 +66,15 @@ class BaseRegistry:
         job_id = item.id if isinstance(item, Job) else item
         return job_id in self.get_job_ids()
 
-    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
-        members: list[Any] = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
-        if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
-            members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False, cleanup: bool = True) -> list[str]:
+        """rq's: with `cleanup`, expired entries are left out (rq deletes them first; reading here has
+        no side effects, the worker's maintenance deletes them); without, every entry."""
+        if not cleanup:
+            members: list[Any] = list(self.connection.zrange(self.key, 0, -1))
+        else:
+            members = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
+            if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
+                members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
         ids = [schema.decode_id(m) for m in members]
         if desc:
             ids.reverse()
@@ -98,7 +103,8 @@ class StartedJobRegistry(BaseRegistry):
         members: list[Any] = list(self.connection.zrange(self.key, 0, -1))
         return [schema.split_wip_member(m) for m in members]
 
-    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False, cleanup: bool = True) -> list[str]:
+        # Every entry either way: a lease past its score is recovered by a worker, never hidden here.
         ids = [job_id for job_id, _ in self.get_job_and_execution_ids()]
         if desc:
             ids.reverse()
