@@ -232,11 +232,11 @@ class Worker:
     def pop_exc_handler(self) -> ExceptionHandler:
         return self.exception_handlers.pop()
 
-    def __eq__(self, other: object) -> bool:  # as rq: a worker is its name
-        return isinstance(other, Worker) and other.name == self.name
+    def __eq__(self, other: object) -> bool:  # as rq: a worker is its name (its key), like a WorkerInfo
+        return getattr(other, "key", None) == self.key
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash(self.key)
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
