@@ -120,6 +120,8 @@ def test_rqs_documented_worker_attributes(r: redis.Redis, redis_url: str) -> Non
     # Worker.all() of rq returns Worker objects, equal by name and hashable: set(...), `in` work alike.
     listed = Worker.all(r)
     assert worker in listed and set(listed) == {Worker.find_by_key(worker.key, r)} == {worker}
+    with pytest.raises(ValueError):
+        Worker.find_by_key("attrs", r)  # a name is not a key
 
 
 def test_queue_and_job_equality_and_registries_of_a_queue(r: redis.Redis) -> None:

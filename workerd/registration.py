@@ -163,6 +163,8 @@ class WorkerInfo:
 
     @classmethod
     def find_by_key(cls, key: str, connection: Redis) -> WorkerInfo | None:
+        if not (as_text(key) or "").startswith(schema.worker_key("")):  # as rq's: a key, not a name
+            raise ValueError(f"not a worker key (rq:worker:<name>): {key!r}")
         raw: Any = connection.hgetall(key)
         return cls.from_hash(schema.worker_name_from_key(key), raw) if raw else None
 
