@@ -135,10 +135,12 @@ class Settings(BaseSettings):
         None, description="Dotted path of a workerd.Worker subclass to run.",
         json_schema_extra=_cli("-w", "--worker-class", metavar="CLASS"))  # fmt: skip
     job_class: str | None = Field(
-        None, description="Dotted path of a workerd.Job subclass.",
+        None, description="Dotted path of the worker's job class (Worker.job_class); a subclass of "
+        "rq's Job is the class of what rq.get_current_job() returns inside a job.",
         json_schema_extra=_cli("-j", "--job-class", metavar="CLASS"))  # fmt: skip
     queue_class: str | None = Field(
-        None, description="Dotted path of a workerd.Queue subclass.",
+        None, description="Dotted path of the worker's queue class (Worker.queue_class, as rq's; "
+        "workerd's worker fetches with its own scripts, not through it).",
         json_schema_extra=_cli("--queue-class", metavar="CLASS"))  # fmt: skip
 
     # -- logging and reporting ----------------------------------------------------------------------
