@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         500, ge=-1, le=MAX_TTL_S, description="Seconds a successful job's result is kept (0: discard, -1: forever).",
         json_schema_extra=_cli("--results-ttl", metavar="SECONDS"))  # fmt: skip
     worker_ttl: int = Field(
-        420, ge=16, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",
+        420, ge=1, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",
         json_schema_extra=_cli("--worker-ttl", metavar="SECONDS"))  # fmt: skip
     job_monitoring_interval: int = Field(
         30, ge=1, description="rq compatibility: the longest gap between heartbeats of a busy worker "

@@ -208,8 +208,8 @@ class Worker:
 
     @worker_ttl.setter
     def worker_ttl(self, seconds: int) -> None:  # rq's scripts set it between work() calls
-        self._constructed_settings = self._constructed_settings.model_copy(update={"worker_ttl": int(seconds)})
-        self.settings = self.settings.model_copy(update={"worker_ttl": int(seconds)})
+        self._constructed_settings = self._constructed_settings.updated({"worker_ttl": seconds})
+        self.settings = self.settings.updated({"worker_ttl": seconds})
 
     @property
     def dequeue_timeout(self) -> int:
