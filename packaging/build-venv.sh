@@ -18,10 +18,21 @@
 #   tracebacks name /opt/workerd/..., not the build directory.
 # - pip and setuptools are removed: the package owns this tree; application code is
 #   added with PYTHONPATH (see docs/PACKAGING.md), not by pip-installing into it.
+# - bin/ holds workerd's own entry points and the python links, nothing else: the
+#   console scripts of dependencies (python-dotenv's "dotenv") are not ours to ship.
+# - The C extensions whose manylinux wheels are linked without "-z now" (lintian's
+#   hardening-no-bindnow) are compiled here from their sources, with the CFLAGS and
+#   LDFLAGS the package build exports (dpkg-buildflags with hardening=+all in
+#   debian/rules; the distribution's flags in rpmbuild). pydantic-core (Rust) keeps its
+#   wheel: it is already linked with BIND_NOW. pip's wheel cache (PIP_CACHE_DIR) makes a
+#   second build reuse the compiled wheels.
 #
 # Environment: PYTHON (interpreter to base the venv on, default /usr/bin/python3),
-# SRC (the workerd source tree, default: this repository), PIP_ARGS (extra pip args).
+# SRC (the workerd source tree, default: this repository), PIP_ARGS (extra pip args),
+# FROM_SOURCE (comma-separated packages to compile, default: the list below; "" for none).
 set -eu
+
+FROM_SOURCE=${FROM_SOURCE-psutil,setproctitle,hiredis}
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
     echo "usage: $0 STAGE_ROOT [PREFIX]" >&2
@@ -61,13 +72,18 @@ find "$tmp/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv"
 # shellcheck disable=SC2086
-"$venv/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check \
-    --no-warn-script-location ${PIP_ARGS:-} "$tmp/src"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-warn-script-location ${FROM_SOURCE:+--no-binary "$FROM_SOURCE"} ${PIP_ARGS:-} "$tmp/src"
 "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
-rm -f "$venv"/bin/pip "$venv"/bin/pip3 "$venv"/bin/pip3.* "$venv"/bin/easy_install*
-# The activate scripts are for interactive use only; a daemon does not need them and
-# they hard-code the path.
-rm -f "$venv"/bin/activate "$venv"/bin/activate.* "$venv"/bin/Activate.ps1
+# bin/ keeps the python links and workerd's own console scripts (named by its metadata).
+# Everything else goes: dependencies' tools (dotenv), pip's leftovers, and the activate
+# scripts (interactive use only; they hard-code the path).
+ours=$("$venv/bin/python" -c 'from importlib.metadata import distribution
+print(" ".join(e.name for e in distribution("workerd").entry_points if e.group == "console_scripts"))')
+for script in "$venv"/bin/*; do
+    case " $ours " in *" $(basename "$script") "*) continue ;; esac
+    [ -L "$script" ] || rm -f "$script"
+done
 # direct_url.json records the temporary source directory of this build.
 find "$venv/lib" -path '*.dist-info/direct_url.json' -delete
 

@@ -26,10 +26,13 @@ if ! command -v openssl >/dev/null 2>&1; then
   fi
 fi
 
-# The packaging tests build a .deb and an .rpm: their tools come from the distribution too.
+# The packaging tests build a .deb (debhelper) and an .rpm, lint them, and run logrotate: their
+# tools come from the distribution too (packaging/Makefile's PACKAGING_APT_DEPS). Without root,
+# the tests name what to install.
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && [ -f packaging/Makefile ]; then
   missing=""
-  for tool in dpkg-deb rpmbuild help2man lintian systemd-analyze; do
+  for tool in dpkg-buildpackage dh dh_installsystemd rpmbuild rpmspec rpmlint help2man groff lintian \
+              systemd-analyze logrotate gcc; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
   done
   if [ -n "$missing" ]; then

@@ -27,6 +27,10 @@ mapfile -t pythons < <(bash scripts/pythons.sh)
 versions=()
 for python in "${pythons[@]}"; do versions+=("$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"); done
 echo "test: the suite runs on Python ${versions[*]} (the oldest and the newest supported found)" >&2
+# The .deb and .rpm do not depend on the Python running the tests: build them once per run.
+WORKERD_PACKAGE_CACHE=$(mktemp -d)
+export WORKERD_PACKAGE_CACHE
+trap 'rm -rf "$WORKERD_PACKAGE_CACHE"' EXIT
 failed=()
 for i in "${!pythons[@]}"; do
   venv=".venv-${versions[$i]}"

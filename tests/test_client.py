@@ -490,3 +490,58 @@ def test_worker_keyword_settings_are_validated(r: redis.Redis, overrides: dict[s
 def test_work_keywords_are_validated(r: redis.Redis) -> None:
     with pytest.raises(ValueError, match="max_idle_time"):
         Worker("default", connection=r).work(burst=True, max_idle_time=-5)
+
+
+def test_rq_client_api_found_by_rqs_own_suite(r: redis.Redis) -> None:
+    """Small pieces of rq's client API that RQ 2.12's test_queue/test_job showed missing (issue 13)."""
+    queue = Queue("small", connection=r)
+    first = queue.enqueue("testjobs.add", 1, 2, job_id="only-once", unique=True)
+    with pytest.raises(workerd.errors.DuplicateJobError):
+        queue.enqueue("testjobs.add", 1, 2, job_id="only-once", unique=True)
+    assert first.kwargs == {} and r.llen(queue.key) == 1  # unique configures, is not passed to the function
+    with pytest.raises(ValueError):
+        queue.enqueue("testjobs.add", 1, 2, unique=True)  # needs an explicit id
+    second = queue.enqueue("testjobs.add", 3, 4)
+    assert (queue.get_job_position(second), queue.get_job_position("nope")) == (1, None)
+    assert queue.get_jobs(1) == [second] and queue.jobs == [first, second]
+    assert queue.remove(first) == 1 and queue.job_ids == [second.id] and r.exists(first.key)
+    created = Job.create("testjobs.add", (1, 2), connection=r)
+    assert queue.enqueue_job(created).timeout == Queue.DEFAULT_TIMEOUT  # the queue's default, as rq
+    for bad in ({"args": "12"}, {"kwargs": [("a", 1)]}):
+        with pytest.raises(TypeError):
+            Job.create("testjobs.add", connection=r, **bad)  # type: ignore[arg-type]
+    job = Job.create("testjobs.add", (1,), {"b": "x" * 100}, connection=r, ttl=60)
+    assert (job.get_ttl(5), job.get_result_ttl(7), Job.create("testjobs.add").get_ttl(5)) == (60, 7, 5)
+    assert job.get_call_string() == rq.utils.get_call_string("testjobs.add", (1,), {"b": "x" * 100}, max_length=75)
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    scheduled = queue.enqueue_at(when, "testjobs.add", 1, 2)
+    assert workerd.ScheduledJobRegistry(queue=queue).get_expiration_time(scheduled) == when
+
+
+def test_registry_get_job_ids_without_cleanup_and_an_empty_job_is_not_saved(r: redis.Redis) -> None:
+    finished = workerd.FinishedJobRegistry("small", connection=r)
+    r.zadd(finished.key, {"expired": 1, "live": time.time() + 100})
+    assert finished.get_job_ids() == ["live"] and finished.get_job_ids(cleanup=False) == ["expired", "live"]
+    assert r.zcard(finished.key) == 2  # reading never deletes
+    with pytest.raises(ValueError):
+        Job(id="empty", connection=r).save()
+    assert not r.exists("rq:job:empty")
+
+
+def test_enqueue_into_the_callers_pipeline_waits_for_its_execute(r: redis.Redis) -> None:
+    """As rq: with pipeline=, nothing is written before the caller executes it, even a deferral, and a
+    pipeline the caller WATCHes still runs the enqueue inside its transaction."""
+    queue = Queue("piped", connection=r)
+    parent = queue.enqueue("testjobs.add", 1, 2)
+    with r.pipeline() as pipe:
+        child = queue.enqueue_call("testjobs.add", (3, 4), depends_on=parent, pipeline=pipe)
+        assert child.status == JobStatus.DEFERRED and len(queue.deferred_job_registry) == 0
+        pipe.execute()
+    assert queue.deferred_job_registry.get_job_ids() == [child.id]
+    with r.pipeline() as pipe:
+        pipe.watch("some-key")
+        queued = queue.enqueue_call("testjobs.add", (5, 6), pipeline=pipe)
+        assert queue.job_ids == [parent.id]
+        pipe.set("some-key", "x")
+        pipe.execute()
+    assert queue.job_ids == [parent.id, queued.id]

@@ -1,19 +1,27 @@
 """Tests of packaging/: the systemd units, the cron example, the man page, the RPM spec,
-and (marked slow) the .deb and .rpm builds.
+the logrotate rule, and (marked slow) the .deb (debhelper) and .rpm builds, the logrotate
+rule run by logrotate against a running pool, and the documented configuration flow as
+the service user.
 
-Tools that a test needs and the machine lacks (systemd-analyze, groff, rpmspec,
-dpkg-deb, rpmbuild, lintian) make that test skip with the reason; installing them is
-`make -f packaging/Makefile deps`, never something a test does.
+The tools come from the distribution: scripts/setup.sh installs them when run as root
+(`make -f packaging/Makefile deps`). A test whose tool is missing names the package to
+install; it skips outside CI and fails in CI (CI=true), where a skip would hide breakage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
 import re
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,10 +94,41 @@ def run(cmd: list[str], timeout: float = QUICK_S, **kwargs) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+# The Debian package that brings each tool (packaging/Makefile's PACKAGING_APT_DEPS).
+TOOL_PACKAGES = {
+    "systemd-analyze": "systemd",
+    "groff": "groff",
+    "help2man": "help2man",
+    "rpmspec": "rpm",
+    "rpmbuild": "rpm",
+    "rpmlint": "rpmlint",
+    "dpkg-buildpackage": "dpkg-dev",
+    "dh": "debhelper",
+    "dh_installsystemd": "debhelper",
+    "lintian": "lintian",
+    "logrotate": "logrotate",
+    "setpriv": "util-linux",
+    "useradd": "passwd",
+}
+
+
+def unavailable(reason: str) -> None:
+    """Skip, with what to do; in CI (CI=true) fail instead: a skipped packaging test is a
+    broken one that nobody sees."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing tool fails the run instead of skipping)")
+    pytest.skip(reason)
+
+
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.skip(f"{tool} is not installed (make -f packaging/Makefile deps installs it)")
+        package = TOOL_PACKAGES.get(tool, tool)
+        unavailable(
+            f"{tool} is not installed: apt-get install {package} (as root, scripts/setup.sh or "
+            "make -f packaging/Makefile deps installs every packaging tool)"
+        )
+        raise AssertionError("unreachable")  # unavailable() raises
     return path
 
 
@@ -307,14 +346,94 @@ def test_spec_has_no_rpmlint_errors() -> None:
     assert re.search(r"\b0 errors\b", result.stdout), result.stdout + result.stderr
 
 
+# --- the settings-file warning's group -------------------------------------------
+
+
+def test_the_units_group_is_the_group_the_settings_warning_trusts() -> None:
+    from workerd.config import SERVICE_GROUP
+
+    for path in UNITS.values():
+        assert only(parse_unit(path), "Service", "Group") == SERVICE_GROUP
+
+
+# --- logrotate rule --------------------------------------------------------------
+
+LOGROTATE = PACKAGING / "logrotate" / "workerd"
+LOG_DIR = "/var/log/workerd"
+
+
+def logrotate_script(text: str, name: str) -> str:
+    match = re.search(rf"^\s*{name}\n(.*?)^\s*endscript$", text, re.M | re.S)
+    assert match, f"no {name} script"
+    return match.group(1)
+
+
+def test_logrotate_rule_covers_the_log_directory_as_the_service_user() -> None:
+    text = LOGROTATE.read_text()
+    assert re.search(rf"^{re.escape(LOG_DIR)}/\*\.log {{$", text, re.M)
+    directives = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()[:1].isalpha()}
+    # The directory belongs to the service user: rotate as that user, create as that user.
+    assert directives["su"] == ["workerd", "workerd"]
+    assert directives["create"] == ["0640", "workerd", "workerd"]
+    assert "sharedscripts" in directives and "delaycompress" in directives and "missingok" in directives
+
+
+def test_logrotate_postrotate_signals_the_master_alone_with_usr1() -> None:
+    commands = [
+        shlex.split(line)
+        for line in logrotate_script(LOGROTATE.read_text(), "postrotate").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    (command,) = commands
+    assert command[:2] == ["systemctl", "kill"]
+    # Only the main process: a program a job has exec'd dies of USR1's default action.
+    assert "--kill-who=main" in command or "--kill-whom=main" in command
+    assert "--signal=USR1" in command or command[command.index("-s") + 1] == "USR1"
+    patterns = [arg for arg in command if arg.endswith(".service")]
+    assert any(fnmatch.fnmatch("workerd.service", p) for p in patterns)
+    assert any(fnmatch.fnmatch("workerd@app.service", p) for p in patterns)
+    # A machine without systemd (or no pool running) is not a logrotate error.
+    assert command[-2:] == ["||", "true"]
+
+
+# --- man page signals ------------------------------------------------------------
+
+
+def documented_signal_names() -> set[str]:
+    """Every signal named in a signal table of the README or docs/OBSERVABILITY.md."""
+    names = set()
+    for doc in ["README.md", "docs/OBSERVABILITY.md"]:
+        for line in (REPO / doc).read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("|") and len(cells) > 1 and cells[0].lower() not in ("signal", "signal to the master"):
+                names |= set(re.findall(r"\b(?:SIG)?(TERM|INT|QUIT|HUP|TTIN|TTOU|USR1|USR2|WINCH|ABRT)\b", cells[0]))
+    return names
+
+
+def test_man_page_lists_every_signal() -> None:
+    from workerd.process import MASTER_SIGNALS, STOP_SIGNALS
+
+    man = (PACKAGING / "man" / "workerd.1").read_text().replace("\\-", "-")
+    section = man[man.index(".SH SIGNALS") : man.index(".SH", man.index(".SH SIGNALS") + 1)]
+    handled = {signal.Signals(s).name.removeprefix("SIG") for s in [*STOP_SIGNALS, *MASTER_SIGNALS]}
+    documented = documented_signal_names()
+    assert handled <= documented, f"signals handled but not in the docs' signal tables: {handled - documented}"
+    listed = set(re.findall(r"^\.BR? SIG(\w+)(?:\s|$)", section, re.M))
+    listed |= set(re.findall(r'^\.BR SIG\w+ ", " SIG(\w+)', section, re.M))
+    missing = sorted((handled | documented) - listed)
+    assert missing == [], f"signals missing from the man page's SIGNALS: {missing}"
+    # ...and what each process kind does with them.
+    for kind in ["worker under a master", "single worker", "horse", "daemon"]:
+        assert f".B {kind}" in section
+
+
 # --- shell scripts ---------------------------------------------------------------
 
+MAINTAINER_SCRIPTS = ["workerd.postinst", "workerd.prerm", "workerd.postrm"]
 SHELL_SCRIPTS = [
     "packaging/build-venv.sh",
     "packaging/debian/build-deb.sh",
-    "packaging/debian/postinst",
-    "packaging/debian/prerm",
-    "packaging/debian/postrm",
+    *[f"packaging/debian/{name}" for name in MAINTAINER_SCRIPTS],
     "packaging/man/generate.sh",
 ]
 
@@ -326,12 +445,19 @@ def test_shell_scripts_parse(script: str) -> None:
     assert (REPO / script).read_text().startswith("#!/bin/sh\n")
 
 
-@pytest.mark.parametrize("script", ["postinst", "prerm", "postrm"])
+@pytest.mark.parametrize("script", MAINTAINER_SCRIPTS)
 def test_maintainer_scripts_reject_unknown_actions(script: str, tmp_path: Path) -> None:
     # Only the fall-through branch is run: it touches nothing on the machine.
     result = run(["sh", str(PACKAGING / "debian" / script), "no-such-action"], cwd=tmp_path)
     assert result.returncode == 1
     assert "unknown argument" in result.stderr
+
+
+@pytest.mark.parametrize("script", MAINTAINER_SCRIPTS)
+def test_maintainer_scripts_have_one_debhelper_mark(script: str) -> None:
+    # debhelper replaces the first "#DEBHELPER#" anywhere, a comment's included.
+    text = (PACKAGING / "debian" / script).read_text()
+    assert text.count("#DEBHELPER#") == 1 and re.search(r"^#DEBHELPER#$", text, re.M)
 
 
 # --- building the packages (slow) ------------------------------------------------
@@ -347,14 +473,55 @@ def build_env() -> dict[str, str]:
 
 def need_venv_python() -> None:
     if run(["/usr/bin/python3", "-c", "import venv, ensurepip"]).returncode != 0:
-        pytest.skip("/usr/bin/python3 cannot make virtualenvs (python3-venv: make -f packaging/Makefile deps)")
+        unavailable("/usr/bin/python3 cannot make virtualenvs: apt-get install python3-venv")
+
+
+def readme_doc_links() -> list[str]:
+    """The README's links to files of this repository, as written (relative paths)."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / "README.md").read_text())
+    return sorted({link for link in links if "://" not in link and not link.startswith("mailto:")})
+
+
+def shared_dir(prefix: str) -> Path:
+    """A temporary directory other users can traverse (pytest's own are root-only)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def package_dir(tmp_path_factory: pytest.TempPathFactory, kind: str) -> tuple[Path, bool]:
+    """Where to build a package, and whether it is built there already.
+
+    The packages do not depend on the Python running the tests (they are built with
+    /usr/bin/python3), so scripts/test.sh, which runs the suite once per Python, sets
+    WORKERD_PACKAGE_CACHE to a directory of that run: the second run tests the packages
+    the first one built instead of building them again (about a minute of CI time)."""
+    cache = os.environ.get("WORKERD_PACKAGE_CACHE")
+    if not cache:
+        return tmp_path_factory.mktemp(kind), False
+    out = Path(cache) / kind
+    done = out / "built"
+    if done.exists():
+        return out, True
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return out, False
+
+
+def mark_built(out: Path) -> None:
+    if os.environ.get("WORKERD_PACKAGE_CACHE"):
+        (out / "built").touch()
 
 
 @pytest.fixture(scope="module")
 def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need("dpkg-deb")
+    for tool in ["dpkg-buildpackage", "dh", "dh_installsystemd"]:
+        need(tool)
     need_venv_python()
-    out = tmp_path_factory.mktemp("deb")
+    out, cached = package_dir(tmp_path_factory, "deb")
+    if cached:
+        (deb,) = out.glob("workerd_*.deb")
+        return deb
     # Lintian runs in its own test, with its verdict asserted.
     result = run(
         ["sh", str(PACKAGING / "debian" / "build-deb.sh"), str(out)],
@@ -364,22 +531,34 @@ def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     deb = Path(result.stdout.strip().splitlines()[-1])
     assert deb.parent == out and deb.name.startswith(f"workerd_{project_version()}-1_"), deb
+    mark_built(out)
     return deb
 
 
 @pytest.fixture(scope="module")
-def unpacked_deb(built_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("root")
-    result = run(["dpkg-deb", "-x", str(built_deb), str(root)])
-    assert result.returncode == 0, result.stderr
-    return root
+def unpacked_deb(built_deb: Path) -> Iterator[Path]:
+    # Where the service user of the tests below can run the packaged binary.
+    root = shared_dir("workerd-deb-")
+    try:
+        result = run(["dpkg-deb", "-x", str(built_deb), str(root)])
+        assert result.returncode == 0, result.stderr
+        root.chmod(0o755)  # dpkg-deb gives the root directory the package's "./" mode
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def deb_listing(deb: Path) -> dict[str, str]:
+    """Path in the package -> its `tar tv` line."""
+    listing = run(["dpkg-deb", "-c", str(deb)])
+    assert listing.returncode == 0, listing.stderr
+    return {line.split()[5].removeprefix(".").rstrip("/") or "/": line for line in listing.stdout.splitlines()}
 
 
 @pytest.mark.slow
 def test_deb_contents(built_deb: Path) -> None:
-    listing = run(["dpkg-deb", "-c", str(built_deb)])
-    assert listing.returncode == 0, listing.stderr
-    paths = {line.split()[5].removeprefix(".") for line in listing.stdout.splitlines()}
+    listing = deb_listing(built_deb)
+    paths = set(listing)
     for path in [
         "/opt/workerd/bin/workerd",
         "/opt/workerd/bin/python",
@@ -388,16 +567,31 @@ def test_deb_contents(built_deb: Path) -> None:
         "/lib/systemd/system/workerd.service",
         "/lib/systemd/system/workerd@.service",
         "/etc/workerd/example.toml",
+        "/etc/logrotate.d/workerd",
         "/usr/share/man/man1/workerd.1.gz",
         "/usr/share/doc/workerd/copyright",
+        "/usr/share/doc/workerd/changelog.gz",
+        "/usr/share/doc/workerd/README.md",
         "/usr/share/doc/workerd/examples/workerd-burst.cron",
     ]:
         assert path in paths, f"{path} not in the package"
-    assert any(p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd/") for p in paths)
+    assert any(p.startswith("/opt/workerd/lib/python3") and p.endswith("/site-packages/workerd") for p in paths)
+    # The units' Documentation= files are there.
+    for unit in UNITS.values():
+        for url in only(parse_unit(unit), "Unit", "Documentation").split():
+            if url.startswith("file://"):
+                assert url.removeprefix("file://") in paths, f"{unit.name}: {url} not in the package"
+    # Every document the README links to, where the link points from the installed README.
+    for link in readme_doc_links():
+        assert f"/usr/share/doc/workerd/{link}" in paths, f"README links {link}, not in the package"
+    # bin/ holds workerd and the python links, no dependency's tool (python-dotenv's dotenv).
+    bin_entries = {p.rsplit("/", 1)[1]: listing[p] for p in paths if p.startswith("/opt/workerd/bin/")}
+    executables = {name for name, line in bin_entries.items() if not line.startswith("l")}
+    assert executables == {"workerd"}, bin_entries
     # Bytecode is compiled by postinst, not shipped (Debian policy).
     assert not [p for p in paths if "__pycache__" in p]
-    # Everything root-owned (--root-owner-group): ownership comes from postinst.
-    assert {line.split()[1] for line in listing.stdout.splitlines()} == {"root/root"}
+    # Everything root-owned (Rules-Requires-Root: no): ownership comes from postinst.
+    assert {line.split()[1] for line in listing.values()} == {"root/root"}
 
     fields = {}
     for name in ["Package", "Version", "Architecture", "Depends"]:
@@ -405,9 +599,39 @@ def test_deb_contents(built_deb: Path) -> None:
     assert fields["Package"] == "workerd"
     assert fields["Version"] == f"{project_version()}-1"
     assert re.search(r"\bpython3\.\d+\b", fields["Depends"]) and "adduser" in fields["Depends"]
+    assert "libc6" in fields["Depends"]  # dh_shlibdeps, from the compiled extensions
 
     conffiles = run(["dpkg-deb", "-I", str(built_deb), "conffiles"]).stdout.split()
-    assert conffiles == ["/etc/workerd/example.toml"]
+    assert sorted(conffiles) == ["/etc/logrotate.d/workerd", "/etc/workerd/example.toml"]
+
+
+@pytest.mark.slow
+def test_deb_maintainer_scripts_leave_unit_state_to_deb_systemd_helper(built_deb: Path, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    extract = run(["dpkg-deb", "-e", str(built_deb), str(control)])
+    assert extract.returncode == 0, extract.stderr
+    scripts = {}
+    for name in ["postinst", "prerm", "postrm"]:
+        scripts[name] = (control / name).read_text()
+        check = run(["sh", "-n", str(control / name)])
+        assert check.returncode == 0, f"{name}: {check.stderr}"
+    # dh_installsystemd's parts: the state of workerd.service is deb-systemd-helper's.
+    assert "deb-systemd-helper update-state 'workerd.service'" in scripts["postinst"]
+    assert "deb-systemd-helper purge 'workerd.service'" in scripts["postrm"]
+    # Nothing is started on installation (no configuration yet), nothing stopped before
+    # an upgrade; every pool is stopped on removal and restarted after an upgrade.
+    assert "deb-systemd-invoke start" not in scripts["postinst"]
+    assert "preinst" not in os.listdir(control) or "stop" not in (control / "preinst").read_text()
+    assert re.search(r"^\s*systemctl stop workerd\.service 'workerd@\*\.service'", scripts["prerm"], re.M)
+    assert re.search(r"try-restart workerd\.service 'workerd@\*\.service'", scripts["postinst"])
+    # The settings directory: group workerd, setgid (what the service-user test relies on).
+    for line in [
+        "chown root:workerd /etc/workerd",
+        "chmod 2750 /etc/workerd",
+        "chown root:workerd /etc/workerd/example.toml",
+        "chmod 0640 /etc/workerd/example.toml",
+    ]:
+        assert re.search(rf"^\s*{re.escape(line)}$", scripts["postinst"], re.M), line
 
 
 @pytest.mark.slow
@@ -470,33 +694,232 @@ def test_packaged_units_verify_with_the_packaged_binary(unpacked_deb: Path, tmp_
 def test_deb_passes_lintian(built_deb: Path) -> None:
     lintian = need("lintian")
     # Errors and warnings fail; the accepted ones are overridden inside the package
-    # (usr/share/lintian/overrides/workerd), each with its reason.
-    result = run([lintian, "--fail-on", "error,warning", str(built_deb)], timeout=BUILD_S)
+    # (usr/share/lintian/overrides/workerd), each with its reason. -I shows the
+    # informational tags too: the compiled extensions are linked with BIND_NOW.
+    result = run([lintian, "-I", "--fail-on", "error,warning", str(built_deb)], timeout=BUILD_S)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "hardening-no-bindnow" not in result.stdout, result.stdout
 
 
 @pytest.mark.slow
-def test_rpm_builds(tmp_path: Path) -> None:
+def test_rpm_builds(tmp_path_factory: pytest.TempPathFactory) -> None:
     need("rpmbuild")
     need_venv_python()
-    result = run(
-        ["make", "-f", str(PACKAGING / "Makefile"), "rpm", f"DIST_DIR={tmp_path}"],
-        timeout=BUILD_S,
-        cwd=REPO,
-        env=build_env(),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (rpm,) = tmp_path.glob("workerd-*.rpm")
-    files = run(["rpm", "-qpl", str(rpm)]).stdout.split()
+    out, cached = package_dir(tmp_path_factory, "rpm")
+    if not cached:
+        result = run(
+            ["make", "-f", str(PACKAGING / "Makefile"), "rpm", f"DIST_DIR={out}"],
+            timeout=BUILD_S,
+            cwd=REPO,
+            env=build_env(),
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        mark_built(out)
+    (rpm,) = out.glob("workerd-*.rpm")
+    listing = run(["rpm", "-qplv", str(rpm)]).stdout.splitlines()
+    modes = {line.split()[-1]: line.split()[:4] for line in listing if " -> " not in line}
+    files = set(run(["rpm", "-qpl", str(rpm)]).stdout.split())
     for path in [
         "/opt/workerd/bin/workerd",
         "/usr/bin/workerd",
         "/etc/workerd/example.toml",
+        "/etc/logrotate.d/workerd",
         "/usr/lib/systemd/system/workerd@.service",
         "/usr/share/man/man1/workerd.1.gz",
+        "/usr/share/doc/workerd/README.md",
     ]:
         assert path in files
+    for link in readme_doc_links():
+        assert f"/usr/share/doc/workerd/{link}" in files, f"README links {link}, not in the rpm"
+    assert not [f for f in files if f.startswith("/opt/workerd/bin/") and f.rsplit("/", 1)[1] == "dotenv"]
+    assert modes["/etc/workerd"][0] == "drwxr-s---" and modes["/etc/workerd"][2:4] == ["root", "workerd"]
+    assert modes["/etc/workerd/example.toml"][0] == "-rw-r-----"
     requires = run(["rpm", "-qpR", str(rpm)]).stdout
     assert re.search(r"^/usr/bin/python3\.\d+$", requires, re.M), requires
     # No python3.Xdist(...) dependencies derived from the private venv.
     assert "dist(" not in requires
+    # The units' scriptlets: %systemd_post / %systemd_preun / %systemd_postun_with_restart.
+    scripts = run(["rpm", "-qp", "--scripts", str(rpm)]).stdout
+    assert re.search(r"systemctl --no-reload preset workerd\.service workerd@\.service", scripts) or (
+        "systemd-update-helper install-system-units" in scripts
+    ), scripts
+    assert "disable --now workerd.service workerd@\\*.service" in scripts or "remove-system-units" in scripts
+    assert "try-restart workerd.service workerd@\\*.service" in scripts or "mark-restart-system-units" in scripts
+
+
+# --- as the service user, with the packaged binary (slow) --------------------------
+
+
+@pytest.fixture(scope="module")
+def service_user() -> Iterator[tuple[str, int, int]]:
+    """A throwaway system user with its own group, standing for the package's `workerd`."""
+    useradd = need("useradd")
+    need("setpriv")
+    if os.geteuid() != 0:
+        unavailable("creating a throwaway service user needs root")
+    name = f"wdtest{os.getpid() % 100000}"
+    created = run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                   "--shell", "/usr/sbin/nologin", name])  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    try:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        yield name, entry.pw_uid, entry.pw_gid
+    finally:
+        run(["userdel", name])
+        run(["groupdel", name])  # when userdel kept it
+
+
+def as_user(user: tuple[str, int, int], *command: str) -> list[str]:
+    _, uid, gid = user
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *command]
+
+
+def package_etc(unpacked_deb: Path, base: Path, gid: int) -> Path:
+    """/etc/workerd as the package leaves it: root:<service group> 2750, example.toml
+    root:<service group> 0640 (postinst; test_deb_maintainer_scripts_... checks the lines)."""
+    etc = base / "etc-workerd"
+    etc.mkdir()
+    shutil.copy(unpacked_deb / "etc/workerd/example.toml", etc / "example.toml")
+    for path, mode in [(etc, 0o2750), (etc / "example.toml", 0o640)]:
+        os.chown(path, 0, gid)
+        path.chmod(mode)
+    return etc
+
+
+@pytest.mark.slow
+def test_documented_config_flow_works_as_the_service_user(
+    unpacked_deb: Path, service_user: tuple[str, int, int], redis_url: str
+) -> None:
+    """PACKAGING.md: `cp /etc/workerd/example.toml /etc/workerd/app.toml`, then
+    `sudo -u workerd workerd --check -c /etc/workerd/app.toml` — as written."""
+    binary = str(unpacked_deb / "opt/workerd/bin/workerd")
+    _, _, gid = service_user
+    base = shared_dir("workerd-etc-")
+    try:
+        etc = package_etc(unpacked_deb, base, gid)
+        # As root with the usual umask, exactly the documented command.
+        cp = run(["sh", "-c", f"umask 022 && cp {etc}/example.toml {etc}/app.toml"])
+        assert cp.returncode == 0, cp.stderr
+        app = (etc / "app.toml").stat()
+        assert (app.st_uid, app.st_gid, stat.S_IMODE(app.st_mode)) == (0, gid, 0o640)
+
+        check = run(as_user(service_user, binary, "--check", "-c", str(etc / "app.toml")), env=build_env())
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        # With a password in it (how most app.toml end up), the service user's check and
+        # run say nothing about permissions: group workerd is the service's own group.
+        with (etc / "app.toml").open("a") as f:
+            f.write(f'redis_url = "{redis_url.replace("redis://", "redis://:secret@")}"\n')
+        text = (etc / "app.toml").read_text()
+        (etc / "app.toml").write_text(text.replace('redis_url = "redis://localhost:6379/0"\n', "", 1))
+        check = run(as_user(service_user, binary, "--check", "-c", str(etc / "app.toml")), env=build_env())
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "holds a password" not in check.stdout + check.stderr
+
+        # A world-readable copy is still reported.
+        (etc / "app.toml").chmod(0o644)
+        check = run(as_user(service_user, binary, "--check", "-c", str(etc / "app.toml")), env=build_env())
+        assert check.returncode == 0 and "is readable by every user" in check.stdout + check.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def log_lines_by_pid(path: Path) -> dict[int, list[str]]:
+    lines: dict[int, list[str]] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            pid, _, message = line.partition(" ")
+            if pid.isdigit():
+                lines.setdefault(int(pid), []).append(message)
+    return lines
+
+
+@pytest.mark.slow
+def test_logrotate_rotates_and_the_running_pool_reopens(
+    unpacked_deb: Path, service_user: tuple[str, int, int], redis_url: str
+) -> None:
+    """The package's /etc/logrotate.d/workerd, run by logrotate -f with its paths and user
+    redirected to a temporary directory and the throwaway service user, against a pool
+    of the packaged workerd running as that user. systemctl is a stand-in that acts as
+    `systemctl kill --kill-whom=main` would: the signal to the main process only."""
+    from tests.conftest import wait_until
+
+    logrotate = need("logrotate")
+    name, uid, gid = service_user
+    binary = str(unpacked_deb / "opt/workerd/bin/workerd")
+    base = shared_dir("workerd-logrotate-")
+    proc = None
+    try:
+        log_dir = base / "log"
+        log_dir.mkdir(mode=0o750)
+        os.chown(log_dir, uid, gid)  # as LogsDirectory= / postinst make /var/log/workerd
+        log_file = log_dir / "app.log"
+        etc = package_etc(unpacked_deb, base, gid)
+        (etc / "app.toml").write_text(
+            f'redis_url = "{redis_url}"\nqueues = ["logrotate-test"]\nworkers = 2\n'
+            f'log_file = "{log_file}"\nlog_format = "%(process)d %(message)s"\n'
+        )
+        os.chown(etc / "app.toml", 0, gid)
+        (etc / "app.toml").chmod(0o640)
+        proc = subprocess.Popen(
+            as_user(service_user, binary, "-c", str(etc / "app.toml")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=build_env(),
+            cwd=base,
+            start_new_session=True,
+        )
+        master = proc.pid  # setpriv and the sh entry point exec: the master keeps this pid
+
+        def workers() -> set[int]:
+            return {pid for pid, lines in log_lines_by_pid(log_file).items() if pid != master and any(
+                "started with PID" in line for line in lines)}  # fmt: skip
+
+        wait_until(lambda: len(workers()) == 2 and master in log_lines_by_pid(log_file), timeout=30,
+                   message="the master and two workers logging to the file")  # fmt: skip
+        before = workers()
+
+        # The package's rule, its paths and user redirected.
+        rule = (unpacked_deb / "etc/logrotate.d/workerd").read_text()
+        assert rule == LOGROTATE.read_text()
+        rule = rule.replace(f"{LOG_DIR}/", f"{log_dir}/").replace(" workerd workerd", f" {name} {name}")
+        (base / "logrotate.conf").write_text(rule)
+        shim = base / "bin"
+        shim.mkdir()
+        calls = base / "systemctl-calls"
+        (shim / "systemctl").write_text(
+            "#!/bin/sh\n"
+            f'echo "$*" >> {calls}\n'
+            # kill --kill-who[m]=main --signal=USR1 PATTERN...: the pool matches workerd@app.service.
+            'case " $* " in *" kill "*"=main "*) ;; *) exit 1 ;; esac\n'
+            f"exec kill -USR1 {master}\n"
+        )
+        (shim / "systemctl").chmod(0o755)
+        env = {**build_env(), "PATH": f"{shim}{os.pathsep}{build_env()['PATH']}"}
+        result = run([logrotate, "-f", "-s", str(base / "state"), str(base / "logrotate.conf")], env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+        rotated = log_dir / "app.log.1"
+        assert rotated.exists() and log_file.exists(), sorted(p.name for p in log_dir.iterdir())
+        created = log_file.stat()
+        assert (created.st_uid, created.st_gid, stat.S_IMODE(created.st_mode)) == (uid, gid, 0o640)
+        (call,) = calls.read_text().splitlines()
+        assert call.split()[0] == "kill" and "USR1" in call
+        # The master reopens on the signal and logs it in the new file.
+        wait_until(lambda: any("log files reopened" in line for line in log_lines_by_pid(log_file).get(master, [])),
+                   timeout=15, message="the master's line in the new file")  # fmt: skip
+        # A worker, which got no signal, writes its next line to the new file too.
+        os.kill(master, signal.SIGTTOU)
+        wait_until(lambda: bool(before & set(log_lines_by_pid(log_file))), timeout=15,
+                   message="a worker's line in the new file")  # fmt: skip
+        assert master in log_lines_by_pid(rotated) and before <= set(log_lines_by_pid(rotated))
+        assert not any("reopened" in line for lines in log_lines_by_pid(rotated).values() for line in lines)
+        assert proc.poll() is None  # nobody died of USR1
+    finally:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)

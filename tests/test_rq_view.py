@@ -12,8 +12,9 @@ import pytest
 import redis
 import rq
 
+import workerd
 from tests.conftest import JOBS_DIR, run_workerd
-from workerd import Worker
+from workerd import Worker, registration
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
@@ -82,3 +83,56 @@ def test_callbacks_see_the_final_status_as_under_rq(r: redis.Redis, redis_url: s
     assert result.returncode == 0, result.stdout + result.stderr
     assert (r.get(f"seen:{ok.id}"), r.get(f"seen:{bad.id}")) == (b"finished", b"failed")
     assert (ok.get_status(), bad.get_status()) == ("finished", "failed")
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_an_rq_job_class_is_what_rq_get_current_job_returns(r: redis.Redis, redis_url: str, execution: str) -> None:
+    job = rq.Queue("default", connection=r).enqueue("rqjobs.report_progress")
+    result = run_workerd("-u", redis_url, "--burst", "--execution", execution, "--job-class", "rqjobs.ProgressJob")
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = rq.job.Job.fetch(job.id, connection=r)
+    assert job.return_value() == ["rqjobs.ProgressJob", job.id, True]
+
+
+def test_rqs_documented_worker_attributes(r: redis.Redis, redis_url: str) -> None:
+    """docs/workers.md and connections.md: connection, key, worker_ttl and the timeouts it implies,
+    job_class / queue_class (class attributes of a custom worker, or settings), equality by name."""
+    import rqjobs
+
+    class CustomWorker(Worker):
+        job_class = rqjobs.ProgressJob
+
+    worker = CustomWorker(["default"], connection=r, name="attrs", worker_ttl=500)
+    assert worker.connection is r
+    assert worker.key == "rq:worker:attrs"
+    assert (worker.worker_ttl, worker.dequeue_timeout, worker.connection_timeout) == (500, 485, 495)
+    worker.worker_ttl = 20  # kept by the next work() call, which starts from the constructed settings
+    assert worker._constructed_settings.worker_ttl == 20 and worker.dequeue_timeout == 5
+    assert worker.job_class is rqjobs.ProgressJob
+    assert Worker(["default"], connection=r, job_class="rqjobs.ProgressJob").job_class is rqjobs.ProgressJob
+    assert Worker(["default"], connection=r, queue_class="rq.Queue").queue_class is rq.Queue
+    assert Worker.job_class is workerd.Job and Worker.queue_class is workerd.Queue
+    assert worker == CustomWorker(["other"], connection=r, name="attrs") and len({worker, worker}) == 1
+    assert worker.get_current_job_id() is None
+    registration.register_birth(r, "attrs", ["default"], 420)
+    r.hset(worker.key, "current_job", "some-job")
+    assert worker.get_current_job_id() == "some-job"
+    # Worker.all() of rq returns Worker objects, equal by name and hashable: set(...), `in` work alike.
+    listed = Worker.all(r)
+    assert worker in listed and set(listed) == {Worker.find_by_key(worker.key, r)} == {worker}
+    with pytest.raises(ValueError):
+        Worker.find_by_key("attrs", r)  # a name is not a key
+
+
+def test_queue_and_job_equality_and_registries_of_a_queue(r: redis.Redis) -> None:
+    """As rq's: a queue is its name, a job its id; Registry(queue=queue) takes the queue's connection."""
+    queue = workerd.Queue("foo", connection=r, serializer="json")
+    assert queue == workerd.Queue("foo", connection=r) and queue != workerd.Queue("bar", connection=r)
+    assert str(queue) == "<Queue foo>"
+    with pytest.raises(TypeError):
+        _ = queue == "foo"
+    job = queue.enqueue("testjobs.add", 1, 2)
+    assert workerd.Job.fetch(job.id, connection=r) == job and str(job) == f"<Job {job.id}: {job.description}>"
+    registry = workerd.FailedJobRegistry(queue=queue)
+    assert (registry.connection, registry.name, type(registry.serializer)) == (r, "foo", type(queue.serializer))
+    assert registry == workerd.FailedJobRegistry("foo", connection=r)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import logging
 import os
 import pickle
 import signal
@@ -18,6 +20,7 @@ import redis
 from tests.conftest import JOBS_DIR, WorkerdProcess, run_workerd, wait_until
 from tests.redis_server import RedisServer, make_tls_files
 from workerd import Job, Queue, schema
+from workerd import config as workerd_config
 from workerd.errors import ConfigError
 from workerd.worker import Worker
 
@@ -239,11 +242,48 @@ def test_a_settings_file_with_a_password_readable_by_others_gets_a_warning(tmp_p
     os.chmod(path, mode)
     result = run_workerd("-c", str(path), "--print-config")
     assert result.returncode == 0, result.stderr
-    warned = f"{path} holds a password and is readable by other users" in result.stderr
-    assert warned == bool(mode & 0o044), result.stderr
+    # The file's group is this process's own: only the world bit exposes it.
+    warned = f"{path} holds a password and is readable by every user" in result.stderr
+    assert warned == bool(mode & 0o004), result.stderr
     if warned:
-        assert f"chmod 600 {path}" in result.stderr
+        assert f"chmod 640 {path}" in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def _foreign_group() -> grp.struct_group:
+    """A group that is neither root's, nor this process's, nor the service's."""
+    for group in grp.getgrall():
+        if group.gr_gid not in {0, os.getegid()} and group.gr_name != workerd_config.SERVICE_GROUP:
+            return group
+    pytest.skip("no group other than root's and this process's on this machine")
+
+
+@pytest.mark.parametrize("service_group", [False, True])
+def test_a_group_readable_password_warns_unless_the_group_is_the_services(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, service_group: bool
+) -> None:
+    group = _foreign_group()
+    path = tmp_path / "app.toml"
+    path.write_text(f'redis_url = "redis://:{PASSWORD}@127.0.0.1:6379/0"\n')
+    try:
+        os.chown(path, -1, group.gr_gid)
+    except PermissionError:
+        pytest.skip("giving a file another group needs root")
+    os.chmod(path, 0o640)
+    if service_group:
+        # As the package's units name it: root checking the file the service will read.
+        monkeypatch.setattr(workerd_config, "SERVICE_GROUP", group.gr_name)
+    with caplog.at_level(logging.WARNING, logger="workerd"):
+        workerd_config.read_settings_file(str(path))
+    warnings = [r.getMessage() for r in caplog.records if "holds a password" in r.getMessage()]
+    if service_group:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"{path} holds a password and is readable by the members of group {group.gr_name} (mode 0640); "
+            f"restrict it: chmod 640 {path} and chgrp it to the service's group (or chmod 600 and chown it "
+            "to the user workerd runs as)"
+        ]
 
 
 def test_a_settings_file_without_a_password_gets_no_warning(tmp_path: Path) -> None:
@@ -251,7 +291,7 @@ def test_a_settings_file_without_a_password_gets_no_warning(tmp_path: Path) -> N
     path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n')
     os.chmod(path, 0o644)
     result = run_workerd("-c", str(path), "--print-config")
-    assert result.returncode == 0 and "readable by other users" not in result.stderr
+    assert result.returncode == 0 and "holds a password" not in result.stderr
 
 
 # -- TLS ------------------------------------------------------------------------------------------

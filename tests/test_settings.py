@@ -347,13 +347,13 @@ def test_config_errors_internally_name_source_key_value_and_reason(
 ) -> None:
     _clean_env(monkeypatch)
     config = tmp_path / "s.toml"
-    config.write_text('worker_ttl = 5\nqueues = ["ok", "not ok"]\n')
+    config.write_text('worker_ttl = 0\nqueues = ["ok", "not ok"]\n')
     with pytest.raises(ConfigError) as info:
         build_settings({"max_jobs": "0"}, str(config))
     message = str(info.value)
     assert info.value.exit_code == 78
     assert "the command line: max_jobs = '0': Input should be greater than or equal to 1" in message
-    assert f"{config}: key 'worker_ttl': worker_ttl = 5: Input should be greater than or equal to 16" in message
+    assert f"{config}: key 'worker_ttl': worker_ttl = 0: Input should be greater than or equal to 1" in message
     assert f"{config}: key 'queues'" in message and "'not ok' has forbidden characters" in message
 
 

@@ -6,7 +6,9 @@ Errors name where the bad value came from (file and key, environment variable, o
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import grp
 import importlib
 import importlib.util
 import json
@@ -238,17 +240,50 @@ def _holds_password(values: Mapping[str, Any]) -> bool:
     return False
 
 
+# The group the packaged units run the service as (Group= in packaging/systemd/*.service). The
+# package makes /etc/workerd root:workerd: its members reading a settings file is how the service
+# reads it, not an exposure.
+SERVICE_GROUP = "workerd"
+
+
+def _reading_groups_allowed() -> set[int]:
+    """Groups whose members may read a settings file that holds a password: root's, the running
+    process's (the service's own, when it runs as the service), and the packaged units' group (when
+    root runs `workerd --check` on the file the service will read)."""
+    allowed = {0, os.getegid()}
+    with contextlib.suppress(KeyError):  # not installed from the package: no such group
+        allowed.add(grp.getgrnam(SERVICE_GROUP).gr_gid)
+    return allowed
+
+
+def _exposed_to(stat: os.stat_result) -> str | None:
+    """Who else can read the file, or None. The owner does not count: an owner can chmod the file
+    back at will, so no mode keeps a secret from them."""
+    if stat.st_mode & 0o004:
+        return "every user"
+    if stat.st_mode & 0o040 and stat.st_gid not in _reading_groups_allowed():
+        try:
+            group = grp.getgrgid(stat.st_gid).gr_name
+        except KeyError:
+            group = str(stat.st_gid)
+        return f"the members of group {group}"
+    return None
+
+
 def warn_if_password_exposed(path: str | None, values: Mapping[str, Any]) -> None:
-    """Warn when a settings file that holds a password can be read by other users (group or world)."""
+    """Warn when a settings file that holds a password can be read by users other than root and
+    the service's group (the world, or a group that is neither the process's nor the service's)."""
     if not path or not _holds_password(values):
         return
     try:
-        mode = os.stat(path).st_mode
+        stat = os.stat(path)
     except OSError:
         return
-    if mode & 0o044:
-        log.warning("%s holds a password and is readable by other users (mode %04o); restrict it: "
-                    "chmod 600 %s (and chown it to the user workerd runs as)", path, mode & 0o7777, path)  # fmt: skip
+    readers = _exposed_to(stat)
+    if readers:
+        log.warning("%s holds a password and is readable by %s (mode %04o); restrict it: chmod 640 %s "
+                    "and chgrp it to the service's group (or chmod 600 and chown it to the user workerd "
+                    "runs as)", path, readers, stat.st_mode & 0o7777, path)  # fmt: skip
 
 
 def _rq_environment() -> dict[str, str]:

@@ -106,14 +106,16 @@ def perform(
     exception_handlers: Sequence[ExceptionHandler] = (),
     record_failure: bool = True,
     allowed_functions: Sequence[str] = (),
+    view_class: type | None = None,
 ) -> Outcome:
     """Run `job` (and its success or failure callback) to an Outcome. Never raises: every failure,
     timeout included, is in the Outcome. With `allowed_functions`, the function and callbacks are
-    checked where they are imported (workerd.untrusted.job_function)."""
+    checked where they are imported (workerd.untrusted.job_function). `view_class`: the class of
+    what rq.get_current_job() returns (workerd.rqview)."""
     started = time.time()
     _current_jobs.append(job)
     try:
-        with rqview.current(job), death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(),
+        with rqview.current(job, view_class), death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(),
                                                       job_id=job.id):  # fmt: skip
             value = _call(job, allowed_functions)
         retry = _as_retry(value)

@@ -293,6 +293,11 @@ class Job:
             if value is not None:
                 check_whole_number(option, value, low, high, never, never_means)
         func_name, instance = _func_reference(func)
+        # As rq: a string is not a list of arguments (tuple("abc") would silently be three of them).
+        if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, Iterable)):
+            raise TypeError(f"{args!r} is not a valid args list")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"{kwargs!r} is not a valid kwargs dict")
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         chosen_serializer = resolve_serializer(serializer)
@@ -598,6 +603,8 @@ class Job:
         self._redis().hset(self.key, "meta", self.serializer.dumps(self.meta))
 
     def save(self) -> None:
+        if not self.data:  # as rq: a job without a function is not a job any worker could run
+            raise ValueError(f"job {printable_id(self.id)} has no function (empty data): nothing to save")
         self._redis().hset(self.key, mapping=self.to_mapping())  # type: ignore[arg-type]
 
     is_queued = property(lambda self: self.get_status() == JobStatus.QUEUED)
@@ -715,6 +722,27 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, {self.description!r}, status={self.status.value if self.status else None})"
+
+    # rq's small accessors (docs/jobs.md): the job's own value, else the caller's default.
+    def get_ttl(self, default_ttl: int | None = None) -> int | None:
+        return default_ttl if self.ttl is None else self.ttl
+
+    def get_result_ttl(self, default_ttl: int | None = None) -> int | None:
+        return default_ttl if self.result_ttl is None else self.result_ttl
+
+    def get_call_string(self) -> str | None:
+        """The call as Python source, `tasks.add(2, 3)`, each argument cut at 75 characters, as rq's."""
+        return call_string(self.func_name, self.args, self.kwargs)
+
+    def __str__(self) -> str:  # rq's
+        return f"<Job {self.id}: {self.description}>"
+
+    # As rq's: a job is its id (two fetches of one job are equal); the dataclass fields are not compared.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis as redis_module
 
 from workerd import schema
-from workerd.errors import NoSuchJobError
+from workerd.errors import DuplicateJobError, NoSuchJobError
 from workerd.job import (
     DEFAULT_TIMEOUT_S,
     MAX_TIMEOUT_S,
@@ -43,7 +44,7 @@ R = TypeVar("R", bound=BaseRegistry)
 # Keyword arguments of enqueue() that configure the job instead of being passed to the function.
 _RESERVED = (
     "job_timeout", "description", "result_ttl", "ttl", "failure_ttl", "depends_on", "job_id", "at_front",
-    "meta", "retry", "repeat", "on_success", "on_failure", "on_stopped", "pipeline",
+    "meta", "retry", "repeat", "on_success", "on_failure", "on_stopped", "pipeline", "unique",
 )  # fmt: skip
 
 
@@ -107,9 +108,32 @@ class Queue:
         return schema.queue_key(self.name)
 
     @classmethod
-    def all(cls, connection: Redis, serializer: Serializer | str | None = None) -> list[Queue]:
+    def all(cls, connection: Redis, serializer: Serializer | str | None = None,
+            job_class: type[Job] | None = None) -> list[Queue]:  # fmt: skip
         names = sorted(schema.queue_name_from_key(k) for k in connection.smembers(schema.QUEUES))
-        return [cls(name, connection=connection, serializer=serializer) for name in names]
+        return [cls(name, connection=connection, serializer=serializer, job_class=job_class) for name in names]
+
+    # As rq's: a queue is its name; comparing one with anything else is a mistake worth an error.
+    def __eq__(self, other: object) -> bool:
+        return self._name_of(other) == self.name
+
+    def __lt__(self, other: object) -> bool:
+        return self.name < self._name_of(other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    @staticmethod
+    def _name_of(other: object) -> str:
+        if not isinstance(other, Queue):
+            raise TypeError("Cannot compare queues to other objects")
+        return other.name
 
     # -- inspection ------------------------------------------------------------------------------
 
@@ -134,8 +158,19 @@ class Queue:
 
     @property
     def jobs(self) -> list[Job]:
-        found = self.job_class.fetch_many(self.job_ids, self.connection, self.serializer)
+        return self.get_jobs()
+
+    def get_jobs(self, offset: int = 0, length: int = -1) -> list[Job]:
+        """The jobs of a slice of the queue (rq's), those whose hash is gone left out."""
+        found = self.job_class.fetch_many(self.get_job_ids(offset, length), self.connection, self.serializer)
         return [job for job in found if job is not None]
+
+    def remove(self, job_or_id: Job | str, pipeline: Pipeline | None = None) -> Any:
+        """Take a job id out of the queue (its hash stays), as rq's: how many entries went, or the
+        pipeline the LREM was queued on."""
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        target = pipeline if pipeline is not None else self.connection
+        return target.lrem(self.key, 1, job_id)
 
     def fetch_job(self, job_id: str) -> Job | None:
         try:
@@ -210,14 +245,17 @@ class Queue:
         on_stopped: Callback | Callable[..., Any] | None = None,
         pipeline: Pipeline | None = None,
         job_timeout: int | str | None = None,
+        unique: bool = False,
     ) -> Job:
+        if unique and job_id is None:
+            raise ValueError("unique=True requires an explicit job_id")
         job = self.create_job(
             func, args=args, kwargs=kwargs, timeout=timeout if timeout is not None else job_timeout,
             result_ttl=result_ttl, ttl=ttl, failure_ttl=failure_ttl, description=description,
             depends_on=depends_on, job_id=job_id, meta=meta, retry=retry, repeat=repeat,
             on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
         )  # fmt: skip
-        return self.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+        return self.enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
 
     def create_job(
         self,
@@ -257,6 +295,8 @@ class Queue:
         at_front = bool(kwargs.pop("at_front", False))
         options = {name: kwargs.pop(name) for name in _RESERVED if name in kwargs}
         options.pop("pipeline", None)
+        if options.pop("unique", False):
+            raise ValueError("unique=True is not supported by workerd's enqueue_at/enqueue_in")
         timeout = options.pop("job_timeout", None)
         job = self.create_job(f, args=args, kwargs=kwargs, timeout=timeout, status=JobStatus.SCHEDULED, **options)
         job.enqueue_at_front = job.enqueue_at_front or at_front
@@ -303,19 +343,52 @@ class Queue:
             pipe.execute()
         return jobs
 
-    def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
-        if job.dependency_ids and self._defer_if_waiting(job):
+    def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False,
+                    unique: bool = False) -> Job:  # fmt: skip
+        """Enqueue a created job. `unique`: raise DuplicateJobError if a job of that id exists (rq's
+        unique jobs; not with dependencies, nor inside a caller's pipeline, whose reads come too late)."""
+        if unique and (job.dependency_ids or pipeline is not None):
+            raise ValueError("unique=True is not supported with job dependencies or a caller's pipeline")
+        if job.timeout is None:  # a Job.create()d job takes the queue's default, as in rq
+            job.timeout = self.default_timeout
+        if job.dependency_ids and self._defer_if_waiting(job, pipeline):
             return job  # as RQ, even with is_async=False: a job waits for its dependencies
         if not self.is_async:
             return self.run_sync(job)
         job.origin = self.name
         job.status = JobStatus.QUEUED
         job.enqueued_at = utcnow()
+        if unique:
+            self._push_unique(job, at_front)
+            return job
+        if pipeline is not None and not pipeline.explicit_transaction:
+            pipeline.multi()  # as rq: a pipeline the caller WATCHes would run our writes at once, unguarded
         pipe = pipeline if pipeline is not None else self.connection.pipeline()
         self._push(pipe, job, at_front)
         if pipeline is None:
             pipe.execute()
         return job
+
+    def _push_unique(self, job: Job, at_front: bool) -> None:
+        """Push unless the job's hash exists, atomically: a concurrent enqueue of the same id loses."""
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job.key)
+                    if pipe.exists(job.key):
+                        raise DuplicateJobError(f"a job with id {job.id} exists already (unique=True)")
+                    pipe.multi()
+                    self._push(pipe, job, at_front)
+                    pipe.execute()
+                    return
+                except redis_module.WatchError:
+                    continue
+
+    def get_job_position(self, job_or_id: Job | str) -> int | None:
+        """The 0-based position of a job in this queue, or None (rq's; one LPOS)."""
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        position: int | None = self.connection.lpos(self.key, job_id)  # type: ignore[assignment]
+        return position
 
     def _push(self, pipe: Pipeline, job: Job, at_front: bool) -> None:
         pipe.sadd(schema.QUEUES, self.key)
@@ -328,9 +401,14 @@ class Queue:
         else:
             pipe.rpush(self.key, job.id)
 
-    def _defer_if_waiting(self, job: Job) -> bool:
-        """rq's setup_dependencies: defer the job while any existing dependency is not finished."""
-        with self.connection.pipeline() as pipe:
+    def _defer_if_waiting(self, job: Job, pipeline: Pipeline | None = None) -> bool:
+        """rq's setup_dependencies: defer the job while any existing dependency is not finished.
+
+        With the caller's `pipeline` (as rq): the statuses are read now under WATCH and the writes join
+        the caller's transaction, so a dependency that changes before the caller executes it makes the
+        caller's execute() raise WatchError instead of deferring on stale news."""
+        own = pipeline is None
+        with self.connection.pipeline() if pipeline is None else contextlib.nullcontext(pipeline) as pipe:
             while True:
                 try:
                     dependency_keys = [schema.job_key(i) for i in job.dependency_ids]
@@ -339,7 +417,10 @@ class Queue:
                     finished = JobStatus.FINISHED.value
                     waiting = [s for s in statuses if s is not None and as_text(s) != finished]
                     if not waiting:
-                        pipe.unwatch()
+                        if own:
+                            pipe.unwatch()
+                        else:
+                            pipe.multi()  # the caller's WATCHes now guard the enqueue that follows
                         return False
                     pipe.multi()
                     job.status = JobStatus.DEFERRED
@@ -352,9 +433,12 @@ class Queue:
                         pipe.sadd(schema.dependencies_key(job.id), dependency_id)
                     if job.ttl:
                         pipe.expire(job.key, job.ttl)
-                    pipe.execute()
+                    if own:
+                        pipe.execute()
                     return True
                 except redis_module.WatchError:
+                    if not own:
+                        raise
                     continue
 
     def run_sync(self, job: Job) -> Job:

@@ -90,9 +90,11 @@ def set_state(redis: Redis | Pipeline, name: str, state: str) -> None:
     redis.hset(schema.worker_key(name), "state", state)
 
 
-@dataclass
+@dataclass(eq=False)
 class WorkerInfo:
-    """A registered worker (workerd's or RQ's), as read from its hash."""
+    """A registered worker (workerd's or RQ's), as read from its hash. As rq's Worker objects, one is
+    its key: equal to another read of the same worker, or to the Worker object itself, and hashable
+    (`set(Worker.all(...))`, `worker in Worker.all(...)`)."""
 
     name: str
     hostname: str
@@ -120,6 +122,12 @@ class WorkerInfo:
     @property
     def key(self) -> str:
         return schema.worker_key(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return getattr(other, "key", None) == self.key  # worker keys only: rq:worker:<name>
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
     @classmethod
     def from_hash(cls, name: str, raw: dict[bytes, bytes]) -> WorkerInfo:
@@ -155,6 +163,8 @@ class WorkerInfo:
 
     @classmethod
     def find_by_key(cls, key: str, connection: Redis) -> WorkerInfo | None:
+        if not (as_text(key) or "").startswith(schema.worker_key("")):  # as rq's: a key, not a name
+            raise ValueError(f"not a worker key (rq:worker:<name>): {key!r}")
         raw: Any = connection.hgetall(key)
         return cls.from_hash(schema.worker_name_from_key(key), raw) if raw else None
 

@@ -8,6 +8,7 @@ Expired entries of the finished and failed registries are not counted; a negativ
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,11 +30,20 @@ class BaseRegistry:
 
     def __init__(self, name: str = "default", connection: Redis | None = None, queue: object = None,
                  serializer: Serializer | str | None = None) -> None:  # fmt: skip
+        if connection is None:  # rq's Registry(queue=queue) takes the queue's connection and serializer
+            connection = getattr(queue, "connection", None)
         if connection is None:
-            raise TypeError("a registry needs connection=redis.Redis(...)")
+            raise TypeError("a registry needs connection=redis.Redis(...) or queue=Queue(...)")
         self.name = getattr(queue, "name", None) or name
         self.connection = connection
-        self.serializer = resolve_serializer(serializer)
+        self.serializer = resolve_serializer(serializer or getattr(queue, "serializer", None))
+
+    def __eq__(self, other: object) -> bool:  # as rq's: the same registry of the same Redis
+        return (isinstance(other, BaseRegistry) and type(other) is type(self) and other.name == self.name
+                and other.connection.connection_pool.connection_kwargs
+                == self.connection.connection_pool.connection_kwargs)  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]  # mutable name and connection, as rq's
 
     @property
     def key(self) -> str:
@@ -56,18 +66,28 @@ class BaseRegistry:
         job_id = item.id if isinstance(item, Job) else item
         return job_id in self.get_job_ids()
 
-    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
-        members: list[Any] = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
-        if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
-            members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False, cleanup: bool = True) -> list[str]:
+        """rq's: with `cleanup`, expired entries are left out (rq deletes them first; reading here has
+        no side effects, the worker's maintenance deletes them); without, every entry."""
+        if not cleanup:
+            members: list[Any] = list(self.connection.zrange(self.key, 0, -1))
+        else:
+            members = list(self.connection.zrangebyscore(self.key, self._min_score(), "+inf"))
+            if self.scores_are_expiry:  # negative scores (kept forever) sort first, as in RQ's ZRANGE
+                members = list(self.connection.zrangebyscore(self.key, "-inf", "(0")) + members
         ids = [schema.decode_id(m) for m in members]
         if desc:
             ids.reverse()
         return ids[start:] if end == -1 else ids[start : end + 1]
 
-    def get_expiration_time(self, job: Job) -> float | None:
-        score = self.connection.zscore(self.key, job.id)
-        return None if score is None else float(score)
+    def get_expiration_time(self, job: Job | str) -> dt.datetime | None:
+        """The entry's score as an aware UTC datetime, as rq's (None if the job is not in the registry)."""
+        score = self.connection.zscore(self.key, job.id if isinstance(job, Job) else job)
+        if score is None:
+            return None
+        if float(score) == float("inf"):  # a started job without a timeout: rq's +inf, no datetime holds it
+            return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(float(score), dt.timezone.utc)
 
     def remove(self, job: Job | str, delete_job: bool = False) -> None:
         job_id = job.id if isinstance(job, Job) else job
@@ -83,7 +103,8 @@ class StartedJobRegistry(BaseRegistry):
         members: list[Any] = list(self.connection.zrange(self.key, 0, -1))
         return [schema.split_wip_member(m) for m in members]
 
-    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False) -> list[str]:
+    def get_job_ids(self, start: int = 0, end: int = -1, desc: bool = False, cleanup: bool = True) -> list[str]:
+        # Every entry either way: a lease past its score is recovered by a worker, never hidden here.
         ids = [job_id for job_id, _ in self.get_job_and_execution_ids()]
         if desc:
             ids.reverse()

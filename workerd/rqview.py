@@ -61,9 +61,10 @@ def timeout_exception() -> type[errors.JobTimeoutException]:
 
 
 @contextlib.contextmanager
-def current(job: Job) -> Iterator[None]:
-    """While the block runs, `rq.get_current_job()` returns RQ's view of `job` (if rq is installed)."""
-    view = _view_of(job)
+def current(job: Job, view_class: type | None = None) -> Iterator[None]:
+    """While the block runs, `rq.get_current_job()` returns RQ's view of `job` (if rq is installed),
+    an instance of `view_class` if that is a subclass of rq's Job (the worker's job_class)."""
+    view = _view_of(job, view_class)
     if view is None:
         yield
         return
@@ -75,16 +76,17 @@ def current(job: Job) -> Iterator[None]:
         _rq_job._job_stack.pop()
 
 
-def _view_of(job: Job) -> Any:
+def _view_of(job: Job, view_class: type | None) -> Any:
     """An rq.job.Job of `job`, or None: rq not installed, or an id RQ refuses (only letters, digits, _ and
     -), which no RQ client could have enqueued."""
     load()
     if _rq_job is None or job.connection is None:
         return None
+    cls = view_class if isinstance(view_class, type) and issubclass(view_class, _rq_job.Job) else _rq_job.Job
     try:
         # RQ's restore() reads the hash as Redis returns it: bytes values.
         raw = {key: value.encode() if isinstance(value, str) else value for key, value in job.to_mapping().items()}
-        view = _rq_job.Job(job.id, connection=job.connection, serializer=job.serializer)
+        view = cls(job.id, connection=job.connection, serializer=job.serializer)
         view.restore(raw)
     except Exception:
         return None

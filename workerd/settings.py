@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         500, ge=-1, le=MAX_TTL_S, description="Seconds a successful job's result is kept (0: discard, -1: forever).",
         json_schema_extra=_cli("--results-ttl", metavar="SECONDS"))  # fmt: skip
     worker_ttl: int = Field(
-        420, ge=16, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",
+        420, ge=1, description="Seconds the worker's Redis key outlives its last heartbeat while idle.",
         json_schema_extra=_cli("--worker-ttl", metavar="SECONDS"))  # fmt: skip
     job_monitoring_interval: int = Field(
         30, ge=1, description="rq compatibility: the longest gap between heartbeats of a busy worker "
@@ -135,10 +135,12 @@ class Settings(BaseSettings):
         None, description="Dotted path of a workerd.Worker subclass to run.",
         json_schema_extra=_cli("-w", "--worker-class", metavar="CLASS"))  # fmt: skip
     job_class: str | None = Field(
-        None, description="Dotted path of a workerd.Job subclass.",
+        None, description="Dotted path of the worker's job class (Worker.job_class); a subclass of "
+        "rq's Job is the class of what rq.get_current_job() returns inside a job.",
         json_schema_extra=_cli("-j", "--job-class", metavar="CLASS"))  # fmt: skip
     queue_class: str | None = Field(
-        None, description="Dotted path of a workerd.Queue subclass.",
+        None, description="Dotted path of the worker's queue class (Worker.queue_class, as rq's; "
+        "workerd's worker fetches with its own scripts, not through it).",
         json_schema_extra=_cli("--queue-class", metavar="CLASS"))  # fmt: skip
 
     # -- logging and reporting ----------------------------------------------------------------------

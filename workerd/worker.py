@@ -46,6 +46,7 @@ from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
+from workerd.queue import Queue
 from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
@@ -114,6 +115,13 @@ class Outage:
 class Worker:
     """One worker process. `Worker(queues, connection=...).work()` runs it in the calling process."""
 
+    # rq documents these for custom worker classes (`class MyWorker(Worker): job_class = CustomJob`);
+    # the job_class / queue_class settings override them per worker. workerd commits jobs with its
+    # own Job whatever they are; a job_class that subclasses rq's Job is the class of the job the
+    # job's code gets from rq.get_current_job() (workerd.rqview).
+    job_class: type = Job
+    queue_class: type = Queue
+
     def __init__(
         self,
         queues: Sequence[str] | str = ("default",),
@@ -135,7 +143,10 @@ class Worker:
         if problem is not None:
             raise ConfigError(f"allowed_functions: {problem}")
         self.serializer = resolve_serializer(self.settings.serializer)
-        self.job_class: type[Job] = import_attribute(self.settings.job_class) if self.settings.job_class else Job
+        if self.settings.job_class:  # else the class attribute (a subclass may set its own, as rq's)
+            self.job_class = import_attribute(self.settings.job_class)
+        if self.settings.queue_class:
+            self.queue_class = import_attribute(self.settings.queue_class)
         self.death_penalty_class: type[BaseDeathPenalty] = import_attribute(self.settings.death_penalty_class)
         self.exception_handlers: list[ExceptionHandler] = [
             import_attribute(path) for path in self.settings.exception_handlers
@@ -179,6 +190,54 @@ class Worker:
         self._warm_horse: horse_module.Horse | None = None
         self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
         self._idle_written = False  # whether "state idle" is in our hash since we last changed it
+
+    # -- rq's public Worker attributes, same names and meanings (docs/workers.md, connections.md) ----
+
+    @property
+    def connection(self) -> redis.Redis:
+        return self.redis
+
+    @property
+    def key(self) -> str:
+        """The worker's hash in Redis, rq:worker:<name>."""
+        return schema.worker_key(self.name)
+
+    @property
+    def worker_ttl(self) -> int:
+        return self.settings.worker_ttl
+
+    @worker_ttl.setter
+    def worker_ttl(self, seconds: int) -> None:  # rq's scripts set it between work() calls
+        self._constructed_settings = self._constructed_settings.updated({"worker_ttl": seconds})
+        self.settings = self.settings.updated({"worker_ttl": seconds})
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """How long one blocking wait for a job lasts: 15 s under worker_ttl, as rq's."""
+        return max(1, self.worker_ttl - 15)
+
+    @property
+    def connection_timeout(self) -> int:
+        """rq's socket timeout for its blocking wait; workerd's waiter reads only when a reply is there."""
+        return self.dequeue_timeout + 10
+
+    def get_current_job_id(self) -> str | None:
+        """The id of the job this worker runs (the worker hash's current_job), or None."""
+        current: bytes | None = self.redis.hget(self.key, "current_job")  # type: ignore[assignment]
+        return None if current is None else schema.decode_id(current)
+
+    def push_exc_handler(self, handler: ExceptionHandler) -> None:
+        """Add `handler` at the end of the chain (rq's stack runs in the order handlers were pushed)."""
+        self.exception_handlers.append(handler)
+
+    def pop_exc_handler(self) -> ExceptionHandler:
+        return self.exception_handlers.pop()
+
+    def __eq__(self, other: object) -> bool:  # as rq: a worker is its name (its key), like a WorkerInfo
+        return getattr(other, "key", None) == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
@@ -673,7 +732,7 @@ class Worker:
         if self._waiter is None:
             from workerd.waiter import QueueWaiter
 
-            self._waiter = QueueWaiter(self.redis, self.queues, max(1, self.settings.worker_ttl - 15))
+            self._waiter = QueueWaiter(self.redis, self.queues, self.dequeue_timeout)
         wait_s = max(0.0, self._next_heartbeat - time.monotonic())
         if self.scheduler is not None:
             wait_s = min(wait_s, scheduler_module.TICK_S)
@@ -706,7 +765,7 @@ class Worker:
         """Run the job's function here (in the horse, or in-process). Never raises."""
         return perform(job, self.death_penalty_class, self.exception_handlers,
                        record_failure=not self.settings.disable_default_exception_handler,
-                       allowed_functions=self.settings.allowed_functions)  # fmt: skip
+                       allowed_functions=self.settings.allowed_functions, view_class=self.job_class)  # fmt: skip
 
     def run_job(self, claim: Claim) -> Outcome | None:
         job = claim.job

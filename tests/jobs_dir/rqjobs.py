@@ -42,3 +42,7 @@ def record_status_on_success(job, connection, result):
 
 def record_status_on_failure(job, connection, exc_type, exc, tb):
     connection.set(f"seen:{job.id}", job.get_status(refresh=False).value)
+
+
+class ProgressJob(rq.job.Job):
+    """An application's own rq Job subclass, named as the worker's job_class (tests/test_rq_view.py)."""

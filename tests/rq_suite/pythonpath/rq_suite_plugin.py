@@ -9,7 +9,7 @@ Loaded with `-p rq_suite_plugin` (this directory is on PYTHONPATH). RQ_SUITE_MOD
   deployment where the application keeps its code and only `rq worker` becomes `workerd`.
 - `client`: in the client-side modules (test_queue, test_job, test_registry), `Queue`, `Job` and
   the registry classes are rebound to workerd's (`workerd.Queue`, `workerd.Job`, ...); the worker
-  stays RQ's.
+  stays RQ's (a thin subclass hands it a workerd.Queue as the queue's name).
 
 Only the test modules' namespaces are touched, never RQ's own modules: RQ's internals keep calling
 RQ. Nothing here edits RQ's files.
@@ -36,7 +36,6 @@ def _dotted(obj: Any) -> str | None:
 
 def _make_worker_classes() -> dict[str, type]:
     import workerd
-    from workerd.job import Job as WorkerdJob
 
     class Worker(workerd.Worker):
         """rq.Worker(queues, name=, connection=, ...) -> workerd.Worker; keywords translated, nothing else."""
@@ -82,11 +81,13 @@ def _make_worker_classes() -> dict[str, type]:
                 overrides["disable_job_desc_logging"] = True
             if serializer is not None:
                 overrides["serializer"] = serializer if isinstance(serializer, str) else _dotted(serializer)
-            if isinstance(job_class, str):
-                overrides["job_class"] = job_class
-            elif isinstance(job_class, type) and issubclass(job_class, WorkerdJob):
-                overrides["job_class"] = _dotted(job_class)
-            # queue_class, prepare_for_work, work_horse_killed_handler: no counterpart in workerd.
+            # job_class / queue_class: workerd's settings take dotted paths (a class defined in a test
+            # function has none: that test sets them as class attributes, which workerd reads too).
+            for setting, value in (("job_class", job_class), ("queue_class", queue_class)):
+                dotted = value if isinstance(value, str) else _dotted(value) if value is not None else None
+                if dotted is not None:
+                    overrides[setting] = dotted
+            # prepare_for_work, work_horse_killed_handler: no counterpart in workerd.
             super().__init__(queues, connection=connection, name=name, **overrides)
             if exception_handlers is not None:  # callables, as RQ takes them (workerd's setting takes paths)
                 handlers = exception_handlers if isinstance(exception_handlers, (list, tuple)) else [exception_handlers]
@@ -129,7 +130,37 @@ def _make_client_classes() -> dict[str, Any]:
     names = ["Queue", "Job", "Retry", "Callback", "Dependency", "JobStatus", "CanceledJobRegistry",
              "DeferredJobRegistry", "FailedJobRegistry", "FinishedJobRegistry", "ScheduledJobRegistry",
              "StartedJobRegistry"]  # fmt: skip
-    return {name: getattr(workerd, name) for name in names}
+    classes: dict[str, Any] = {name: getattr(workerd, name) for name in names}
+    classes.update(_make_rq_worker_classes())
+    return classes
+
+
+def _make_rq_worker_classes() -> dict[str, type]:
+    """Client mode: the worker stays RQ's, which accepts queue names or rq.Queue objects only; a
+    workerd.Queue is handed to it as its name (its connection and serializer alongside)."""
+    import rq
+
+    import workerd
+
+    def translate(queues: Any, kwargs: dict[str, Any]) -> Any:
+        listed = queues if isinstance(queues, (list, tuple)) else [queues]
+        theirs = [q for q in listed if isinstance(q, workerd.Queue)]
+        if not theirs:
+            return queues
+        kwargs.setdefault("connection", theirs[0].connection)
+        if "serializer" not in kwargs and type(theirs[0].serializer).__name__ == "JSONSerializer":
+            kwargs["serializer"] = "json"
+        return [q.name if isinstance(q, workerd.Queue) else q for q in listed]
+
+    class Worker(rq.Worker):
+        def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(translate(queues, kwargs), *args, **kwargs)
+
+    class SimpleWorker(rq.SimpleWorker):
+        def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(translate(queues, kwargs), *args, **kwargs)
+
+    return {"Worker": Worker, "SimpleWorker": SimpleWorker}
 
 
 CLIENT_MODULES = ("tests.test_queue", "tests.test_job", "tests.test_registry")
