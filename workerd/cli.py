@@ -165,7 +165,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
     worker = worker_class(settings.queues, settings=settings)
-    if settings.metrics_port is not None:  # no master: the worker serves its own metrics
+    if settings.metrics_port is not None:  # no master: a process of the worker's own serves its metrics
         from workerd.metrics import serve_single_worker
 
         serve_single_worker(worker, settings)
