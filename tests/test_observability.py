@@ -503,6 +503,6 @@ def test_a_single_worker_with_metrics_and_sentry_never_forks_beside_a_thread(r, 
     wait_until(lambda: _scrape(metrics_port) and _all_done(r, records, ("finished",)), timeout=30,
                message="every record job finished, scraped meanwhile")  # fmt: skip
     assert [counts["worker"] for counts in _ancestor_threads(r)] == [1, 1, 1]  # its parent is this test
-    samples = _scrape(metrics_port)
-    assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 3
+    wait_until(lambda: _value(_scrape(metrics_port), "workerd_jobs_total", queue="default", outcome="finished") == 3,
+               message="the metrics process to count the 3 jobs the worker reported")  # fmt: skip
     assert "multi-threaded" not in worker.output(), worker.output()
