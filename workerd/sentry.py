@@ -1,7 +1,8 @@
 """Sentry (SENTRY_DSN): one event per job that raises, tagged job_id, func, queue and worker.
 
-The SDK is initialised in each worker process (after the master's fork, so no process shares a
-transport thread with another) and the handler runs first in the job's exception-handler chain,
+The SDK is initialised in each worker process (after the master's fork), with a transport that
+sends in the capturing thread: a worker forks horses, so it runs no thread of the SDK's (see
+_inline_transport_class). The handler runs first in the job's exception-handler chain,
 in the process that ran the job: the horse, or the worker in in-process mode. A horse leaves with
 `os._exit`, which skips the SDK's atexit flush, so the handler flushes before returning.
 
