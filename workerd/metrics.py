@@ -427,9 +427,10 @@ class MetricsServer:
             self._drop(fd)
         self.listener.close()
 
-    def close_in_child(self) -> None:
-        """In a forked child, which never serves: close its copies of the sockets. detach() first, so
-        that the socket objects' finalisers cannot close an fd number the child has reused since."""
+    def release(self) -> None:
+        """Close this process's copies of the sockets, in a process that has them by fork() but never
+        serves (the master's children; a single worker, whose metrics process serves). detach()
+        first, so that the socket objects' finalisers cannot close an fd number reused since."""
         for sock in (self.listener, *(c.sock for c in self.connections.values())):
             with contextlib.suppress(OSError):
                 os.close(sock.detach())
@@ -503,7 +504,7 @@ def serve_single_worker(worker: Any, settings: Settings) -> None:
             os._exit(code)
     os.close(read_fd)
     port = server.port
-    server.close_in_child()
+    server.release()
     os.set_blocking(write_fd, False)
     forward = worker.report
 

@@ -398,7 +398,7 @@ class Master:
             die_with_parent(master_pid)
             signal.set_wakeup_fd(-1)
             if self._metrics_server is not None:
-                self._metrics_server.close_in_child()
+                self._metrics_server.release()
             for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
