@@ -48,7 +48,9 @@ or flag), the key, the value and what is wrong; an unknown key in a TOML file is
 "did you mean" suggestion.
 
 Exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 3 workers could not boot; 69 Redis
-unreachable at start (burst mode); 70 internal error; 78 invalid settings.
+unreachable at start (burst mode); 70 internal error; 71 metrics port in use; 77 Redis refused the
+credentials (password, user or ACL); 78 invalid settings, or Redis's TLS certificate failed verification
+(wrong CA, or a host the certificate is not for). 77 and 78 are reported at once, never retried.
 
 ## Settings
 

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -441,3 +442,67 @@ def test_a_metrics_port_in_use_exits_71_which_systemd_restarts(redis_url, pool) 
         result = run_workerd("-u", redis_url, *pool, "--metrics-port", str(port), "--burst", timeout=30)
     assert result.returncode == 71, result.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+# -- no fork beside a thread ----------------------------------------------------------------------
+
+# CPython swallows its fork-with-threads warning when it is made an error (the fork has happened by
+# then), so the warning is shown ("always") and looked for.
+SHOW_DEPRECATIONS = {"PYTHONWARNINGS": "always::DeprecationWarning"}
+
+
+def _ancestor_threads(r: redis.Redis) -> list[dict[str, int]]:
+    return [json.loads(value) for value in r.lrange("threads", 0, -1)]
+
+
+def test_a_pool_with_metrics_and_sentry_never_forks_beside_a_thread(r, redis_url, workerd, ingest) -> None:
+    """The master serves metrics and spawns workers; a worker with Sentry reports a job it failed
+    itself (abandoned by the worker killed before it: the SDK's first capture in a worker process)
+    and forks horses. At every fork the forking process has one thread: each horse records how many
+    its worker and its master have, while a half-open scraper stays connected."""
+    port, bodies = ingest
+    metrics_port = free_port()
+    master = workerd("-u", redis_url, "--workers", "1", "--max-jobs", "3", "--metrics-port", str(metrics_port),
+                     "--sentry-dsn", f"http://public@127.0.0.1:{port}/1", "--abandoned-max-attempts", "1",
+                     "--heartbeat-interval", "0.5", env=SHOW_DEPRECATIONS)  # fmt: skip
+    wait_until(lambda: _get(f"http://127.0.0.1:{metrics_port}/health")[0] == 200, message="the pool healthy")
+    half_open = socket.create_connection(("127.0.0.1", metrics_port))
+    half_open.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+    q = Queue("default", connection=r)
+    abandoned = q.enqueue("testjobs.mark_then_sleep", redis_url, "runs", 60)
+    horse_pid = int(wait_until(lambda: r.lindex("runs", 0), message="the first job running"))
+    os.kill(psutil.Process(horse_pid).ppid(), signal.SIGKILL)  # its worker; the horse dies with it
+    wait_until(lambda: _status(r, abandoned.id) == "failed", message="the abandoned job failed by the next worker")
+    wait_until(lambda: any(e["exception"]["values"][-1]["type"] == "AbandonedJobError" for e in _events(bodies)),
+               message="the worker's own Sentry event")  # fmt: skip
+    records = [q.enqueue("testjobs.record_ancestor_threads", redis_url, "threads") for _ in range(7)]
+    started = time.perf_counter()
+    samples = _scrape(metrics_port)  # answered while the half-open client holds a connection
+    assert time.perf_counter() - started < 2
+    wait_until(lambda: _scrape(metrics_port) and _all_done(r, records, ("finished",)), timeout=30,
+               message="every record job finished, scraped meanwhile")  # fmt: skip
+    assert _ancestor_threads(r) == [{"worker": 1, "parent": 1}] * len(records)
+    samples = _scrape(metrics_port)
+    assert _value(samples, "workerd_worker_recycles_total", group="default", reason="max_jobs") >= 2
+    assert _value(samples, "workerd_worker_deaths_total", group="default") == 1
+    half_open.settimeout(15)
+    assert half_open.recv(1) == b"", "the half-open client was not disconnected"
+    half_open.close()
+    assert "multi-threaded" not in master.output(), master.output()
+    assert master.process.poll() is None
+
+
+def test_a_single_worker_with_metrics_and_sentry_never_forks_beside_a_thread(r, redis_url, workerd, ingest) -> None:
+    port, _ = ingest
+    metrics_port = free_port()
+    worker = workerd("-u", redis_url, "--metrics-port", str(metrics_port), "--heartbeat-interval", "0.5",
+                     "--sentry-dsn", f"http://public@127.0.0.1:{port}/1", env=SHOW_DEPRECATIONS)  # fmt: skip
+    wait_until(lambda: _get(f"http://127.0.0.1:{metrics_port}/health")[0] == 200, message="the worker healthy")
+    q = Queue("default", connection=r)
+    records = [q.enqueue("testjobs.record_ancestor_threads", redis_url, "threads") for _ in range(3)]
+    wait_until(lambda: _scrape(metrics_port) and _all_done(r, records, ("finished",)), timeout=30,
+               message="every record job finished, scraped meanwhile")  # fmt: skip
+    assert [counts["worker"] for counts in _ancestor_threads(r)] == [1, 1, 1]  # its parent is this test
+    wait_until(lambda: _value(_scrape(metrics_port), "workerd_jobs_total", queue="default", outcome="finished") == 3,
+               message="the metrics process to count the 3 jobs the worker reported")  # fmt: skip
+    assert "multi-threaded" not in worker.output(), worker.output()

@@ -79,3 +79,20 @@ def test_pool_master_stops_with_77(locked_server: RedisServer, workerd: Callable
     output = master.output()
     _assert_refused(code, output, time.monotonic() - started, WRONG)
     assert output.count("master: started worker") <= 2, output  # no restarts of refused workers
+
+
+@pytest.mark.parametrize("command", [["health"], ["info"], ["suspend"]])
+@pytest.mark.parametrize(
+    ("auth", "secret"),
+    [*REFUSED, (f"carol:{USER_PASSWORD}@", USER_PASSWORD)],
+    ids=["wrong-password", "no-password", "disabled-acl-user", "user-without-permission"],
+)
+def test_subcommands_exit_77_at_once(locked_server: RedisServer, command: list[str], auth: str,
+                                     secret: str | None) -> None:  # fmt: skip
+    """`workerd health` is what a container probe runs: "unhealthy" (1) there means "restart me", which
+    cannot help when the credentials are wrong; 77 says what to fix, as the worker does."""
+    started = time.monotonic()
+    result = run_workerd(*command, "-u", _url(locked_server, auth), timeout=30)
+    output = result.stdout + result.stderr
+    _assert_refused(result.returncode, output, time.monotonic() - started, secret)
+    assert "unhealthy" not in output and "unreachable" not in output, output

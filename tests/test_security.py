@@ -308,7 +308,7 @@ def tls_server(tmp_path: Path) -> Iterator[RedisServer]:
 def test_rqs_tls_settings_reach_redis(tls_server: RedisServer, tmp_path: Path,
                                       workerd: Callable[..., WorkerdProcess]) -> None:  # fmt: skip
     """rq's REDIS_SSL_* names in a settings module, and the same options with a rediss:// URL in TOML:
-    the job runs over TLS, verified against the CA given. Without the CA, verification fails."""
+    the job runs over TLS, verified against the CA given."""
     assert tls_server.tls_dir is not None
     ca = tls_server.tls_dir / "ca.crt"
     rq_module = tmp_path / "rq_settings.py"
@@ -322,10 +322,42 @@ def test_rqs_tls_settings_reach_redis(tls_server: RedisServer, tmp_path: Path,
         result = run_workerd("-c", str(config), "--burst")
         assert result.returncode == 0, result.stderr
         assert _status(r, job.id) == "finished", config
-    toml.write_text(f'redis_url = "rediss://127.0.0.1:{tls_server.tls_port}/0"\n')
-    unverified = workerd("-c", str(toml))  # it retries, as for any connection error: look at what it says
-    unverified.wait_for_output("certificate verify failed")
-    unverified.wait_for_output("REDIS_SSL_CA_CERTS")
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tls_files(tmp_path_factory.mktemp("other-tls")) / "ca.crt"
+
+
+@pytest.mark.parametrize("command", [["--burst"], [], ["--workers", "1"], ["health"], ["info"]],
+                         ids=["burst", "single-worker", "pool", "health", "info"])  # fmt: skip
+@pytest.mark.parametrize("failure", ["no-ca", "wrong-ca", "hostname-mismatch"])
+def test_a_certificate_that_fails_verification_is_a_settings_error_at_once(
+    tls_server: RedisServer, other_ca: Path, tmp_path: Path, command: list[str], failure: str
+) -> None:
+    """Like a refused password: every retry and restart meets the same certificate, so exit 78 at once
+    (systemd does not restart into a loop), saying what to fix, instead of 25 s of outage retries and 69."""
+    assert tls_server.tls_dir is not None
+    host, ca = "127.0.0.1", tls_server.tls_dir / "ca.crt"
+    if failure == "wrong-ca":
+        ca = other_ca
+    elif failure == "hostname-mismatch":
+        host = "localhost"  # the certificate is for IP 127.0.0.1 only
+    lines = f'redis_url = "rediss://{host}:{tls_server.tls_port}/0"\n'
+    if failure != "no-ca":
+        lines += f'redis_ssl_ca_certs = "{ca}"\n'
+    toml = tmp_path / "settings.toml"
+    toml.write_text(lines)
+    subcommand = command[:1] if command[:1] in (["health"], ["info"]) else []
+    args = [*subcommand, "-c", str(toml)] if subcommand else ["-c", str(toml), *command]
+    started = time.monotonic()
+    result = run_workerd(*args, timeout=60)
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 78, output
+    assert elapsed < 10, f"took {elapsed:.1f} s: retried as if Redis were down\n{output}"
+    assert "failed verification" in output and "REDIS_SSL_CA_CERTS" in output, output
+    assert "retrying" not in output and "unreachable" not in output and "unhealthy" not in output, output
 
 
 def test_tls_options_without_tls_are_refused(tmp_path: Path) -> None:

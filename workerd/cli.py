@@ -40,7 +40,8 @@ the taking of new jobs by every worker, workerd's and rq's (like rq suspend/resu
 and --help. A queue literally named like a subcommand is given after `--` (workerd -- info).
 
 exit codes: 0 done or stopped; 1 runtime error; 2 bad command line; 3 workers could not boot; 69 Redis
-unreachable at start (burst mode); 70 internal error; 78 invalid settings (do not restart; fix them).
+unreachable at start (burst mode); 70 internal error; 71 metrics port in use; 77 Redis refused the
+credentials; 78 invalid settings, or Redis's TLS certificate failed verification (do not restart; fix them).
 """
 
 
@@ -165,7 +166,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     worker_class: type[Worker] = import_attribute(settings.worker_class) if settings.worker_class else Worker
     worker = worker_class(settings.queues, settings=settings)
-    if settings.metrics_port is not None:  # no master: the worker serves its own metrics
+    if settings.metrics_port is not None:  # no master: a process of the worker's own serves its metrics
         from workerd.metrics import serve_single_worker
 
         serve_single_worker(worker, settings)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import redis
 
 from workerd.config import mask_url
+from workerd.errors import ConfigError, RedisAuthError, WorkerdError
 from workerd.settings import Settings
 from workerd.utils import import_attribute
 
@@ -62,6 +64,37 @@ def hint(exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return "check REDIS_SSL_CA_CERTS (the CA that signed Redis's certificate) or REDIS_SSL_CERT_REQS"
     return "check REDIS_URL / --url and that Redis is running"
+
+
+def refusal(exc: BaseException, where: str) -> WorkerdError | None:
+    """The settings error behind a failed Redis call, or None if it may be an outage worth retrying.
+
+    redis-py's AuthenticationError is a ConnectionError, and a certificate that fails verification
+    arrives as one too: retried for 30 s and then reported as "Redis unreachable", either sends the
+    reader to look at a Redis that is fine. Both meet the same refusal at every retry and restart."""
+    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+        return RedisAuthError(
+            f"Redis at {where} refused workerd's credentials ({exc}): this is a settings error, not an outage; "
+            "check the password and user in REDIS_URL / REDIS_PASSWORD, and that the ACL user is enabled and "
+            "allowed the commands workerd uses"
+        )
+    if _certificate_failed(exc):
+        return ConfigError(
+            f"Redis at {where} presented a certificate that failed verification ({exc}): this is a settings "
+            "error, not an outage; check REDIS_SSL_CA_CERTS / REDIS_SSL_CA_DATA (the CA that signed Redis's "
+            "certificate) and that the host in REDIS_URL / REDIS_HOST is a name or address the certificate is for"
+        )
+    return None
+
+
+def _certificate_failed(exc: BaseException) -> bool:
+    # redis-py raises its ConnectionError while handling the ssl error; older ones keep only the text.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(exc, redis.ConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(exc).upper().replace(" ", "_")
 
 
 def check_version(client: redis.Redis) -> None:

@@ -206,6 +206,9 @@ def check_health(settings: Settings, client: redis.Redis | None = None) -> str |
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        refused = connection_module.refusal(exc, where)
+        if refused is not None:  # not "unhealthy": restarting the container would not help (exit 77 or 78)
+            raise refused from None
         return f"Redis at {where} is unreachable: {exc}"
     master_pid = None
     if settings.pid:
@@ -307,15 +310,16 @@ def main(command: str, argv: Sequence[str]) -> int:
     args = _parser(command).parse_args(list(argv))
     config = args.config or os.environ.get("RQ_CONFIG") or None
     settings, _ = build_settings({"redis_url": args.url} if args.url else {}, config)
-    if command == "health":
-        reason = check_health(settings)
-        if reason is not None:
-            print(f"workerd: unhealthy: {reason}")
-            return 1
-        print("workerd: healthy")
-        return ExitCode.OK
+    where = connection_module.describe(settings)
     client = _probe_client(settings)
     try:
+        if command == "health":
+            reason = check_health(settings, client)
+            if reason is not None:
+                print(f"workerd: unhealthy: {reason}")
+                return 1
+            print("workerd: healthy")
+            return ExitCode.OK
         if command in ("suspend", "resume"):
             return _suspend_or_resume(client, command, getattr(args, "duration", None))
         while True:
@@ -328,9 +332,12 @@ def main(command: str, argv: Sequence[str]) -> int:
             if not args.interval:
                 return ExitCode.OK
             time.sleep(args.interval)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f"workerd: error: Redis at {connection_module.describe(settings)} is unreachable: {exc}",
-              file=sys.stderr)  # fmt: skip
+    # Refused credentials or certificate: exit 77 or 78 at once, as the worker does, not "unreachable".
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoPermissionError) as exc:
+        refused = connection_module.refusal(exc, where)
+        if refused is not None:
+            raise refused from None
+        print(f"workerd: error: Redis at {where} is unreachable: {exc}", file=sys.stderr)
         return 1
 
 

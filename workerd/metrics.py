@@ -1,4 +1,4 @@
-"""Prometheus metrics and the HTTP `/health` probe, served by the master (METRICS_PORT).
+"""Prometheus metrics and the HTTP `/health` probe, served by the master (METRICS_PORT) from its loop.
 
 Where the numbers live: in the master, in one ordinary prometheus_client registry. Workers already
 report their state to the master over a pipe (one JSON object a line, workerd.supervisor); they
@@ -11,20 +11,26 @@ horse they kill (`{"kill": "timeout"}`) and the reason they stop (`{"stopping": 
   `mark_process_dead`, and live gauges (workers by state) come from the one process that knows.
 
 Queue depths and registry sizes are read from Redis at scrape time, in one pipeline per Redis
-(9 O(1)/O(log n) commands a configured queue), from the HTTP thread with short timeouts, so a slow
-Redis slows a scrape, never the master's loop.
+(9 O(1)/O(log n) commands a configured queue), with short timeouts and no retries
+(SCRAPE_REDIS_TIMEOUT_S): the master serves HTTP from its own loop, never from a thread, because it
+forks (MetricsServer says why, and what that costs).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import datetime as dt
-import http.server
+import http
+import json
 import logging
 import os
-import threading
+import select
+import signal
+import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psutil
@@ -39,10 +45,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workerd import connection as connection_module
 from workerd import info, memory, schema
-from workerd.errors import ListenError
+from workerd.errors import ExitCode, ListenError
+from workerd.process import MASTER_SIGNALS, STOP_SIGNALS, die_with_parent, set_title
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 
@@ -53,6 +62,9 @@ log = logging.getLogger("workerd.metrics")
 
 OUTCOMES = ("finished", "failed", "retried", "requeued")
 WORKER_STATES = ("starting", "idle", "busy", "suspended")
+# A scrape reads Redis in the serving process's loop: a Redis that does not answer costs it this long
+# (to connect, then as long again for a reply), once per scrape, and reads as workerd_redis_up 0.
+SCRAPE_REDIS_TIMEOUT_S = 1.0
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
 
 # Free-text stop and kill reasons (as logged) -> the few label values a dashboard can group by.
@@ -95,9 +107,9 @@ def kill_reason(text: str) -> str:
 
 
 class PoolMetrics:
-    """The master's metrics. Mutated by the master's loop; read by the HTTP thread."""
+    """The master's metrics: fed and read (at a scrape) by the master's loop."""
 
-    def __init__(self, settings: Settings, groups: Sequence[Any] = ()) -> None:
+    def __init__(self, settings: Settings, groups: Sequence[Any] = (), process_pid: int | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.jobs = Counter("workerd_jobs", "Job outcomes committed by workers (finished, failed, retried, "
@@ -117,8 +129,9 @@ class PoolMetrics:
         self._groups: list[str] = []
         self.set_groups(groups)
         self.registry.register(_ScrapeCollector(self))
-        # The master's own CPU, memory and file descriptors (process_*), as every Prometheus exporter has them.
-        ProcessCollector(registry=self.registry)
+        # The master's own CPU, memory and file descriptors (process_*), as every Prometheus exporter has
+        # them; a single worker's (process_pid) when its metrics process serves them.
+        ProcessCollector(pid=lambda: "self" if process_pid is None else process_pid, registry=self.registry)
 
     # -- fed by the master --------------------------------------------------------------------
 
@@ -156,7 +169,7 @@ class PoolMetrics:
                         self.jobs.labels(queue, outcome)
 
     def set_pool(self, children: Iterable[tuple[str, str, str, bool, int]]) -> None:
-        """Replace the live children (group, state, name, ready, pid) in one swap: the HTTP thread reads it whole."""
+        """Replace the live children (group, state, name, ready, pid)."""
         self.pool = [PoolEntry(*child) for child in children]
 
     def on_report(self, group: str, report: dict[str, Any]) -> None:
@@ -185,7 +198,7 @@ class PoolMetrics:
     def on_shutdown_kill(self, group: str) -> None:
         self.kills.labels(group, "worker", "shutdown_timeout").inc()
 
-    # -- read by the HTTP thread ----------------------------------------------------------------
+    # -- read at a scrape --------------------------------------------------------------------------
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -273,7 +286,8 @@ def _children_uss_bytes(pid: int) -> int:
         children = psutil.Process(pid).children()
     except psutil.Error:
         return 0
-    uses = (memory.measure(child.pid) for child in children)
+    # Not a single worker's metrics process (this one), which is its child too but no horse.
+    uses = (memory.measure(child.pid) for child in children if child.pid != os.getpid())
     return sum(use.uss_bytes for use in uses if use is not None)
 
 
@@ -286,99 +300,243 @@ class _ScrapeCollector(Collector):
 
 
 def _scrape_client(settings: Settings) -> redis.Redis:
+    """A client whose every call is over within SCRAPE_REDIS_TIMEOUT_S to connect plus as long to
+    answer: the scrape runs in the master's loop. No retries: redis-py's default (3, with backoff)
+    would make a refused connection cost 4 s of the loop, where one failed try says "down" as well."""
     client = connection_module.connect(settings)
     pool_kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if isinstance(pool_kwargs, dict):
-        pool_kwargs["socket_timeout"] = info.PROBE_TIMEOUT_S
-        pool_kwargs["socket_connect_timeout"] = info.PROBE_TIMEOUT_S
+        pool_kwargs["socket_timeout"] = SCRAPE_REDIS_TIMEOUT_S
+        pool_kwargs["socket_connect_timeout"] = SCRAPE_REDIS_TIMEOUT_S
+        pool_kwargs["retry"] = Retry(NoBackoff(), 0)
     return client
 
 
 # -- the HTTP server ----------------------------------------------------------------------------
 
+REQUEST_MAX_BYTES = 8192  # a GET's request line and headers; a longer request is answered 431 and closed
+CONNECTION_IDLE_S = 10.0  # a client gets this long for its whole exchange (slow or half-open: closed)
+MAX_CONNECTIONS = 32  # beyond this, the oldest connection is dropped: a flood costs fds, never the loop
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclasses.dataclass
+class _Connection:
+    sock: socket.socket
+    deadline: float
+    request: bytes = b""
+    response: bytes | None = None  # set once the request is complete; sent as the socket takes it
+
 
 class MetricsServer:
-    """/metrics and /health on a daemon thread. `socket_fd` is closed by forked children."""
+    """/metrics and /health, answered from the select loop of the process that owns the numbers.
 
-    def __init__(self, host: str, port: int, render: Callable[[], bytes], health: Callable[[], str | None]) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                try:
-                    if path == "/metrics":
-                        self._answer(200, render(), CONTENT_TYPE_LATEST)
-                    elif path in ("/health", "/healthz"):
-                        reason = health()
-                        code, text = (200, "healthy") if reason is None else (503, f"unhealthy: {reason}")
-                        self._answer(code, f"{text}\n".encode(), "text/plain; charset=utf-8")
-                    else:
-                        self._answer(404, b"not found: try /metrics or /health\n", "text/plain; charset=utf-8")
-                except Exception as exc:  # a scrape must never take the server down
-                    log.exception("metrics: %s failed", path)
-                    self._answer(500, f"error: {type(exc).__name__}\n".encode(), "text/plain; charset=utf-8")
+    No thread, because the master (and a worker) fork: a lock another thread holds at fork() stays
+    held forever in the child (Python 3.12+ warns: "This process is multi-threaded, use of fork()
+    may lead to deadlocks in the child"). In the master's own loop rather than in a process of its
+    own, because every number is born there (reports, exits, the pool); a copy elsewhere would need
+    each change shipped to it. Nothing a client does can stall the loop: every socket is
+    non-blocking, a request is read to at most REQUEST_MAX_BYTES, a connection has
+    CONNECTION_IDLE_S for its whole exchange, and there are at most MAX_CONNECTIONS. What the loop
+    does pay is a scrape's Redis reads: see _scrape_client, which bounds them.
+    """
 
-            def _answer(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s are not news
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="workerd-metrics", daemon=True)
-
-    @property
-    def socket_fd(self) -> int:
-        return self.server.socket.fileno()
+    def __init__(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, port), family=family, backlog=MAX_CONNECTIONS)
+        self.listener.setblocking(False)
+        self.connections: dict[int, _Connection] = {}
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return int(self.listener.getsockname()[1])
 
-    def start(self) -> None:
-        self.thread.start()
+    def read_fds(self) -> list[int]:
+        return [self.listener.fileno(), *(fd for fd, c in self.connections.items() if c.response is None)]
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def write_fds(self) -> list[int]:
+        return [fd for fd, c in self.connections.items() if c.response is not None]
+
+    def handle(self, readable: Collection[int], writable: Collection[int], metrics: PoolMetrics) -> None:
+        """One step, after select() on read_fds/write_fds: accept, read, answer, send, expire."""
+        if self.listener.fileno() in readable:
+            self._accept()
+        now = time.monotonic()
+        for fd, connection in list(self.connections.items()):
+            if now >= connection.deadline:
+                self._drop(fd)
+            elif fd in readable and connection.response is None:
+                self._receive(fd, connection, metrics)
+            elif fd in writable and connection.response is not None:
+                self._send(fd, connection)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next step
+                log.warning("metrics: cannot accept a connection: %s", exc)
+                return
+            sock.setblocking(False)
+            if len(self.connections) >= MAX_CONNECTIONS:
+                self._drop(next(iter(self.connections)))
+            self.connections[sock.fileno()] = _Connection(sock, time.monotonic() + CONNECTION_IDLE_S)
+
+    def _receive(self, fd: int, connection: _Connection, metrics: PoolMetrics) -> None:
+        try:
+            chunk = connection.sock.recv(REQUEST_MAX_BYTES + 1 - len(connection.request))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not chunk:  # the client went away before its request was complete
+            self._drop(fd)
+            return
+        connection.request += chunk
+        if b"\r\n\r\n" in connection.request or b"\n\n" in connection.request:
+            connection.response = _respond(connection.request, metrics)
+        elif len(connection.request) > REQUEST_MAX_BYTES:
+            connection.response = _response(431, b"request too large\n", TEXT)
+        else:
+            return
+        self._send(fd, connection)  # most answers fit the socket buffer: sent now, not a step later
+
+    def _send(self, fd: int, connection: _Connection) -> None:
+        assert connection.response is not None
+        try:
+            sent = connection.sock.send(connection.response)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        connection.response = connection.response[sent:]
+        if not connection.response:  # HTTP/1.0: the answer ends with the connection
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        connection = self.connections.pop(fd)
+        with contextlib.suppress(OSError):
+            connection.sock.close()
+
+    def close(self) -> None:
+        for fd in list(self.connections):
+            self._drop(fd)
+        self.listener.close()
+
+    def release(self) -> None:
+        """Close this process's copies of the sockets, in a process that has them by fork() but never
+        serves (the master's children; a single worker, whose metrics process serves). detach()
+        first, so that the socket objects' finalisers cannot close an fd number reused since."""
+        for sock in (self.listener, *(c.sock for c in self.connections.values())):
+            with contextlib.suppress(OSError):
+                os.close(sock.detach())
+        self.connections.clear()
 
 
-def listen(settings: Settings, metrics: PoolMetrics) -> MetricsServer:
-    """Bind METRICS_HOST:METRICS_PORT for `metrics`, or raise ListenError (exit 71, which systemd restarts:
-    a port held by another process, or by the previous workerd still shutting down, may be free next time)."""
+def _respond(request: bytes, metrics: PoolMetrics) -> bytes:
+    method, _, rest = request.partition(b" ")
+    path = rest.split(b" ", 1)[0].split(b"?", 1)[0].decode("latin-1")
+    if method != b"GET":
+        return _response(405, b"only GET is served\n", TEXT)
     try:
-        return MetricsServer(settings.metrics_host, settings.metrics_port or 0, metrics.render, metrics.health)
+        if path == "/metrics":
+            return _response(200, metrics.render(), CONTENT_TYPE_LATEST)
+        if path in ("/health", "/healthz"):
+            reason = metrics.health()
+            code, text = (200, "healthy") if reason is None else (503, f"unhealthy: {reason}")
+            return _response(code, f"{text}\n".encode(), TEXT)
+        return _response(404, b"not found: try /metrics or /health\n", TEXT)
+    except Exception as exc:  # a scrape must never take the server (or the master) down
+        log.exception("metrics: %s failed", path)
+        return _response(500, f"error: {type(exc).__name__}\n".encode(), TEXT)
+
+
+def _response(code: int, body: bytes, content_type: str) -> bytes:
+    head = (f"HTTP/1.0 {code} {http.HTTPStatus(code).phrase}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    return head.encode("latin-1") + body
+
+
+def listen(settings: Settings) -> MetricsServer:
+    """Bind METRICS_HOST:METRICS_PORT, or raise ListenError (exit 71, which systemd restarts: a port
+    held by another process, or by the previous workerd still shutting down, may be free next time)."""
+    try:
+        return MetricsServer(settings.metrics_host, settings.metrics_port or 0)
     except OSError as exc:
         raise ListenError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
                           f"{exc.strerror or exc}; is another process (or another workerd) using that port?"
                           ) from None  # fmt: skip
 
 
-def serve_single_worker(worker: Any, settings: Settings) -> MetricsServer:
-    """No master (a single worker): the worker serves its own metrics, fed by its own reports.
+# -- a single worker's metrics process ------------------------------------------------------------
 
-    The worker's reports (which would go to a master) are applied to the metrics in-process; the
-    HTTP thread is started before the first horse is forked, and horses never serve it.
-    """
-    metrics = PoolMetrics(settings, [_SingleGroup(settings)])
-    metrics.set_pool([("default", "starting", worker.name, True, os.getpid())])
+
+def serve_single_worker(worker: Any, settings: Settings) -> None:
+    """No master (a single worker): a small process of its own serves the worker's metrics, fed by
+    the worker's reports over a pipe, as a master is by its workers'.
+
+    Not a thread of the worker, which forks horses; not the worker's loop, which blocks in Redis
+    calls and, in in-process mode, in the job itself. The port is bound here, in the worker, so that
+    a port in use is the worker's exit 71. The process ignores every signal a `systemctl kill` or
+    `kill -- -PGID` sends the worker's group, and leaves when the worker does (its pipe reaches EOF;
+    PR_SET_PDEATHSIG if the worker is killed)."""
+    server = listen(settings)
+    read_fd, write_fd = os.pipe()
+    worker_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(write_fd)
+            die_with_parent(worker_pid)
+            for signum in (*STOP_SIGNALS, *MASTER_SIGNALS):
+                signal.signal(signum, signal.SIG_IGN)
+            set_title(f"metrics of worker {worker.name}")
+            _serve_reports(server, read_fd, settings, worker.name, worker_pid)
+        except BaseException:
+            log.exception("metrics: the metrics process of worker %s failed", worker.name)
+            code = int(ExitCode.SOFTWARE)
+        finally:
+            os._exit(code)
+    os.close(read_fd)
+    port = server.port
+    server.release()
+    os.set_blocking(write_fd, False)
     forward = worker.report
 
     def report(**fields: Any) -> None:
-        metrics.on_report("default", fields)
-        if "state" in fields:
-            metrics.set_pool([("default", str(fields["state"]), worker.name, True, os.getpid())])
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):  # metrics never stall a worker
+            os.write(write_fd, json.dumps(fields).encode() + b"\n")
         forward(**fields)
 
     worker.report = report
-    server = listen(settings, metrics)
-    server.start()
-    log.info("metrics on http://%s:%d/metrics (and /health)", settings.metrics_host, server.port)
-    return server
+    log.info("metrics on http://%s:%d/metrics (and /health), served by process %d", settings.metrics_host,
+             port, pid)  # fmt: skip
+
+
+def _serve_reports(server: MetricsServer, reports_fd: int, settings: Settings, name: str, worker_pid: int) -> None:
+    metrics = PoolMetrics(settings, [_SingleGroup(settings)], process_pid=worker_pid)
+    metrics.set_pool([("default", "starting", name, True, worker_pid)])
+    pending = b""
+    while True:
+        readable, writable, _ = select.select([reports_fd, *server.read_fds()], server.write_fds(), [],
+                                              CONNECTION_IDLE_S / 4)  # fmt: skip
+        if reports_fd in readable:
+            chunk = os.read(reports_fd, 65536)
+            if not chunk:  # the worker has exited
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    fields = json.loads(line)
+                    metrics.on_report("default", fields)
+                    if "state" in fields:
+                        metrics.set_pool([("default", str(fields["state"]), name, True, worker_pid)])
+        server.handle(readable, writable, metrics)
 
 
 class _SingleGroup:

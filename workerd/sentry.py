@@ -1,7 +1,8 @@
 """Sentry (SENTRY_DSN): one event per job that raises, tagged job_id, func, queue and worker.
 
-The SDK is initialised in each worker process (after the master's fork, so no process shares a
-transport thread with another) and the handler runs first in the job's exception-handler chain,
+The SDK is initialised in each worker process (after the master's fork), with a transport that
+sends in the capturing thread: a worker forks horses, so it runs no thread of the SDK's (see
+_inline_transport_class). The handler runs first in the job's exception-handler chain,
 in the process that ran the job: the horse, or the worker in in-process mode. A horse leaves with
 `os._exit`, which skips the SDK's atexit flush, so the handler flushes before returning.
 
@@ -148,6 +149,8 @@ def init(settings: Settings) -> None:
 
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
+        transport=_inline_transport_class(),
+        enable_backpressure_handling=False,  # its monitor is a thread too (started by tracing, which is off)
         default_integrations=False,
         auto_enabling_integrations=False,
         event_scrubber=EventScrubber(secrets),
@@ -156,6 +159,43 @@ def init(settings: Settings) -> None:
         send_default_pii=False,
     )
     _initialised_pid = os.getpid()
+
+
+def _inline_transport_class() -> type:
+    """The SDK's HTTP transport, sending each envelope in the calling thread instead of its
+    BackgroundWorker thread.
+
+    A worker forks horses; a thread alive at fork() may hold a lock (the transport queue's, the
+    logging module's, the allocator's) that then stays held forever in the child (Python 3.12+
+    warns: "This process is multi-threaded, use of fork() may lead to deadlocks"). The worker
+    itself captures too (the exception handlers of jobs it recovers as abandoned), and the SDK starts
+    its thread on the first capture and keeps it: after that every horse would fork beside it. A
+    capture is followed by a flush anyway (a horse leaves with os._exit), so sending inline costs
+    nothing but the thread; TIMEOUT bounds the send as FLUSH_TIMEOUT_S bounded the flush."""
+    from sentry_sdk.transport import HttpTransport
+    from sentry_sdk.worker import BackgroundWorker
+
+    class InlineWorker(BackgroundWorker):
+        """Runs each submitted callback at once; never starts a thread."""
+
+        def submit(self, callback: Callable[[], Any]) -> bool:
+            callback()
+            return True
+
+        def flush(self, timeout: float, callback: Any = None) -> None:
+            pass  # nothing is ever pending
+
+        def kill(self) -> None:
+            pass
+
+    class InlineHttpTransport(HttpTransport):
+        TIMEOUT = int(FLUSH_TIMEOUT_S)
+
+        def __init__(self, options: dict[str, Any]) -> None:
+            super().__init__(options)
+            self._worker = InlineWorker()
+
+    return InlineHttpTransport
 
 
 def exception_handler(settings: Settings, worker_name: str) -> Callable[..., Any]:

@@ -206,13 +206,12 @@ class Master:
         return self.exit_code
 
     def run_once(self) -> None:
-        self.wait_for_events(TICK_S)
+        readable, writable = self.wait_for_events(TICK_S)
         self.read_reports()
         self.handle_signals()
         self.reap()
         self.enforce_limits()
-        if self.metrics is not None:
-            self.metrics.set_pool((c.group, c.state, c.name, c.ready, pid) for pid, c in self.children.items())
+        self.serve_metrics(readable, writable)
         rotate_log_file_if_needed(self.settings)
         if self._stopping:
             self.drain()
@@ -249,14 +248,14 @@ class Master:
             log.info("master: preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
 
     def start_metrics(self) -> None:
-        """METRICS_PORT: serve /metrics and /health from a thread, started before any fork."""
+        """METRICS_PORT: listen for /metrics and /health, answered by serve_metrics in this loop (the
+        master forks: it runs no other thread, see workerd.metrics.MetricsServer)."""
         if self.settings.metrics_port is None:
             return
         from workerd.metrics import PoolMetrics, listen
 
         self.metrics = PoolMetrics(self.settings, self.groups)
-        self._metrics_server = listen(self.settings, self.metrics)
-        self._metrics_server.start()
+        self._metrics_server = listen(self.settings)
         log.info("master: metrics on http://%s:%d/metrics (and /health)", self.settings.metrics_host,
                  self._metrics_server.port)  # fmt: skip
 
@@ -267,7 +266,7 @@ class Master:
         while self.children and time.monotonic() < deadline:
             self.reap(block_s=0.05)
         if self._metrics_server is not None:
-            self._metrics_server.stop()
+            self._metrics_server.close()
         if self.settings.pid:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.pid)
@@ -282,13 +281,26 @@ class Master:
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
-    def wait_for_events(self, timeout_s: float) -> None:
+    def wait_for_events(self, timeout_s: float) -> tuple[list[int], list[int]]:
+        """Wait for a signal, a report, or a metrics client; returns the readable and writable fds."""
         fds = [self._wake_read, *(c.status_fd for c in self.children.values())]
+        server = self._metrics_server
+        readable: list[int] = []
+        writable: list[int] = []
         with contextlib.suppress(InterruptedError):
-            select.select(fds, [], [], timeout_s)
+            readable, writable, _ = select.select([*fds, *(server.read_fds() if server else [])],
+                                                  server.write_fds() if server else [], [], timeout_s)  # fmt: skip
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._wake_read, 512):
                 pass
+        return readable, writable
+
+    def serve_metrics(self, readable: list[int], writable: list[int]) -> None:
+        """Give the metrics this step's pool, then answer the scrapes that are ready (never blocks on a client)."""
+        if self.metrics is None or self._metrics_server is None:
+            return
+        self.metrics.set_pool((c.group, c.state, c.name, c.ready, pid) for pid, c in self.children.items())
+        self._metrics_server.handle(readable, writable, self.metrics)
 
     def read_reports(self) -> None:
         for child in self.children.values():
@@ -398,8 +410,9 @@ class Master:
         try:
             die_with_parent(master_pid)
             signal.set_wakeup_fd(-1)
-            server_fd = [self._metrics_server.socket_fd] if self._metrics_server is not None else []
-            for fd in (self._wake_read, self._wake_write, *server_fd, *(c.status_fd for c in self.children.values())):
+            if self._metrics_server is not None:
+                self._metrics_server.release()
+            for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -32,7 +32,7 @@ from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
 from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
-from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisAuthError, RedisUnavailableError
+from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
     ExceptionHandler,
@@ -364,15 +364,12 @@ class Worker:
                 connection_module.check_version(self.redis)
                 self.outage.succeeded()
                 return was_down
-            # Before CONNECTION_ERRORS: redis-py's AuthenticationError is a ConnectionError, and a
-            # wrong password retried for 30 s then reported as an outage sends the reader to the wrong place.
-            except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-                raise RedisAuthError(
-                    f"Redis at {self.outage.where} refused workerd's credentials ({exc}): this is a settings "
-                    "error, not an outage; check the password and user in REDIS_URL / REDIS_PASSWORD, and that "
-                    "the ACL user is enabled and allowed the commands workerd uses"
-                ) from None
-            except CONNECTION_ERRORS as exc:
+            # A refused password, ACL (NoPermissionError: always a refusal) or certificate is a settings
+            # error, reported at once rather than retried as an outage (connection.refusal).
+            except (*CONNECTION_ERRORS, redis.exceptions.NoPermissionError) as exc:
+                refused = connection_module.refusal(exc, self.outage.where)
+                if refused is not None:
+                    raise refused from None
                 was_down = True
                 delay = self.outage.failed(exc)
                 self.report(outage=True)  # alive, waiting for Redis: the master's READY and watchdog count on it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -77,6 +78,16 @@ def mark_then_sleep(url, key, seconds):
     mark(url, key, str(os.getpid()))
     time.sleep(seconds)
     return seconds
+
+
+def record_ancestor_threads(url, key):
+    """Push how many threads (kernel tasks) this horse's worker and the worker's parent have right now:
+    a horse runs while its worker waits in the loop that forked it."""
+    worker = os.getppid()
+    parent = psutil.Process(worker).ppid()
+    counts = {"worker": len(os.listdir(f"/proc/{worker}/task")), "parent": len(os.listdir(f"/proc/{parent}/task"))}
+    mark(url, key, json.dumps(counts))
+    return counts
 
 
 def ignore_sigterm_and_sleep(seconds):
