@@ -22,8 +22,9 @@ import pytest
 import redis
 
 from tests.conftest import WorkerdProcess, wait_until
-from tests.redis_server import RedisServer
-from workerd import Queue, schema
+from tests.redis_server import RedisServer, free_port
+from workerd import Queue, connection, schema
+from workerd.settings import Settings
 
 OUTAGE_S = 10.0
 HEARTBEAT = ("--heartbeat-interval", "0.5")
@@ -165,3 +166,20 @@ def test_after_a_flushall_the_worker_says_what_happened(r: redis.Redis, redis_ur
     assert "recovered while this worker was not heartbeating" not in output
     after = Queue("default", connection=r).enqueue("testjobs.add", 1, 1)
     wait_until(lambda: r.hget(schema.job_key(after.id), "status") == b"finished", message="the worker going on")
+
+
+@pytest.mark.parametrize("how", ["url", "host and port"])
+def test_one_failed_redis_call_fails_at_once_however_the_client_is_built(how: str) -> None:
+    """workerd's loops retry with their own backoff and report the outage meanwhile; a client that
+    retried inside redis-py (its default for host/port clients: 10 times, with backoff) hid it."""
+    port = free_port()  # nothing listens there: refused at once
+    fields = (
+        {"redis_url": f"redis://127.0.0.1:{port}/0"}
+        if how == "url"
+        else {"redis_host": "127.0.0.1", "redis_port": port}
+    )
+    client = connection.connect(Settings(**fields))
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    assert time.monotonic() - started < 1.0
