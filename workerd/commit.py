@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import uuid
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from workerd.job import (
     encode_exc_string,
     retry_intervals_within_limits,
 )
+from workerd.reports import JobOutcome
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
 from workerd.utils import printable_id
@@ -52,6 +54,42 @@ LEASE_LOST = -1
 # The job was canceled while it ran (Job.cancel of RQ's client or of workerd's); its outcome was
 # committed as RQ's worker commits it (schema.GUARDED_APPLY says how).
 CANCELED = -2
+
+
+class Recovery(str, enum.Enum):
+    """What `Committer.recover` found or did with a wip entry (the recovery script's reply)."""
+
+    ALIVE = "alive"  # its lease holds: its worker is heartbeating
+    STALE = "stale"  # no job there any more (committed meanwhile, deleted): the entry is dropped
+    REQUEUED = "requeued"
+    FAILED = "failed"
+
+    @property
+    def outcome(self) -> JobOutcome | None:
+        """The job outcome a recovery counts, if it counts one."""
+        return {Recovery.REQUEUED: JobOutcome.REQUEUED, Recovery.FAILED: JobOutcome.FAILED}.get(self)
+
+
+class Verdict(str, enum.Enum):
+    """Where a failed job (or one that asked to be retried) went."""
+
+    RETRIED = "retried"  # back on its queue, or scheduled
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A failure's commit: `released` is LEASE_LOST, CANCELED or the number of dependents
+    released; `detail` says it for the log ("retry 2 of 3 in 5s")."""
+
+    released: int
+    verdict: Verdict
+    detail: str
+
+    @property
+    def outcome(self) -> JobOutcome:
+        return JobOutcome.RETRIED if self.verdict is Verdict.RETRIED else JobOutcome.FAILED
 
 
 @dataclass(frozen=True)
@@ -278,7 +316,7 @@ class Committer:
         if job.ttl is not None and job.ttl > 0:
             self._expire_job(ops, job.id, job.ttl)
 
-    def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> tuple[int, str]:
+    def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> Committed:
         """The job returned a Retry (rq's handle_job_retry): run it again, or fail it past max."""
         assert outcome.retry is not None
         maximum, returned_intervals = outcome.retry
@@ -292,16 +330,18 @@ class Committer:
             ops.hset(job_key, {"status": JobStatus.FAILED.value, "ended_at": _stamp(outcome.ended_at)})
             self._record_failed(ops, claim, outcome, ResultType.MAX_RETRIES_EXCEEDED, None)
             self._release_execution(ops, claim)
-            return self._run(claim, ops, release=JobStatus.FAILED.value), f"failed: {maximum} retries used"
+            released = self._run(claim, ops, release=JobStatus.FAILED.value)
+            return Committed(released, Verdict.FAILED, f"failed: {maximum} retries used")
         self._result_entry(ops, claim, outcome, ResultType.RETRIED, job.failure_ttl)
         ops.add("HSET", job_key, "number_of_retries", count + 1)
         delay_s = intervals[min(len(intervals) - 1, count)] if intervals else 0
         self._requeue_ops(ops, claim, delay_s, at_front=False)
         self._release_execution(ops, claim)
-        return self._run(claim, ops), f"retry {count + 1} of {maximum}" + (f" in {delay_s}s" if delay_s else "")
+        detail = f"retry {count + 1} of {maximum}" + (f" in {delay_s}s" if delay_s else "")
+        return Committed(self._run(claim, ops), Verdict.RETRIED, detail)
 
-    def commit_failure(self, claim: Claim, outcome: Outcome, stopped: bool = False) -> tuple[int, str]:
-        """Failed or stopped, or retried if the job has retries left. Returns (lease/released, what)."""
+    def commit_failure(self, claim: Claim, outcome: Outcome, stopped: bool = False) -> Committed:
+        """Failed or stopped, or retried if the job has retries left."""
         job = claim.job
         ops = _Ops()
         self._count(ops, "failed_job_count", outcome)
@@ -313,7 +353,8 @@ class Committer:
             ops.hset(job_key, {"retries_left": job.retries_left - 1})
             self._requeue_ops(ops, claim, retry_in_s, at_front=job.enqueue_at_front_on_retry)
             self._release_execution(ops, claim)
-            return self._run(claim, ops), f"retry in {retry_in_s}s" if retry_in_s else "retry now"
+            detail = f"retry in {retry_in_s}s" if retry_in_s else "retry now"
+            return Committed(self._run(claim, ops), Verdict.RETRIED, detail)
         status = JobStatus.STOPPED if stopped else JobStatus.FAILED
         ops.hset(job_key, {"status": status.value, "ended_at": _stamp(outcome.ended_at),
                            "last_heartbeat": _stamp(outcome.ended_at), "worker_name": self.worker_name})  # fmt: skip
@@ -321,7 +362,8 @@ class Committer:
             self._record_failed(ops, claim, outcome, ResultType.FAILED, _with_problems(outcome.exc_string, job))
         self._release_execution(ops, claim)
         release = "" if stopped else JobStatus.FAILED.value
-        return self._run(claim, ops, release=release), status.value
+        verdict = Verdict.STOPPED if stopped else Verdict.FAILED
+        return Committed(self._run(claim, ops, release=release), verdict, status.value)
 
     def fail_uncommittable(self, claim: Claim, outcome: Outcome, error: Exception) -> int:
         """The last resort after a commit script failed part-way: fail the job with fixed values only
@@ -382,7 +424,7 @@ class Committer:
             pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
 
     def recover(self, queue: str, member: bytes, now: float, max_attempts: int, worker_is_dead: bool = False,
-                kill_reason: str | None = None) -> str:  # fmt: skip
+                kill_reason: str | None = None) -> Recovery:  # fmt: skip
         """Recover one wip entry: requeue at the front, or fail it past `max_attempts` or when its
         worker was killed for a reason that would kill it again (`kill_reason`). The lease must have
         expired unless the worker is known to be dead."""
@@ -406,7 +448,7 @@ class Committer:
                            encode_exc_string(kill_reason) if kill_reason else "", stream_ttl,
                            job.lost_count + 1]  # fmt: skip
         result = self._recover(keys=keys, args=args, client=self.redis)
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return Recovery(result.decode() if isinstance(result, bytes) else str(result))
 
     def requeue_from_intermediate(self, queue: str, job_id: str) -> bool:
         """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""

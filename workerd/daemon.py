@@ -19,19 +19,17 @@ import os
 import select
 import signal
 from collections.abc import Callable
-from typing import Any
 
 from workerd.errors import ExitCode
 from workerd.process import STOP_SIGNALS, set_title
+from workerd.reports import Report, WorkerState
 from workerd.settings import Settings
 
 log = logging.getLogger("workerd.daemon")
 DAEMON_IDLE_S = 1.0
 
 
-def run_daemon(
-    daemon_class: type, settings: Settings, name: str, reporter: Callable[[dict[str, Any]], None]
-) -> ExitCode:
+def run_daemon(daemon_class: type, settings: Settings, name: str, reporter: Callable[[Report], None]) -> ExitCode:
     stop_requested: list[int] = []
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -44,19 +42,19 @@ def run_daemon(
     after_run = getattr(daemon, "after_run", lambda: None)
     set_title(f"daemon {name}: {daemon_class.__qualname__}")
     log.info("Daemon %s: started %s with PID %d", name, daemon_class.__qualname__, os.getpid())
-    reporter({"state": "idle"})
+    reporter(Report(state=WorkerState.IDLE))
     units = 0
     while not stop_requested:
         did_work = bool(daemon.run())
         after_run()
         if did_work:
             units += 1
-            reporter({"jobs": units, "heartbeat": True})
+            reporter(Report(jobs=units, heartbeat=True))
             if settings.max_jobs is not None and units >= settings.max_jobs:
                 log.info("Daemon %s: %d units done (max jobs reached)", name, units)
                 break
         else:
-            reporter({"heartbeat": True})
+            reporter(Report(heartbeat=True))
             select.select([wake_read], [], [], DAEMON_IDLE_S)
     log.info("Daemon %s: stopping", name)
     return ExitCode.OK

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import http
-import json
 import logging
 import os
 import select
@@ -52,6 +51,16 @@ from workerd import connection as connection_module
 from workerd import info, memory, schema
 from workerd.errors import ExitCode, ListenError
 from workerd.process import MASTER_SIGNALS, STOP_SIGNALS, die_with_parent, set_title
+from workerd.reports import (
+    HORSE_KILLS,
+    WORKER_KILLS,
+    JobOutcome,
+    KillReason,
+    RecycleReason,
+    Report,
+    ReportError,
+    WorkerState,
+)
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 
@@ -60,25 +69,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workerd.metrics")
 
-OUTCOMES = ("finished", "failed", "retried", "requeued")
-WORKER_STATES = ("starting", "idle", "busy", "suspended")
+OUTCOMES = tuple(outcome.value for outcome in JobOutcome)
+WORKER_STATES = tuple(state.value for state in WorkerState)
 # A scrape reads Redis in the serving process's loop: a Redis that does not answer costs it this long
 # (to connect, then as long again for a reply), once per scrape, and reads as workerd_redis_up 0.
 SCRAPE_REDIS_TIMEOUT_S = 1.0
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
 
-# Free-text stop and kill reasons (as logged) -> the few label values a dashboard can group by.
-_RECYCLE_REASONS = (
-    ("max jobs", "max_jobs"), ("max age", "max_age"), ("max idle", "max_idle"), ("soft memory", "soft_memory"),
-    ("hard memory", "hard_memory"), ("reload", "reload"), ("group was removed", "reload"),
-    ("pool shrunk", "scale_down"),
-)  # fmt: skip
-_KILL_REASONS = (("Timeout", "timeout"), ("hard memory", "hard_memory"), ("soft memory", "soft_memory"))
 # Every label value a kill can carry, by process kind, so that each series exists (at 0) from the start.
-_KILL_LABELS = {
-    "horse": [label for _, label in _KILL_REASONS] + ["other"],
-    "worker": [label for _, label in _KILL_REASONS] + ["other", "shutdown_timeout"],
-}
+_KILL_LABELS = {"horse": HORSE_KILLS, "worker": WORKER_KILLS}
 
 
 class PoolEntry(NamedTuple):
@@ -89,21 +88,6 @@ class PoolEntry(NamedTuple):
     name: str
     ready: bool
     pid: int
-
-
-def recycle_reason(text: str | None) -> str | None:
-    """The recycle label for a stop reason, or None for a stop that is not a recycle (shutdown, burst)."""
-    for needle, label in _RECYCLE_REASONS:
-        if text and needle in text:
-            return label
-    return None
-
-
-def kill_reason(text: str) -> str:
-    for needle, label in _KILL_REASONS:
-        if needle in text:
-            return label
-    return "other"
 
 
 class PoolMetrics:
@@ -157,11 +141,11 @@ class PoolMetrics:
         has no increase, so an alert on the first worker death would never fire."""
         for group in groups:
             self.deaths.labels(group.name)
-            for _, reason in _RECYCLE_REASONS:
-                self.recycles.labels(group.name, reason)
-            for process, reasons in _KILL_LABELS.items():
-                for reason in reasons:
-                    self.kills.labels(group.name, process, reason)
+            for recycle in RecycleReason:
+                self.recycles.labels(group.name, recycle.value)
+            for process, kills in _KILL_LABELS.items():
+                for kill in kills:
+                    self.kills.labels(group.name, process, kill.value)
             if not getattr(group, "daemon", None):
                 for queue in group.settings.queues:
                     self.duration.labels(queue)
@@ -172,31 +156,28 @@ class PoolMetrics:
         """Replace the live children (group, state, name, ready, pid)."""
         self.pool = [PoolEntry(*child) for child in children]
 
-    def on_report(self, group: str, report: dict[str, Any]) -> None:
-        outcome = report.get("outcome")
-        if outcome in OUTCOMES:
-            queue = str(report.get("queue", ""))
-            self.jobs.labels(queue, outcome).inc()
-            duration = report.get("duration_s")
-            if isinstance(duration, (int, float)):
-                self.duration.labels(queue).observe(max(0.0, float(duration)))
-        kill = report.get("kill")
-        if kill:
-            self.kills.labels(group, "horse", str(kill)).inc()
+    def on_report(self, group: str, report: Report) -> None:
+        if report.outcome is not None:
+            queue = report.queue or ""
+            self.jobs.labels(queue, report.outcome.value).inc()
+            if report.duration_s is not None:
+                self.duration.labels(queue).observe(max(0.0, report.duration_s))
+        if report.kill is not None:
+            self.kills.labels(group, "horse", report.kill.value).inc()
 
-    def on_exit(self, group: str, clean: bool, master_reason: str | None, worker_reason: str | None,
-                killed_for: str | None) -> None:  # fmt: skip
-        if killed_for:
-            self.kills.labels(group, "worker", kill_reason(killed_for)).inc()
-            return
-        reason = recycle_reason(master_reason) or recycle_reason(worker_reason)
-        if reason is not None:
-            self.recycles.labels(group, reason).inc()
-        elif not clean and not master_reason:
+    def on_exit(self, group: str, clean: bool, asked_to_stop: bool, recycle: RecycleReason | None,
+                killed_for: KillReason | None) -> None:  # fmt: skip
+        """A worker exited: killed by the master, recycled (asked by the master, or by itself), or
+        died (not clean, and nobody asked it to stop)."""
+        if killed_for is not None:
+            self.kills.labels(group, "worker", killed_for.value).inc()
+        elif recycle is not None:
+            self.recycles.labels(group, recycle.value).inc()
+        elif not clean and not asked_to_stop:
             self.deaths.labels(group).inc()
 
     def on_shutdown_kill(self, group: str) -> None:
-        self.kills.labels(group, "worker", "shutdown_timeout").inc()
+        self.kills.labels(group, "worker", KillReason.SHUTDOWN_TIMEOUT.value).inc()
 
     # -- read at a scrape --------------------------------------------------------------------------
 
@@ -508,10 +489,10 @@ def serve_single_worker(worker: Any, settings: Settings) -> None:
     os.set_blocking(write_fd, False)
     forward = worker.report
 
-    def report(**fields: Any) -> None:
+    def report(report: Report) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):  # metrics never stall a worker
-            os.write(write_fd, json.dumps(fields).encode() + b"\n")
-        forward(**fields)
+            os.write(write_fd, report.encode())
+        forward(report)
 
     worker.report = report
     log.info("metrics on http://%s:%d/metrics (and /health), served by process %d", settings.metrics_host,
@@ -531,11 +512,14 @@ def _serve_reports(server: MetricsServer, reports_fd: int, settings: Settings, n
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                with contextlib.suppress(ValueError):
-                    fields = json.loads(line)
-                    metrics.on_report("default", fields)
-                    if "state" in fields:
-                        metrics.set_pool([("default", str(fields["state"]), name, True, worker_pid)])
+                try:
+                    report = Report.decode(line)
+                except ReportError as exc:
+                    log.error("metrics: worker %s: %s", name, exc)
+                    continue
+                metrics.on_report("default", report)
+                if report.state is not None:
+                    metrics.set_pool([("default", report.state.value, name, True, worker_pid)])
         server.handle(readable, writable, metrics)
 
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workerd.reports import Report
+
 
 class Notifier:
     def __init__(self) -> None:
@@ -63,7 +65,7 @@ class SingleWorkerNotifier:
     comes with the first state report (registered, listening) or, Redis down at start, with the
     first outage report, as for a pool."""
 
-    def __init__(self, where: str, forward: Callable[..., None]) -> None:
+    def __init__(self, where: str, forward: Callable[[Report], None]) -> None:
         self.notifier = Notifier()
         self.where = where  # the Redis the worker uses, password masked
         self.forward = forward
@@ -75,20 +77,21 @@ class SingleWorkerNotifier:
         self.waiting_since: float | None = None
         self.next_watchdog = 0.0
 
-    def __call__(self, **fields: Any) -> None:
-        self.forward(**fields)
+    def __call__(self, report: Report) -> None:
+        self.forward(report)
         now = time.monotonic()
-        if "state" in fields or fields.get("heartbeat"):  # it reached Redis
+        if report.state is not None or report.heartbeat:  # it reached Redis
             self.waiting_since = None
-        if fields.get("outage") and self.waiting_since is None:
+        if report.outage and self.waiting_since is None:
             self.waiting_since = now
-        self.state = str(fields.get("state", self.state))
-        if "jobs" in fields:
-            self.jobs_done = int(fields["jobs"])
-            self.jobs_failed = int(fields.get("failed", self.jobs_failed))
-        if "stopping" in fields:
-            self.notifier.send(STOPPING=1, STATUS=f"stopping: {fields['stopping']}")
-        elif not self.ready and ("state" in fields or self.waiting_since is not None):
+        if report.state is not None:
+            self.state = report.state.value
+        if report.jobs is not None:
+            self.jobs_done = report.jobs
+            self.jobs_failed = self.jobs_failed if report.failed is None else report.failed
+        if report.stopping is not None:
+            self.notifier.send(STOPPING=1, STATUS=f"stopping: {report.stopping}")
+        elif not self.ready and (report.state is not None or self.waiting_since is not None):
             self.ready = True
             self.notifier.send(READY=1, STATUS=self.status_line(now))
         elif self.ready:

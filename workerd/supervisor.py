@@ -17,7 +17,6 @@ import contextlib
 import difflib
 import gc
 import importlib
-import json
 import logging
 import os
 import random
@@ -37,6 +36,7 @@ from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
 from workerd.logs import LOGGING_SETTINGS, reopen_log_files, rotate_log_file_if_needed, setup_logging
 from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
+from workerd.reports import KillReason, RecycleReason, Report, ReportError, WorkerState
 from workerd.sdnotify import Notifier
 from workerd.settings import RESTART_ONLY, Settings, changed_settings
 from workerd.utils import import_attribute
@@ -123,7 +123,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     buffer: bytes = b""
     ready_at: float | None = None  # monotonic time of its first state report (registered, listening)
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
     job: str | None = None
     kill_at_epoch: float | None = None
     jobs_done: int = 0
@@ -131,8 +131,11 @@ class Child:
     last_report: float = field(default_factory=time.monotonic)  # monotonic time of its last report of any kind
     outage_since: float | None = None  # it reported that it cannot reach Redis, since then (monotonic)
     stop_reason: str | None = None  # why the master asked it to stop
+    recycle: RecycleReason | None = None  # ... when that stop is a recycle
     kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
+    killed_for: KillReason | None = None  # ... as a metric label
     worker_stop_reason: str | None = None  # why the worker said it stops (max jobs, ...)
+    worker_recycle: RecycleReason | None = None  # ... when that stop is a recycle
 
     @property
     def ready(self) -> bool:
@@ -143,23 +146,24 @@ class Child:
         """It said it is alive: ready, or waiting for Redis (a worker that could not register yet)."""
         return self.ready_at is not None or self.outage_since is not None
 
-    def apply(self, report: dict[str, Any]) -> None:
+    def apply(self, report: Report) -> None:
         self.last_report = time.monotonic()  # any report: its loop turns, whatever Redis does
-        if "state" in report:
-            self.state = str(report["state"])
+        if report.state is not None:
+            self.state = report.state
             if self.ready_at is None:
                 self.ready_at = time.monotonic()
-            self.job = report.get("job")
-            self.kill_at_epoch = report.get("kill_at")
-        if "jobs" in report:
-            self.jobs_done = int(report["jobs"])
-            self.jobs_failed = int(report.get("failed", self.jobs_failed))
-        if report.get("heartbeat") or "state" in report:  # it reached Redis
+            self.job = report.job
+            self.kill_at_epoch = report.kill_at
+        if report.jobs is not None:
+            self.jobs_done = report.jobs
+            self.jobs_failed = self.jobs_failed if report.failed is None else report.failed
+        if report.heartbeat or report.state is not None:  # it reached Redis
             self.outage_since = None
-        if report.get("outage") and self.outage_since is None:
+        if report.outage and self.outage_since is None:
             self.outage_since = self.last_report
-        if "stopping" in report:
-            self.worker_stop_reason = str(report["stopping"])
+        if report.stopping is not None:
+            self.worker_stop_reason = report.stopping
+            self.worker_recycle = report.recycle
 
 
 class Master:
@@ -299,7 +303,7 @@ class Master:
         """Give the metrics this step's pool, then answer the scrapes that are ready (never blocks on a client)."""
         if self.metrics is None or self._metrics_server is None:
             return
-        self.metrics.set_pool((c.group, c.state, c.name, c.ready, pid) for pid, c in self.children.items())
+        self.metrics.set_pool((c.group, c.state.value, c.name, c.ready, pid) for pid, c in self.children.items())
         self._metrics_server.handle(readable, writable, self.metrics)
 
     def read_reports(self) -> None:
@@ -317,11 +321,14 @@ class Master:
             child.buffer += chunk
         *lines, child.buffer = child.buffer.split(b"\n")
         for line in lines:
-            with contextlib.suppress(ValueError):
-                report = json.loads(line)
-                child.apply(report)
-                if self.metrics is not None:
-                    self.metrics.on_report(child.group, report)
+            try:
+                report = Report.decode(line)
+            except ReportError as exc:
+                log.error("master: worker %s (pid %d): %s", child.name, child.pid, exc)
+                continue
+            child.apply(report)
+            if self.metrics is not None:
+                self.metrics.on_report(child.group, report)
 
     def handle_signals(self) -> None:
         while self._signals:
@@ -459,8 +466,8 @@ class Master:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and child.job is None
         how = describe_wait_status(status)
         if self.metrics is not None:
-            self.metrics.on_exit(child.group, clean, child.stop_reason if child.stop_reason != "killed" else None,
-                                 child.worker_stop_reason, child.kill_reason)  # fmt: skip
+            recycle = child.recycle or child.worker_recycle
+            self.metrics.on_exit(child.group, clean, child.stop_reason is not None, recycle, child.killed_for)
         if child.stop_reason or (clean and not self._stopping):
             log.info("master: worker %s exited (%s) after %.1f s%s", child.name, how, lived_s,
                      f": {child.stop_reason}" if child.stop_reason else "")  # fmt: skip
@@ -511,14 +518,16 @@ class Master:
     def _group(self, name: str) -> Group | None:
         return next((g for g in self.groups if g.name == name), None)
 
-    def _ask_to_stop(self, child: Child, reason: str) -> None:
+    def _ask_to_stop(self, child: Child, reason: str, recycle: RecycleReason | None = None) -> None:
         if child.stop_reason is None:
             child.stop_reason = reason
+            child.recycle = recycle
             _signal(child.pid, signal.SIGTERM)
 
-    def _kill(self, child: Child, reason: str) -> None:
+    def _kill(self, child: Child, why: KillReason, reason: str) -> None:
         log.error("master: killing worker %s: %s", child.name, reason)
         child.kill_reason = reason
+        child.killed_for = why
         child.stop_reason = child.stop_reason or "killed"
         _signal(child.pid, signal.SIGKILL)
 
@@ -535,28 +544,30 @@ class Master:
                 continue
             limits = group.settings
             if child.kill_at_epoch is not None and child.job and time.time() > child.kill_at_epoch:
-                self._kill(child, f"JobTimeoutException: job {child.job} ran past its timeout in-process; "
-                                  "the worker running it was killed")  # fmt: skip
+                self._kill(child, KillReason.TIMEOUT, f"JobTimeoutException: job {child.job} ran past its timeout "
+                                                      "in-process; the worker running it was killed")  # fmt: skip
                 continue
             if limits.max_age is not None and now - child.started > limits.max_age:
-                self._ask_to_stop(child, f"max age of {limits.max_age:g} s reached")
+                self._ask_to_stop(child, f"max age of {limits.max_age:g} s reached", RecycleReason.MAX_AGE)
             if limits.soft_memory_limit is None and limits.hard_memory_limit is None:
                 continue
             use = memory.measure(child.pid)
             if use is None:
                 continue
             if limits.hard_memory_limit is not None and use.uss_mib > limits.hard_memory_limit:
-                self._kill(child, f"MemoryLimitExceeded: worker {child.name} used {use.uss_mib:.0f} MiB, over the "
-                                  f"hard memory limit of {limits.hard_memory_limit} MiB")  # fmt: skip
+                why = (f"MemoryLimitExceeded: worker {child.name} used {use.uss_mib:.0f} MiB, over the hard memory "
+                       f"limit of {limits.hard_memory_limit} MiB")  # fmt: skip
+                self._kill(child, KillReason.HARD_MEMORY, why)
             elif limits.soft_memory_limit is not None and use.uss_mib > limits.soft_memory_limit:
-                self._ask_to_stop(child, f"soft memory limit: {use.uss_mib:.0f} MiB > {limits.soft_memory_limit} MiB")
+                self._ask_to_stop(child, f"soft memory limit: {use.uss_mib:.0f} MiB > {limits.soft_memory_limit} MiB",
+                                  RecycleReason.SOFT_MEMORY)  # fmt: skip
 
     # -- scaling, recycling and rolling reloads ---------------------------------------------------
 
     def scale(self) -> None:
         for child in self.children.values():
             if self._group(child.group) is None:
-                self._ask_to_stop(child, "its group was removed from the settings")
+                self._ask_to_stop(child, "its group was removed from the settings", RecycleReason.RELOAD)
         for group in self.groups:
             self._scale_group(group)
         if not self.children and all(g.name in self._burst_finished for g in self.groups):
@@ -571,9 +582,9 @@ class Master:
         outdated = [c for c in mine if c.generation < self.generation]
         ready_current = [c for c in current if c.ready]
         if outdated and len(ready_current) + len(outdated) > group.target:
-            self._ask_to_stop(outdated.pop(0), "replaced after a reload")
+            self._ask_to_stop(outdated.pop(0), "replaced after a reload", RecycleReason.RELOAD)
         while len(current) > group.target:
-            self._ask_to_stop(current.pop(), "pool shrunk")
+            self._ask_to_stop(current.pop(), "pool shrunk", RecycleReason.SCALE_DOWN)
         if group.name in self._burst_finished or time.monotonic() < group.next_spawn_at:
             return
         # During a rolling reload, one new worker at a time, and only once the last one is ready.
@@ -631,7 +642,7 @@ class Master:
     def notify(self) -> None:
         now = time.monotonic()
         live = list(self.children.values())
-        busy = sum(1 for c in live if c.state == "busy")
+        busy = sum(1 for c in live if c.state is WorkerState.BUSY)
         target = sum(g.target for g in self.groups)
         if not self._ready_sent and not self._stopping and sum(1 for c in live if c.reported) >= target:
             # READY = the pool is up and supervised: each worker registered in Redis, or alive and
@@ -706,15 +717,15 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _pipe_reporter(fd: int) -> Callable[[dict[str, Any]], None]:
-    def report(fields: dict[str, Any]) -> None:
+def _pipe_reporter(fd: int) -> Callable[[Report], None]:
+    def report(report: Report) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(fd, json.dumps(fields).encode() + b"\n")
+            os.write(fd, report.encode())
 
     return report
 
 
-def run_child(group: Group, name: str, reporter: Callable[[dict[str, Any]], None],
+def run_child(group: Group, name: str, reporter: Callable[[Report], None],
               predecessors: list[tuple[str, str | None]]) -> ExitCode:  # fmt: skip
     """The body of a forked child: a queue worker, or the group's daemon class."""
     settings = group.settings

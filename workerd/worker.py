@@ -31,7 +31,17 @@ from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
-from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
+from workerd.commit import (
+    CANCELED,
+    LEASE_LOST,
+    Claim,
+    Committer,
+    Fetched,
+    Outcome,
+    Recovery,
+    Verdict,
+    poison_pill_reason,
+)
 from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
@@ -47,6 +57,7 @@ from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
 from workerd.queue import Queue
+from workerd.reports import JobOutcome, KillReason, RecycleReason, Report, WorkerState
 from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
@@ -128,7 +139,7 @@ class Worker:
         connection: redis.Redis | None = None,
         name: str | None = None,
         settings: Settings | None = None,
-        reporter: Callable[[dict[str, Any]], None] | None = None,
+        reporter: Callable[[Report], None] | None = None,
         predecessors: Sequence[tuple[str, str | None]] = (),
         **overrides: Any,
     ) -> None:
@@ -316,7 +327,7 @@ class Worker:
         self._last_job_at = time.monotonic()
         self._jobs_this_run += 1
         if self.settings.max_jobs is not None and self._jobs_this_run >= self.settings.max_jobs:
-            self.stop(f"finished {self.jobs_done} jobs (max jobs reached)")
+            self.stop(f"finished {self.jobs_done} jobs (max jobs reached)", RecycleReason.MAX_JOBS)
 
     # -- setup and teardown -----------------------------------------------------------------------
 
@@ -342,7 +353,7 @@ class Worker:
         log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
         log.info("*** Listening on %s...", ", ".join(self.queues))
         self._set_idle_title()
-        self.report(state="idle")
+        self.report(Report(state=WorkerState.IDLE))
         rqview.load()  # before any fork, so that every horse shares rq's modules (if rq is installed)
         self.prefork()
 
@@ -372,7 +383,8 @@ class Worker:
                     raise refused from None
                 was_down = True
                 delay = self.outage.failed(exc)
-                self.report(outage=True)  # alive, waiting for Redis: the master's READY and watchdog count on it
+                # Alive, waiting for Redis: the master's READY and watchdog count on it.
+                self.report(Report(outage=True))
                 if give_up_at is not None and time.monotonic() + delay > give_up_at:
                     raise RedisUnavailableError(
                         f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
@@ -413,11 +425,12 @@ class Worker:
         self._wake_read = self._wake_write = -1
         signal.set_wakeup_fd(-1)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, recycle: RecycleReason | None = None) -> None:
+        """Stop after the job in hand; `recycle` says why when this worker is replaced by design."""
         if self.stop_reason is None:
             self.stop_reason = reason
             log.info("Worker %s: stopping: %s", self.name, reason)
-            self.report(stopping=reason)
+            self.report(Report(stopping=reason, recycle=recycle))
 
     # -- signals: the handlers only record -----------------------------------------------------
 
@@ -557,7 +570,7 @@ class Worker:
                 registration.set_state(self.redis, self.name, "busy")
         if claim is not None and replies[3] == LEASE_LOST:
             self._lease_lost(claim)
-        self.report(heartbeat=True)
+        self.report(Report(heartbeat=True))
         if recover:
             expired_per_queue = replies[-len(self.queues) :]
             for queue, members in zip(self.queues, expired_per_queue, strict=False):
@@ -567,17 +580,17 @@ class Worker:
     def _recover(self, queue: str, member: bytes) -> None:
         if self._claim is not None and member == self._claim.member:
             return
-        action = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
+        recovery = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
         job_id = schema.split_wip_member(member)[0]
         shown = printable_id(job_id)
         extra = {"job_id": shown, "queue": queue, "worker": self.name}
-        if action == "requeued":
+        if recovery is Recovery.REQUEUED:
             log.warning("Worker %s: job %s was abandoned by a worker that stopped heartbeating; "
                         "requeued at the front of %s", self.name, shown, queue, extra=extra)  # fmt: skip
-        elif action == "failed":
+        elif recovery is Recovery.FAILED:
             log.error("Worker %s: job %s was abandoned %d times; failed as a possible poison pill",
                       self.name, shown, self.settings.abandoned_max_attempts, extra=extra)  # fmt: skip
-        self._after_recovery(queue, job_id, action, poison_pill_reason(self.settings.abandoned_max_attempts))
+        self._after_recovery(queue, job_id, recovery, poison_pill_reason(self.settings.abandoned_max_attempts))
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
@@ -594,21 +607,21 @@ class Worker:
                     if schema.split_wip_member(member)[0] != job_id:
                         continue
                     attempts = self.settings.abandoned_max_attempts
-                    action = self.committer.recover(queue, member, time.time(), attempts, True, kill_reason)
+                    recovery = self.committer.recover(queue, member, time.time(), attempts, True, kill_reason)
                     because = f" ({kill_reason})" if kill_reason else ""
                     shown = printable_id(job_id)
-                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, shown, name, action, because,
-                                extra={"job_id": shown, "queue": queue, "worker": self.name})  # fmt: skip
-                    self._after_recovery(queue, job_id, action, kill_reason or poison_pill_reason(attempts))
+                    log.warning("Worker %s: job %s of dead worker %s %s%s", self.name, shown, name, recovery.value,
+                                because, extra={"job_id": shown, "queue": queue, "worker": self.name})  # fmt: skip
+                    self._after_recovery(queue, job_id, recovery, kill_reason or poison_pill_reason(attempts))
 
-    def _after_recovery(self, queue: str, job_id: str, action: str, reason: str) -> None:
+    def _after_recovery(self, queue: str, job_id: str, recovery: Recovery, reason: str) -> None:
         """Count a recovery. A job it failed gets its failure callback and the exception handlers
         here, with AbandonedJobError, as RQ's registry cleanup does in the process that cleans up.
         A requeued job gets neither: it will run again, and report its own outcome then."""
-        if action not in ("requeued", "failed"):
+        if recovery.outcome is None:
             return
-        self.report(outcome=action, queue=queue)
-        if action != "failed":
+        self.report(Report(outcome=recovery.outcome, queue=queue))
+        if recovery is not Recovery.FAILED:
             return
         try:
             job = Job.fetch(job_id, connection=self.redis, serializer=self.serializer)
@@ -628,10 +641,10 @@ class Worker:
                               extra={"job_id": shown, "queue": queue, "worker": self.name})  # fmt: skip
         run_exception_handlers(job, exc, self.exception_handlers)
 
-    def report(self, **fields: Any) -> None:
+    def report(self, report: Report) -> None:
         """Tell the master (if any) what this worker is doing; never blocks."""
         if self.reporter is not None:
-            self.reporter(fields)
+            self.reporter(report)
 
     def _lease_lost(self, claim: Claim) -> None:
         # Say what happened, not what usually happens: after a FLUSHALL (or a restart of a Redis that
@@ -653,7 +666,7 @@ class Worker:
         """Record a failed Redis call; returns the backoff. Every pooled socket is dropped, so that
         after a Redis restart no stale one fails again (which would log a second outage)."""
         delay = self.outage.failed(exc)
-        self.report(outage=True)
+        self.report(Report(outage=True))
         self.redis.connection_pool.disconnect()
         connection = getattr(self._pubsub, "connection", None)
         if connection is not None:  # it reconnects and subscribes again on its next read
@@ -721,7 +734,7 @@ class Worker:
             return
         max_idle = self.settings.max_idle_time
         if max_idle is not None and time.monotonic() - self._last_job_at >= max_idle:
-            self.stop(f"idle for {max_idle} s (max idle time)")
+            self.stop(f"idle for {max_idle} s (max idle time)", RecycleReason.MAX_IDLE)
             return
         if not self._idle_written:  # once per idle spell, not on every wake-up
             registration.set_state(self.redis, self.name, "idle")
@@ -746,8 +759,9 @@ class Worker:
         log.info("Worker %s: %s: %s", self.name, claim.queue, described, extra=job_fields(job, claim.queue, self.name))
         self._claim_started = time.monotonic()
         timeout_s = effective_timeout_s(job)
-        self.report(state="busy", job=shown, kill_at=time.time() + timeout_s + HORSE_KILL_GRACE_S if timeout_s
-                    and self.settings.execution == "inprocess" else None)  # fmt: skip
+        inprocess_timeout = timeout_s and self.settings.execution == "inprocess"
+        kill_at = time.time() + timeout_s + HORSE_KILL_GRACE_S if inprocess_timeout else None
+        self.report(Report(state=WorkerState.BUSY, job=shown, kill_at=kill_at))
         try:
             outcome = self.run_job(claim)
             if outcome is None:  # cold stop: the job went back to its queue
@@ -756,7 +770,7 @@ class Worker:
         finally:
             self._claim = None
             self._set_idle_title()
-            self.report(state="idle", jobs=self.jobs_done + 1, failed=self.jobs_failed)
+            self.report(Report(state=WorkerState.IDLE, jobs=self.jobs_done + 1, failed=self.jobs_failed))
 
     def perform(self, job: Job) -> Outcome:
         """Run the job's function here (in the horse, or in-process). Never raises."""
@@ -896,7 +910,7 @@ class Worker:
                     log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
                                 self.name, printable_id(claim.job.id), timeout_s,
                                 extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
-                    self.report(kill="timeout")
+                    self.report(Report(kill=KillReason.TIMEOUT))
                     _kill_group(horse.pid)
             horse.read_available()
         finally:
@@ -943,14 +957,14 @@ class Worker:
             # supervisor for its horses: stopping here would end it with exit code 0, the queue not
             # drained, and a unit with Restart=on-failure would leave it down. It forks the next one.
             if self.reporter is not None:
-                self.stop("replaced after its horse hit the hard memory limit")
-            self.report(kill="hard_memory")
+                self.stop("replaced after its horse hit the hard memory limit", RecycleReason.HARD_MEMORY)
+            self.report(Report(kill=KillReason.HARD_MEMORY))
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
                     f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
         if soft is not None and use.uss_mib > soft:
             horse.term_sent_at = now
             _signal_group(horse.pid, signal.SIGTERM)
-            self.report(kill="soft_memory")
+            self.report(Report(kill=KillReason.SOFT_MEMORY))
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the soft memory "
                     f"limit of {soft} MiB, and was stopped (SIGTERM, then SIGKILL after "
                     f"{self.settings.memory_kill_grace:g} s)")  # fmt: skip
@@ -963,7 +977,7 @@ class Worker:
                 return
             log.warning("Worker %s: job %s put back at the front of %s", self.name, printable_id(claim.job.id),
                         claim.queue, extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
-            self.report(outcome="requeued", queue=claim.queue)
+            self.report(Report(outcome=JobOutcome.REQUEUED, queue=claim.queue))
         except CONNECTION_ERRORS:
             log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
                       "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
@@ -995,11 +1009,12 @@ class Worker:
             self._commit_stopped(claim, outcome)
             return
         if outcome.succeeded and outcome.retry is not None:
-            released, what = self.committer.commit_retry_requested(claim, outcome)
-            self._note_canceled(claim, released)
-            if released != LEASE_LOST:
-                log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id), what)
-                if what.startswith("failed"):  # past its max: failed, with no exception (as RQ)
+            committed = self.committer.commit_retry_requested(claim, outcome)
+            self._note_canceled(claim, committed.released)
+            if committed.released != LEASE_LOST:
+                log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id),
+                         committed.detail)  # fmt: skip
+                if committed.verdict is Verdict.FAILED:  # past its max: failed, with no exception (as RQ)
                     self.send_webhooks(job, "failed", outcome.ended_at, "")
             return
         if outcome.succeeded:
@@ -1009,17 +1024,16 @@ class Worker:
                 return
             self._note_canceled(claim, released)
             self._log_success(claim, outcome)
-            self.report(outcome="finished", queue=claim.queue, duration_s=outcome.duration_s)
+            self.report(Report(outcome=JobOutcome.FINISHED, queue=claim.queue, duration_s=outcome.duration_s))
             self.send_webhooks(job, "finished", outcome.ended_at)
             return
         self.jobs_failed += 1
-        released, what = self.committer.commit_failure(claim, outcome)
-        if released == LEASE_LOST:
+        committed = self.committer.commit_failure(claim, outcome)
+        if committed.released == LEASE_LOST:
             self._lease_lost(claim)
             return
-        self._note_canceled(claim, released)
-        self.report(outcome="retried" if what.startswith("retry") else "failed", queue=claim.queue,
-                    duration_s=outcome.duration_s)  # fmt: skip
+        self._note_canceled(claim, committed.released)
+        self.report(Report(outcome=committed.outcome, queue=claim.queue, duration_s=outcome.duration_s))
         extra = job_fields(job, claim.queue, self.name)
         try:
             func_name = job.func_name
@@ -1028,9 +1042,9 @@ class Worker:
         shown = printable_id(job.id)
         log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
                   self.name, shown, func_name, outcome.exc_string, extra=extra)  # fmt: skip
-        if what.startswith("retry"):
-            log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, what, (job.retries_left or 1) - 1,
-                     extra=extra)  # fmt: skip
+        if committed.verdict is Verdict.RETRIED:
+            log.info("Worker %s: job %s: %s (%s retries left)", self.name, shown, committed.detail,
+                     (job.retries_left or 1) - 1, extra=extra)  # fmt: skip
         else:
             self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
 
@@ -1051,7 +1065,7 @@ class Worker:
         if self.committer.fail_uncommittable(claim, outcome, exc) == LEASE_LOST:
             self._lease_lost(claim)
             return
-        self.report(outcome="failed", queue=claim.queue, duration_s=outcome.duration_s)
+        self.report(Report(outcome=JobOutcome.FAILED, queue=claim.queue, duration_s=outcome.duration_s))
         self.send_webhooks(claim.job, "failed", outcome.ended_at, outcome.exc_string)
 
     def _commit_stopped(self, claim: Claim, outcome: Outcome) -> None:
@@ -1158,9 +1172,9 @@ class LeaseKeeper(threading.Thread):
                     self.worker.committer.renew_lease(claim, self.worker.settings.lease_s,
                                                       self.worker._working_time_s(), pipe)  # fmt: skip
                     pipe.execute()
-                self.worker.report(heartbeat=True)
+                self.worker.report(Report(heartbeat=True))
             except CONNECTION_ERRORS:
-                self.worker.report(outage=True)  # the job goes on; the commit will wait for Redis
+                self.worker.report(Report(outage=True))  # the job goes on; the commit will wait for Redis
 
     def stop(self) -> None:
         self._done.set()

@@ -1,0 +1,58 @@
+"""The worker -> master report: one type, encoded and decoded in one place (workerd.reports)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from workerd.reports import JobOutcome, KillReason, RecycleReason, Report, ReportError, WorkerState
+
+
+def _full() -> Report:
+    return Report(state=WorkerState.BUSY, job="j1", kill_at=1700000000.5, jobs=3, failed=1, heartbeat=True,
+                  outage=True, stopping="finished 3 jobs (max jobs reached)", recycle=RecycleReason.MAX_JOBS,
+                  outcome=JobOutcome.RETRIED, queue="q", duration_s=0.25, kill=KillReason.SOFT_MEMORY)  # fmt: skip
+
+
+def test_every_field_survives_the_round_trip() -> None:
+    report = _full()
+    assert all(getattr(report, f.name) != f.default for f in dataclasses.fields(Report))  # every field set
+    line = report.encode()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert Report.decode(line) == report
+    assert Report.decode(Report().encode()) == Report()
+
+
+def test_enums_are_encoded_as_their_metric_labels() -> None:
+    raw = json.loads(_full().encode())
+    assert (raw["state"], raw["recycle"], raw["outcome"], raw["kill"]) == ("busy", "max_jobs", "retried", "soft_memory")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda raw: raw.pop("queue"), "missing fields ['queue']"),
+    (lambda raw: raw.update(colour="red"), "unknown fields ['colour']"),
+    (lambda raw: raw.update(outcome="exploded"), "field outcome has an invalid value 'exploded'"),
+    (lambda raw: raw.update(jobs="3"), "field jobs has an invalid value '3'"),
+    (lambda raw: raw.update(jobs=True), "field jobs has an invalid value True"),
+    (lambda raw: raw.update(heartbeat=None), "field heartbeat has an invalid value None"),
+    (lambda raw: raw.update(duration_s="fast"), "field duration_s has an invalid value 'fast'"),
+])  # fmt: skip
+def test_a_line_that_is_not_a_report_is_refused_with_the_reason(change, message) -> None:  # type: ignore[no-untyped-def]
+    raw = json.loads(_full().encode())
+    change(raw)
+    with pytest.raises(ReportError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Report.decode(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b""])
+def test_a_line_that_is_not_a_json_object_is_refused(line: bytes) -> None:
+    with pytest.raises(ReportError, match="a report is not"):
+        Report.decode(line)
+
+
+def test_an_integral_duration_is_a_float() -> None:
+    raw = json.loads(Report(duration_s=1.0).encode())
+    raw["duration_s"] = 2
+    assert Report.decode(json.dumps(raw).encode()).duration_s == 2.0
