@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis as redis_module
 
-from workerd import schema
+from workerd import pipelines, schema
 from workerd.job import (
     DEFAULT_FAILURE_TTL_S,
     Job,
@@ -34,6 +34,7 @@ from workerd.job import (
     encode_exc_string,
     retry_intervals_within_limits,
 )
+from workerd.pipelines import Queued
 from workerd.reports import JobOutcome
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
@@ -206,8 +207,9 @@ class Committer:
 
     # -- lease -----------------------------------------------------------------------------------
 
-    def renew_lease(self, claim: Claim, lease_s: float, working_time_s: float, pipe: Pipeline) -> None:
-        """Queue the lease renewal of a running job on `pipe` (executed with the worker heartbeat)."""
+    def renew_lease(self, claim: Claim, lease_s: float, working_time_s: float, pipe: Pipeline) -> Queued[bool]:
+        """Queue the lease renewal of a running job on `pipe` (executed with the worker heartbeat).
+        Its reply: whether the lease still held (False: LEASE_LOST)."""
         now = utcnow()
         deadline = now.timestamp() + lease_s
         ops = _Ops()
@@ -222,7 +224,9 @@ class Committer:
         ops.add("HSET", schema.job_key(claim.job.id), "last_heartbeat", utcformat(now))
         ops.add("HSET", schema.worker_key(self.worker_name), "current_job_working_time", working_time_s)
         args = [claim.member, "", schema.encode_id(claim.job.id), "", "", "1", *ops.args]
-        self._apply(keys=[schema.started_key(claim.queue)], args=args, client=pipe)
+        keys = [schema.started_key(claim.queue)]
+        return pipelines.queue(pipe, lambda: self._apply(keys=keys, args=args, client=pipe),
+                               lambda replies: int(replies[0]) != LEASE_LOST)  # fmt: skip
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -418,10 +422,16 @@ class Committer:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    def expired_leases(self, queues: Sequence[str], now: float, pipe: Pipeline) -> None:
-        """Queue, on `pipe`, one read per queue of the wip entries whose lease has run out."""
-        for queue in queues:
-            pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
+    def expired_leases(self, queues: Sequence[str], now: float, pipe: Pipeline) -> Queued[dict[str, list[bytes]]]:
+        """Queue, on `pipe`, one read per queue of the wip entries whose lease has run out. Its
+        reply: those entries (at most 100 a queue), by queue."""
+        names = list(queues)
+
+        def add() -> None:
+            for queue in names:
+                pipe.zrangebyscore(schema.started_key(queue), 0, now, start=0, num=100)
+
+        return pipelines.queue(pipe, add, lambda replies: dict(zip(names, replies, strict=True)))
 
     def recover(self, queue: str, member: bytes, now: float, max_attempts: int, worker_is_dead: bool = False,
                 kill_reason: str | None = None) -> Recovery:  # fmt: skip

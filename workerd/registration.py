@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workerd import __version__, schema
+from workerd import __version__, pipelines, schema
+from workerd.pipelines import Queued
 from workerd.timeutil import now_stamp, utcparse
 from workerd.utils import as_text
 
@@ -78,12 +79,17 @@ def register_death(redis: Redis, name: str, queues: Sequence[str]) -> None:
         pipe.execute()
 
 
-def queue_heartbeat(pipe: Pipeline, name: str, ttl_s: int) -> None:
-    """Queue on `pipe`: EXISTS (to notice an expired key), then refresh last_heartbeat and the TTL."""
+def queue_heartbeat(pipe: Pipeline, name: str, ttl_s: int) -> Queued[bool]:
+    """Queue on `pipe`: EXISTS (to notice an expired key), then refresh last_heartbeat and the TTL.
+    Its reply: whether the worker key still existed."""
     key = schema.worker_key(name)
-    pipe.exists(key)
-    pipe.hset(key, "last_heartbeat", now_stamp())
-    pipe.expire(key, ttl_s)
+
+    def add() -> None:
+        pipe.exists(key)
+        pipe.hset(key, "last_heartbeat", now_stamp())
+        pipe.expire(key, ttl_s)
+
+    return pipelines.queue(pipe, add, lambda replies: bool(replies[0]))
 
 
 def set_state(redis: Redis | Pipeline, name: str, state: str) -> None:

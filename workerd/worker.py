@@ -554,13 +554,12 @@ class Worker:
         # After an outage, leases look expired until their workers renew them: wait a lease first.
         recover = time.monotonic() >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
-            registration.queue_heartbeat(pipe, self.name, ttl)
-            if claim is not None:
-                self.committer.renew_lease(claim, self.settings.lease_s, self._working_time_s(), pipe)
-            if recover:
-                self.committer.expired_leases(self.queues, time.time(), pipe)
+            key = registration.queue_heartbeat(pipe, self.name, ttl)
+            lease = None if claim is None else self.committer.renew_lease(claim, self.settings.lease_s,
+                                                                          self._working_time_s(), pipe)  # fmt: skip
+            expired = self.committer.expired_leases(self.queues, time.time(), pipe) if recover else None
             replies = pipe.execute()
-        if not replies[0]:
+        if not key.read(replies):
             # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
             log.warning("Worker %s: its worker key was gone from Redis (expired during a stall, deleted, or Redis "
                         "was flushed); registered again", self.name)  # fmt: skip
@@ -568,12 +567,11 @@ class Worker:
             self._idle_written = False
             if claim is not None:
                 registration.set_state(self.redis, self.name, "busy")
-        if claim is not None and replies[3] == LEASE_LOST:
+        if claim is not None and lease is not None and not lease.read(replies):
             self._lease_lost(claim)
         self.report(Report(heartbeat=True))
-        if recover:
-            expired_per_queue = replies[-len(self.queues) :]
-            for queue, members in zip(self.queues, expired_per_queue, strict=False):
+        if expired is not None:
+            for queue, members in expired.read(replies).items():
                 for member in members:
                     self._recover(queue, member)
 
