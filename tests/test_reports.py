@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from workerd.reports import JobOutcome, KillReason, RecycleReason, Report, ReportError, WorkerState
+from workerd.reports import ExitKind, JobOutcome, KillReason, RecycleReason, Report, ReportError, WorkerState
+from workerd.supervisor import Child
 
 
 def _full() -> Report:
@@ -56,3 +57,35 @@ def test_an_integral_duration_is_a_float() -> None:
     raw = json.loads(Report(duration_s=1.0).encode())
     raw["duration_s"] = 2
     assert Report.decode(json.dumps(raw).encode()).duration_s == 2.0
+
+
+def _child() -> Child:
+    return Child(group="g", generation=0, pid=1, name="w", status_fd=-1)
+
+
+def test_the_master_applies_a_report_field_by_field() -> None:
+    child = _child()
+    child.apply(Report(outage=True))
+    assert (child.ready, child.reported, child.state) == (False, True, WorkerState.STARTING)
+    child.apply(Report(state=WorkerState.BUSY, job="j1", kill_at=5.0))
+    assert (child.ready, child.outage_since, child.job, child.kill_at_epoch) == (True, None, "j1", 5.0)
+    child.apply(Report(state=WorkerState.IDLE, jobs=4, failed=1))
+    assert (child.state, child.job, child.jobs_done, child.jobs_failed) == (WorkerState.IDLE, None, 4, 1)
+    child.apply(Report(jobs=5, heartbeat=True))  # a daemon counts units, not failures
+    assert (child.jobs_done, child.jobs_failed) == (5, 1)
+    child.apply(Report(stopping="idle for 5 s (max idle time)", recycle=RecycleReason.MAX_IDLE))
+    assert (child.worker_stop_reason, child.worker_recycle) == ("idle for 5 s (max idle time)", RecycleReason.MAX_IDLE)
+
+
+@pytest.mark.parametrize("setup, clean, kind", [
+    ({}, True, ExitKind.STOPPED),
+    ({}, False, ExitKind.DIED),
+    ({"stop_reason": "shutting down"}, False, ExitKind.STOPPED),
+    ({"stop_reason": "pool shrunk", "recycle": RecycleReason.SCALE_DOWN}, True, ExitKind.RECYCLED),
+    ({"worker_recycle": RecycleReason.MAX_JOBS}, True, ExitKind.RECYCLED),
+    ({"stop_reason": "killed", "killed_for": KillReason.TIMEOUT, "recycle": RecycleReason.MAX_AGE}, False,
+     ExitKind.KILLED),
+])  # fmt: skip
+def test_how_a_worker_ended(setup: dict[str, object], clean: bool, kind: ExitKind) -> None:
+    child = dataclasses.replace(_child(), **setup)  # type: ignore[arg-type]
+    assert child.exit_kind(clean) is kind

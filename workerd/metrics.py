@@ -54,6 +54,7 @@ from workerd.process import MASTER_SIGNALS, STOP_SIGNALS, die_with_parent, set_t
 from workerd.reports import (
     HORSE_KILLS,
     WORKER_KILLS,
+    ExitKind,
     JobOutcome,
     KillReason,
     RecycleReason,
@@ -165,15 +166,14 @@ class PoolMetrics:
         if report.kill is not None:
             self.kills.labels(group, "horse", report.kill.value).inc()
 
-    def on_exit(self, group: str, clean: bool, asked_to_stop: bool, recycle: RecycleReason | None,
-                killed_for: KillReason | None) -> None:  # fmt: skip
-        """A worker exited: killed by the master, recycled (asked by the master, or by itself), or
-        died (not clean, and nobody asked it to stop)."""
-        if killed_for is not None:
+    def on_exit(self, group: str, kind: ExitKind, killed_for: KillReason | None,
+                recycle: RecycleReason | None) -> None:  # fmt: skip
+        """A worker exited: `killed_for` names a kill, `recycle` a recycle."""
+        if kind is ExitKind.KILLED and killed_for is not None:
             self.kills.labels(group, "worker", killed_for.value).inc()
-        elif recycle is not None:
+        elif kind is ExitKind.RECYCLED and recycle is not None:
             self.recycles.labels(group, recycle.value).inc()
-        elif not clean and not asked_to_stop:
+        elif kind is ExitKind.DIED:
             self.deaths.labels(group).inc()
 
     def on_shutdown_kill(self, group: str) -> None:

@@ -64,6 +64,15 @@ class KillReason(str, enum.Enum):
     SHUTDOWN_TIMEOUT = "shutdown_timeout"  # a worker only: it outlived the master's stop timeout
 
 
+class ExitKind(str, enum.Enum):
+    """How a worker of the master ended, as the metrics count it."""
+
+    KILLED = "killed"  # by the master, over a limit (workerd_kills{process="worker"})
+    RECYCLED = "recycled"  # replaced by design (workerd_worker_recycles)
+    STOPPED = "stopped"  # asked to stop (shutdown), or stopped cleanly by itself (burst): not counted
+    DIED = "died"  # by itself or from outside, unasked (workerd_worker_deaths)
+
+
 # The kill reasons each kind of process can carry (the series created at 0 from the start).
 HORSE_KILLS = (KillReason.TIMEOUT, KillReason.HARD_MEMORY, KillReason.SOFT_MEMORY, KillReason.OTHER)
 WORKER_KILLS = (*HORSE_KILLS, KillReason.SHUTDOWN_TIMEOUT)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import enum
 import gc
 import importlib
 import logging
@@ -36,7 +37,7 @@ from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
 from workerd.logs import LOGGING_SETTINGS, reopen_log_files, rotate_log_file_if_needed, setup_logging
 from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
-from workerd.reports import KillReason, RecycleReason, Report, ReportError, WorkerState
+from workerd.reports import ExitKind, KillReason, RecycleReason, Report, ReportError, WorkerState
 from workerd.sdnotify import Notifier
 from workerd.settings import RESTART_ONLY, Settings, changed_settings
 from workerd.utils import import_attribute
@@ -113,6 +114,13 @@ def build_groups(settings: Settings) -> list[Group]:
     return groups
 
 
+class StopMode(enum.Enum):
+    """How the master stops its pool: warm (jobs finish, up to GRACEFUL_TIMEOUT) or cold (now)."""
+
+    WARM = "warm"
+    COLD = "cold"
+
+
 @dataclass
 class Child:
     group: str
@@ -146,6 +154,16 @@ class Child:
         """It said it is alive: ready, or waiting for Redis (a worker that could not register yet)."""
         return self.ready_at is not None or self.outage_since is not None
 
+    def exit_kind(self, clean: bool) -> ExitKind:
+        """How it ended: killed by the master, recycled, asked to stop (or done), or died."""
+        if self.killed_for is not None:
+            return ExitKind.KILLED
+        if self.recycle is not None or self.worker_recycle is not None:
+            return ExitKind.RECYCLED
+        if clean or self.stop_reason is not None:
+            return ExitKind.STOPPED
+        return ExitKind.DIED
+
     def apply(self, report: Report) -> None:
         self.last_report = time.monotonic()  # any report: its loop turns, whatever Redis does
         if report.state is not None:
@@ -177,7 +195,7 @@ class Master:
         self.notifier = Notifier()
         self._signals: list[int] = []
         self._wake_read, self._wake_write = -1, -1
-        self._stopping: str | None = None  # "warm" or "cold"
+        self._stopping: StopMode | None = None
         self._stop_deadline = 0.0
         self._kill_deadline: float | None = None
         self._done = False
@@ -335,11 +353,11 @@ class Master:
             signum = self._signals.pop(0)
             if signum in (signal.SIGINT, signal.SIGTERM):
                 if self._stopping is None:
-                    self.begin_stop("warm")
+                    self.begin_stop(StopMode.WARM)
                 else:
-                    self.begin_stop("cold")
+                    self.begin_stop(StopMode.COLD)
             elif signum == signal.SIGQUIT:
-                self.begin_stop("cold")
+                self.begin_stop(StopMode.COLD)
             elif signum == signal.SIGHUP:
                 self.reload()
             elif signum in (signal.SIGTTIN, signal.SIGTTOU):
@@ -349,16 +367,16 @@ class Master:
 
     # -- stopping ---------------------------------------------------------------------------------
 
-    def begin_stop(self, kind: str) -> None:
-        if kind == "warm":
-            self._stopping = "warm"
+    def begin_stop(self, mode: StopMode) -> None:
+        if mode is StopMode.WARM:
+            self._stopping = StopMode.WARM
             self._stop_deadline = time.monotonic() + self.settings.graceful_timeout
             log.info("master: warm stop: %d workers finish their jobs (up to %g s), then exit",
                      len(self.children), self.settings.graceful_timeout)  # fmt: skip
             for child in self.children.values():
                 self._ask_to_stop(child, "shutting down")
         elif self._kill_deadline is None:
-            self._stopping = "cold"
+            self._stopping = StopMode.COLD
             log.warning("master: cold stop: running jobs go back to their queues")
             self._cold_stop_all()
         self.notifier.send(STOPPING=1, STATUS="stopping")
@@ -374,7 +392,7 @@ class Master:
             log.info("master: all workers stopped; exiting")
             self._done = True
             return
-        if self._stopping == "warm" and self._kill_deadline is None and now >= self._stop_deadline:
+        if self._stopping is StopMode.WARM and self._kill_deadline is None and now >= self._stop_deadline:
             log.warning("master: graceful timeout of %g s reached with %d workers busy; stopping them cold",
                         self.settings.graceful_timeout, len(self.children))  # fmt: skip
             self._cold_stop_all()
@@ -466,8 +484,8 @@ class Master:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and child.job is None
         how = describe_wait_status(status)
         if self.metrics is not None:
-            recycle = child.recycle or child.worker_recycle
-            self.metrics.on_exit(child.group, clean, child.stop_reason is not None, recycle, child.killed_for)
+            self.metrics.on_exit(child.group, child.exit_kind(clean), child.killed_for,
+                                 child.recycle or child.worker_recycle)  # fmt: skip
         if child.stop_reason or (clean and not self._stopping):
             log.info("master: worker %s exited (%s) after %.1f s%s", child.name, how, lived_s,
                      f": {child.stop_reason}" if child.stop_reason else "")  # fmt: skip
