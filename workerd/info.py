@@ -25,18 +25,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from workerd import connection as connection_module
-from workerd import schema, suspension
+from workerd import pipelines, schema, suspension
 from workerd.config import build_settings
 from workerd.errors import ExitCode
+from workerd.pipelines import Queued
 from workerd.registration import WorkerInfo
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 from workerd.utils import as_text, printable_id
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
 
 # A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
 HEALTH_GRACE_S = 5.0
@@ -68,22 +72,28 @@ def queue_counts(client: redis.Redis, queues: Sequence[str], now: float | None =
     """
     moment = time.time() if now is None else now
     with client.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            pipe.llen(schema.queue_key(queue))
-            pipe.zcard(schema.started_key(queue))
-            pipe.zcard(schema.finished_key(queue))
-            pipe.zcount(schema.finished_key(queue), 0, moment)
-            pipe.zcard(schema.failed_key(queue))
-            pipe.zcount(schema.failed_key(queue), 0, moment)
-            pipe.zcard(schema.deferred_key(queue))
-            pipe.zcard(schema.scheduled_key(queue))
-            pipe.zcard(schema.canceled_key(queue))
-        replies = [int(v) for v in pipe.execute()]
-    counts = []
-    for index, queue in enumerate(queues):
-        q, wip, fin, fin_old, fail, fail_old, deferred, scheduled, canceled = replies[index * 9 : index * 9 + 9]
-        counts.append(QueueCounts(queue, q, wip, fin - fin_old, fail - fail_old, deferred, scheduled, canceled))
-    return counts
+        queued = [_queue_counts(pipe, queue, moment) for queue in queues]
+        replies = pipe.execute()
+    return [one.read(replies) for one in queued]
+
+
+def _queue_counts(pipe: Pipeline, queue: str, moment: float) -> Queued[QueueCounts]:
+    def add() -> None:
+        pipe.llen(schema.queue_key(queue))
+        pipe.zcard(schema.started_key(queue))
+        pipe.zcard(schema.finished_key(queue))
+        pipe.zcount(schema.finished_key(queue), 0, moment)
+        pipe.zcard(schema.failed_key(queue))
+        pipe.zcount(schema.failed_key(queue), 0, moment)
+        pipe.zcard(schema.deferred_key(queue))
+        pipe.zcard(schema.scheduled_key(queue))
+        pipe.zcard(schema.canceled_key(queue))
+
+    def read(replies: list[Any]) -> QueueCounts:
+        q, wip, fin, fin_old, fail, fail_old, deferred, scheduled, canceled = (int(v) for v in replies)
+        return QueueCounts(queue, q, wip, fin - fin_old, fail - fail_old, deferred, scheduled, canceled)
+
+    return pipelines.queue(pipe, add, read)
 
 
 def known_queues(client: redis.Redis) -> list[str]:
