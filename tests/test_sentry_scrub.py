@@ -38,6 +38,7 @@ def test_a_url_password_cut_anywhere_never_reaches_sentry(r: redis.Redis, redis_
     # the ingest's thread.
     script = f"""
 import sentry_sdk
+from workerd.settings import Settings
 from workerd.worker import Worker
 settings = Settings(redis_url={redis_url!r}, sentry_dsn="http://public@127.0.0.1:{port}/1",
                     execution="inprocess", burst=True)
