@@ -6,11 +6,11 @@
 #                                                 (scripts/pythons.sh), each in .venv-X.Y; CI=true implies it
 #
 # pytest runs test files in parallel (pytest-xdist, one file per process so a file's tests share its
-# redis-server): WORKERD_TEST_PROCESSES=3 by default (most tests wait on subprocesses, not the CPU);
+# redis-server): TEST_PROCESSES=3 by default (most tests wait on subprocesses, not the CPU);
 # 0 runs them in this process, one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parallel=(-n "${WORKERD_TEST_PROCESSES:-3}" --dist loadfile)
+parallel=(-n "${TEST_PROCESSES:-3}" --dist loadfile)
 all_pythons=false
 [ "${CI:-}" = "true" ] && all_pythons=true
 if [ "${1:-}" = "--all-pythons" ]; then all_pythons=true; shift; fi
@@ -28,9 +28,11 @@ versions=()
 for python in "${pythons[@]}"; do versions+=("$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"); done
 echo "test: the suite runs on Python ${versions[*]} (the oldest and the newest supported found)" >&2
 # The .deb and .rpm do not depend on the Python running the tests: build them once per run.
-WORKERD_PACKAGE_CACHE=$(mktemp -d)
-export WORKERD_PACKAGE_CACHE
-trap 'rm -rf "$WORKERD_PACKAGE_CACHE"' EXIT
+# (Harness variables never start with WORKERD_: workerd warns about every unknown WORKERD_* name,
+# and tests check that a clean run prints nothing.)
+TEST_PACKAGE_CACHE=$(mktemp -d)
+export TEST_PACKAGE_CACHE
+trap 'rm -rf "$TEST_PACKAGE_CACHE"' EXIT
 failed=()
 for i in "${!pythons[@]}"; do
   venv=".venv-${versions[$i]}"

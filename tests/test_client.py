@@ -545,3 +545,35 @@ def test_enqueue_into_the_callers_pipeline_waits_for_its_execute(r: redis.Redis)
         pipe.set("some-key", "x")
         pipe.execute()
     assert queue.job_ids == [parent.id, queued.id]
+
+
+def test_client_errors_are_rqs_too_where_the_application_uses_rq(r: redis.Redis) -> None:
+    """`except rq.exceptions.X` around workerd's client catches workerd's X (and workerd's own class
+    still catches it), without workerd importing rq: rq's suite found these five."""
+    import pickle
+
+    import rq.exceptions
+
+    with pytest.raises(rq.exceptions.NoSuchJobError) as missing:
+        Job.fetch("no-such-job", connection=r)
+    assert isinstance(missing.value, NoSuchJobError)
+    queue = Queue("errors", connection=r)
+    queue.enqueue("testjobs.add", 1, 2, job_id="once", unique=True)
+    with pytest.raises(rq.exceptions.DuplicateJobError):
+        queue.enqueue("testjobs.add", 1, 2, job_id="once", unique=True)
+    with pytest.raises(rq.exceptions.InvalidJobOperation):  # a job that exists, not in the registry
+        workerd.FailedJobRegistry("errors", connection=r).requeue("once")
+    again = pickle.loads(pickle.dumps(missing.value))  # e.g. out of a horse
+    assert isinstance(again, NoSuchJobError) and isinstance(again, rq.exceptions.NoSuchJobError)
+    assert again.args == missing.value.args
+
+
+def test_compact_takes_out_ids_whose_job_is_gone_and_keeps_the_order(r: redis.Redis) -> None:
+    queue = Queue("compact", connection=r)
+    first = queue.enqueue("testjobs.add", 1, 2)
+    r.rpush(queue.key, "gone-1", b"\xff\xfe")
+    second = queue.enqueue("testjobs.add", 3, 4)
+    r.lpush(queue.key, "gone-2")
+    assert queue.compact() == 3
+    assert queue.get_job_ids() == [first.id, second.id]
+    assert rq.Queue("compact", connection=r).get_job_ids() == [first.id, second.id]

@@ -221,14 +221,16 @@ def test_metrics_of_a_pool_across_horses_and_recycled_workers(r, redis_url, work
     hog = q.enqueue("testjobs.allocate_mib", 250, 3.0)  # its horse goes over the soft limit: SIGTERM
     jobs = [*sleepers, *adds, *failing, retried, hog]
     wait_until(lambda: _all_done(r, jobs), timeout=30, message="every job done")
-    # 11 executions, at most 4 per worker: at least two workers were recycled for max jobs.
+    # 11 executions, at most 4 per worker: at least two workers were recycled for max jobs. A worker
+    # reports an outcome to the master just after committing it: wait for the counts, then compare.
     samples = wait_until(
         lambda: (
             (s := _scrape(port))
             and _value(s, "workerd_worker_recycles_total", group="default", reason="max_jobs") >= 2
+            and _value(s, "workerd_job_duration_seconds_count", queue="default") >= 10
             and s
         ),
-        message="two max-jobs recycles in the metrics",
+        message="two max-jobs recycles and ten outcomes in the metrics",
     )
     assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 5
     assert _value(samples, "workerd_jobs_total", queue="default", outcome="failed") == 4

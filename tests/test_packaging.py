@@ -494,9 +494,9 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory, kind: str) -> tuple[Pa
 
     The packages do not depend on the Python running the tests (they are built with
     /usr/bin/python3), so scripts/test.sh, which runs the suite once per Python, sets
-    WORKERD_PACKAGE_CACHE to a directory of that run: the second run tests the packages
+    TEST_PACKAGE_CACHE to a directory of that run: the second run tests the packages
     the first one built instead of building them again (about a minute of CI time)."""
-    cache = os.environ.get("WORKERD_PACKAGE_CACHE")
+    cache = os.environ.get("TEST_PACKAGE_CACHE")
     if not cache:
         return tmp_path_factory.mktemp(kind), False
     out = Path(cache) / kind
@@ -509,7 +509,7 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory, kind: str) -> tuple[Pa
 
 
 def mark_built(out: Path) -> None:
-    if os.environ.get("WORKERD_PACKAGE_CACHE"):
+    if os.environ.get("TEST_PACKAGE_CACHE"):
         (out / "built").touch()
 
 

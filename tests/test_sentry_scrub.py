@@ -2,21 +2,22 @@
 
 The SDK cuts strings at its max_value_length (1,024 in sentry-sdk 2.0, unlimited by default in
 recent releases, settable by anyone) and a password cut before its `@` no longer looks like one.
-Here a real worker (in a forked child, so the SDK is set up there only) fails jobs whose argument
+Here a real worker (in a process of its own, so the SDK is set up there only) fails jobs whose argument
 ends in such a URL, with the cut placed on every character from the user's `:` to past the `@`,
 and reports them to a local ingest; the envelopes it receives are decoded and searched.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import redis
 
-from tests.conftest import JOBS_DIR, wait_until
+from tests.conftest import JOBS_DIR, ROOT, wait_until
 from tests.test_observability import _events, ingest  # noqa: F401  (a fixture)
 from workerd import Queue
-from workerd.settings import Settings
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
@@ -26,25 +27,29 @@ URL = f"postgres://app:{PASSWORD}@db.internal:5432/orders"
 MAX_LENGTH = 120  # the SDK keeps MAX_LENGTH - 3 characters, then "..."
 
 
-def test_a_url_password_cut_anywhere_never_reaches_sentry(r: redis.Redis, redis_url: str, ingest, forked) -> None:  # noqa: F811
+def test_a_url_password_cut_anywhere_never_reaches_sentry(r: redis.Redis, redis_url: str, ingest) -> None:  # noqa: F811
     port, bodies = ingest
     q = Queue("default", connection=r)
     cuts = range(URL.index(":", len("postgres://")), URL.index("@") + 2)
     jobs = [q.enqueue("testjobs.fail", "x" * (MAX_LENGTH - 3 - cut) + URL) for cut in cuts]
     jobs.append(q.enqueue("testjobs.fail", f"whole, not cut: {URL}"))
 
-    def worker_script() -> int:
-        import sentry_sdk
-
-        from workerd.worker import Worker
-
-        settings = Settings(redis_url=redis_url, sentry_dsn=f"http://public@127.0.0.1:{port}/1",
-                            execution="inprocess", burst=True)  # fmt: skip
-        worker = Worker(["default"], settings=settings, name="scrub-w")  # sets the SDK up
-        sentry_sdk.get_client().options["max_value_length"] = MAX_LENGTH  # as sentry-sdk 2.0's default did
-        return int(worker.run())
-
-    assert forked(worker_script) == 0
+    # A worker of its own process (the SDK is set up there only); not a fork of this one, which runs
+    # the ingest's thread.
+    script = f"""
+import sentry_sdk
+from workerd.settings import Settings
+from workerd.worker import Worker
+settings = Settings(redis_url={redis_url!r}, sentry_dsn="http://public@127.0.0.1:{port}/1",
+                    execution="inprocess", burst=True)
+worker = Worker(["default"], settings=settings, name="scrub-w")  # sets the SDK up
+sentry_sdk.get_client().options["max_value_length"] = {MAX_LENGTH}  # as sentry-sdk 2.0's default did
+raise SystemExit(int(worker.run()))
+"""
+    environment = {**os.environ, "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{ROOT}"}
+    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
     events = wait_until(lambda: len(_events(bodies)) >= len(jobs) and _events(bodies), message="an event per job")
     assert len(events) == len(jobs)
     values = sorted(e["exception"]["values"][-1]["value"] for e in events)

@@ -8,6 +8,7 @@ exit; everything below raises. The codes follow sysexits.h where one fits, so sy
 from __future__ import annotations
 
 import enum
+import sys
 
 
 class ExitCode(enum.IntEnum):
@@ -53,19 +54,56 @@ class BootFailureError(WorkerdError):
     exit_code = ExitCode.BOOT_FAILURE
 
 
-class NoSuchJobError(WorkerdError):
+class RQNamedError(WorkerdError):
+    """An error of the client API that rq's has under the same name in `rq.exceptions`.
+
+    Where the application uses rq (`rq.exceptions` is imported when the error is raised), the error
+    raised is also an instance of rq's class, so `except rq.exceptions.NoSuchJobError` keeps working
+    beside workerd's client, as `except workerd.errors.NoSuchJobError` does everywhere. rq is never
+    imported for this: an application that catches rq's classes has imported them."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> RQNamedError:
+        return super().__new__(_with_rqs_class(cls), *args)
+
+
+_RQ_TWINS: dict[type[RQNamedError], type[RQNamedError]] = {}
+
+
+def _with_rqs_class(cls: type[RQNamedError]) -> type[RQNamedError]:
+    if cls in _RQ_TWINS.values():
+        return cls
+    twin = _RQ_TWINS.get(cls)
+    if twin is None:
+        rq_exceptions = sys.modules.get("rq.exceptions")
+        rq_class = getattr(rq_exceptions, cls.__name__, None)
+        if not (isinstance(rq_class, type) and issubclass(rq_class, Exception)):
+            return cls
+        # Pickled (a horse's exception, say) as workerd's class, which picks its twin again on load.
+        namespace = {"__module__": cls.__module__, "__doc__": cls.__doc__, "__reduce__": _reduce_as(cls)}
+        twin = _RQ_TWINS[cls] = type(cls.__name__, (cls, rq_class), namespace)
+    return twin
+
+
+def _reduce_as(cls: type[RQNamedError]) -> object:
+    def reduce(self: RQNamedError) -> tuple[type[RQNamedError], tuple[object, ...]]:
+        return cls, self.args
+
+    return reduce
+
+
+class NoSuchJobError(RQNamedError):
     pass
 
 
-class InvalidJobOperation(WorkerdError):
+class InvalidJobOperation(RQNamedError):
     pass
 
 
-class DeserializationError(WorkerdError):
+class DeserializationError(RQNamedError):
     """A job's stored data could not be decoded (not zlib, not the agreed serializer, wrong shape)."""
 
 
-class DuplicateJobError(WorkerdError):
+class DuplicateJobError(RQNamedError):
     pass
 
 

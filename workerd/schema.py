@@ -295,6 +295,23 @@ return {0, '', {}, skipped}
 """
 )
 
+# KEYS[1]: a queue key. Removes the ids whose job hash is gone, in place and in one step (rq's
+# Queue.compact renames the queue and moves ids back one at a time: a crash between loses the rest,
+# and jobs enqueued meanwhile go ahead of older ones). Returns how many ids it removed.
+COMPACT_QUEUE = (
+    _LUA_PREFIXES
+    + """
+if not is_a(KEYS[1], 'list') then return 0 end
+local removed = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', JOB_PREFIX .. id) == 0 then
+    removed = removed + redis.call('LREM', KEYS[1], 0, id)
+  end
+end
+return removed
+"""
+)
+
 # KEYS[1]: wip key. ARGV: wip member ('' = no lease check), dependents release ('', 'finished',
 # 'failed'), job id, now stamp, tolerant ('1' or ''), canceled ok ('1' or ''), then commands as
 # (argc, command, args...)*.
