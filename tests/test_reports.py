@@ -7,13 +7,22 @@ import json
 
 import pytest
 
-from workerd.reports import ExitKind, JobOutcome, KillReason, RecycleReason, Report, ReportError, WorkerState
+from workerd.reports import (
+    ExitKind,
+    JobOutcome,
+    KillReason,
+    RecycleReason,
+    Report,
+    ReportError,
+    StopReason,
+    WorkerState,
+)
 from workerd.supervisor import Child
 
 
 def _full() -> Report:
     return Report(state=WorkerState.BUSY, job="j1", kill_at=1700000000.5, jobs=3, failed=1, heartbeat=True,
-                  outage=True, stopping="finished 3 jobs (max jobs reached)", recycle=RecycleReason.MAX_JOBS,
+                  outage=True, stopping="finished 3 jobs (max jobs reached)", stop_reason=StopReason.MAX_JOBS,
                   outcome=JobOutcome.RETRIED, queue="q", duration_s=0.25, kill=KillReason.SOFT_MEMORY)  # fmt: skip
 
 
@@ -28,7 +37,17 @@ def test_every_field_survives_the_round_trip() -> None:
 
 def test_enums_are_encoded_as_their_metric_labels() -> None:
     raw = json.loads(_full().encode())
-    assert (raw["state"], raw["recycle"], raw["outcome"], raw["kill"]) == ("busy", "max_jobs", "retried", "soft_memory")
+    assert (raw["state"], raw["stop_reason"], raw["outcome"], raw["kill"]) == ("busy", "max_jobs", "retried",
+                                                                                "soft_memory")  # fmt: skip
+
+
+def test_a_stop_is_a_recycle_by_its_reason_not_its_words() -> None:
+    assert StopReason.MAX_AGE.recycle is RecycleReason.MAX_AGE
+    assert {reason.recycle for reason in StopReason} - {None} == set(RecycleReason)
+    assert [reason for reason in StopReason if reason.recycle is None] == [
+        StopReason.WARM_SHUTDOWN, StopReason.COLD_SHUTDOWN, StopReason.SUSPENDED, StopReason.BURST_FINISHED,
+        StopReason.KILLED,
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("change, message", [
@@ -73,18 +92,19 @@ def test_the_master_applies_a_report_field_by_field() -> None:
     assert (child.state, child.job, child.jobs_done, child.jobs_failed) == (WorkerState.IDLE, None, 4, 1)
     child.apply(Report(jobs=5, heartbeat=True))  # a daemon counts units, not failures
     assert (child.jobs_done, child.jobs_failed) == (5, 1)
-    child.apply(Report(stopping="idle for 5 s (max idle time)", recycle=RecycleReason.MAX_IDLE))
-    assert (child.worker_stop_reason, child.worker_recycle) == ("idle for 5 s (max idle time)", RecycleReason.MAX_IDLE)
+    child.apply(Report(stopping="idle for 5 s (max idle time)", stop_reason=StopReason.MAX_IDLE))
+    assert (child.worker_stop_reason, child.recycle) == (StopReason.MAX_IDLE, RecycleReason.MAX_IDLE)
 
 
 @pytest.mark.parametrize("setup, clean, kind", [
     ({}, True, ExitKind.STOPPED),
     ({}, False, ExitKind.DIED),
-    ({"stop_reason": "shutting down"}, False, ExitKind.STOPPED),
-    ({"stop_reason": "pool shrunk", "recycle": RecycleReason.SCALE_DOWN}, True, ExitKind.RECYCLED),
-    ({"worker_recycle": RecycleReason.MAX_JOBS}, True, ExitKind.RECYCLED),
-    ({"stop_reason": "killed", "killed_for": KillReason.TIMEOUT, "recycle": RecycleReason.MAX_AGE}, False,
-     ExitKind.KILLED),
+    ({"stop_reason": StopReason.WARM_SHUTDOWN}, False, ExitKind.STOPPED),
+    ({"worker_stop_reason": StopReason.BURST_FINISHED}, True, ExitKind.STOPPED),
+    ({"worker_stop_reason": StopReason.COLD_SHUTDOWN}, False, ExitKind.DIED),  # exit 1 after a cold stop of its own
+    ({"stop_reason": StopReason.SCALE_DOWN}, True, ExitKind.RECYCLED),
+    ({"worker_stop_reason": StopReason.MAX_JOBS}, True, ExitKind.RECYCLED),
+    ({"stop_reason": StopReason.MAX_AGE, "killed_for": KillReason.TIMEOUT}, False, ExitKind.KILLED),
 ])  # fmt: skip
 def test_how_a_worker_ended(setup: dict[str, object], clean: bool, kind: ExitKind) -> None:
     child = dataclasses.replace(_child(), **setup)  # type: ignore[arg-type]

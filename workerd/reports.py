@@ -54,6 +54,28 @@ class RecycleReason(str, enum.Enum):
     SCALE_DOWN = "scale_down"
 
 
+class StopReason(str, enum.Enum):
+    """Why a worker stops, as the worker or the master decided; a recycle's value is its label."""
+
+    WARM_SHUTDOWN = "warm_shutdown"  # a signal to the worker, or the master stopping warm
+    COLD_SHUTDOWN = "cold_shutdown"
+    SUSPENDED = "suspended"  # burst mode, with the queues suspended
+    BURST_FINISHED = "burst_finished"
+    KILLED = "killed"  # by the master, over a limit (see KillReason)
+    MAX_JOBS = "max_jobs"
+    MAX_AGE = "max_age"
+    MAX_IDLE = "max_idle"
+    SOFT_MEMORY = "soft_memory"
+    HARD_MEMORY = "hard_memory"  # its horse hit the hard limit: the worker is replaced
+    RELOAD = "reload"  # replaced after a reload, or its group was removed
+    SCALE_DOWN = "scale_down"
+
+    @property
+    def recycle(self) -> RecycleReason | None:
+        """The recycle this stop is, or None (a shutdown, a burst's end, a kill)."""
+        return RecycleReason(self.value) if self.value in _RECYCLE_LABELS else None
+
+
 class KillReason(str, enum.Enum):
     """Why a horse or a worker was killed (workerd_kills{reason})."""
 
@@ -73,6 +95,7 @@ class ExitKind(str, enum.Enum):
     DIED = "died"  # by itself or from outside, unasked (workerd_worker_deaths)
 
 
+_RECYCLE_LABELS = frozenset(reason.value for reason in RecycleReason)
 # The kill reasons each kind of process can carry (the series created at 0 from the start).
 HORSE_KILLS = (KillReason.TIMEOUT, KillReason.HARD_MEMORY, KillReason.SOFT_MEMORY, KillReason.OTHER)
 WORKER_KILLS = (*HORSE_KILLS, KillReason.SHUTDOWN_TIMEOUT)
@@ -84,7 +107,7 @@ class Report:
 
     state (with job and kill_at) comes when the worker is registered and takes or ends a job; jobs
     and failed count its jobs since it started; heartbeat says it reached Redis, outage that it
-    could not; stopping (with recycle when the stop is a recycle) says it stops and why; outcome
+    could not; stopping (with stop_reason) says it stops and why; outcome
     (with queue and duration_s) counts one committed job; kill names a horse it killed."""
 
     state: WorkerState | None = None
@@ -95,7 +118,7 @@ class Report:
     heartbeat: bool = False
     outage: bool = False
     stopping: str | None = None  # as logged
-    recycle: RecycleReason | None = None
+    stop_reason: StopReason | None = None  # with stopping
     outcome: JobOutcome | None = None
     queue: str | None = None
     duration_s: float | None = None
@@ -152,7 +175,7 @@ _DECODERS: dict[str, Any] = {
     "heartbeat": _exact(bool),
     "outage": _exact(bool),
     "stopping": _exact(str),
-    "recycle": RecycleReason,
+    "stop_reason": StopReason,
     "outcome": JobOutcome,
     "queue": _exact(str),
     "duration_s": _exact(float),

@@ -37,7 +37,7 @@ from workerd import memory
 from workerd.errors import BootFailureError, ConfigError, ExitCode, RedisAuthError, WorkerdError
 from workerd.logs import LOGGING_SETTINGS, reopen_log_files, rotate_log_file_if_needed, setup_logging
 from workerd.process import STOP_SIGNALS, describe_wait_status, die_with_parent, ignore_master_signals, set_title
-from workerd.reports import ExitKind, KillReason, RecycleReason, Report, ReportError, WorkerState
+from workerd.reports import ExitKind, KillReason, RecycleReason, Report, ReportError, StopReason, WorkerState
 from workerd.sdnotify import Notifier
 from workerd.settings import RESTART_ONLY, Settings, changed_settings
 from workerd.utils import import_attribute
@@ -138,12 +138,11 @@ class Child:
     jobs_failed: int = 0
     last_report: float = field(default_factory=time.monotonic)  # monotonic time of its last report of any kind
     outage_since: float | None = None  # it reported that it cannot reach Redis, since then (monotonic)
-    stop_reason: str | None = None  # why the master asked it to stop
-    recycle: RecycleReason | None = None  # ... when that stop is a recycle
+    stop_reason: StopReason | None = None  # why the master asked it to stop (or killed it)
+    stop_detail: str | None = None  # ... as logged
     kill_reason: str | None = None  # why the master SIGKILLed it (its job then fails with this)
     killed_for: KillReason | None = None  # ... as a metric label
-    worker_stop_reason: str | None = None  # why the worker said it stops (max jobs, ...)
-    worker_recycle: RecycleReason | None = None  # ... when that stop is a recycle
+    worker_stop_reason: StopReason | None = None  # why the worker said it stops (max jobs, ...)
 
     @property
     def ready(self) -> bool:
@@ -154,11 +153,19 @@ class Child:
         """It said it is alive: ready, or waiting for Redis (a worker that could not register yet)."""
         return self.ready_at is not None or self.outage_since is not None
 
+    @property
+    def recycle(self) -> RecycleReason | None:
+        """The recycle its stop is, if it is one: the master's reason first, then the worker's."""
+        for reason in (self.stop_reason, self.worker_stop_reason):
+            if reason is not None and reason.recycle is not None:
+                return reason.recycle
+        return None
+
     def exit_kind(self, clean: bool) -> ExitKind:
         """How it ended: killed by the master, recycled, asked to stop (or done), or died."""
         if self.killed_for is not None:
             return ExitKind.KILLED
-        if self.recycle is not None or self.worker_recycle is not None:
+        if self.recycle is not None:
             return ExitKind.RECYCLED
         if clean or self.stop_reason is not None:
             return ExitKind.STOPPED
@@ -179,9 +186,8 @@ class Child:
             self.outage_since = None
         if report.outage and self.outage_since is None:
             self.outage_since = self.last_report
-        if report.stopping is not None:
-            self.worker_stop_reason = report.stopping
-            self.worker_recycle = report.recycle
+        if report.stop_reason is not None:
+            self.worker_stop_reason = report.stop_reason
 
 
 class Master:
@@ -374,7 +380,7 @@ class Master:
             log.info("master: warm stop: %d workers finish their jobs (up to %g s), then exit",
                      len(self.children), self.settings.graceful_timeout)  # fmt: skip
             for child in self.children.values():
-                self._ask_to_stop(child, "shutting down")
+                self._ask_to_stop(child, StopReason.WARM_SHUTDOWN, "shutting down")
         elif self._kill_deadline is None:
             self._stopping = StopMode.COLD
             log.warning("master: cold stop: running jobs go back to their queues")
@@ -484,11 +490,10 @@ class Master:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and child.job is None
         how = describe_wait_status(status)
         if self.metrics is not None:
-            self.metrics.on_exit(child.group, child.exit_kind(clean), child.killed_for,
-                                 child.recycle or child.worker_recycle)  # fmt: skip
+            self.metrics.on_exit(child.group, child.exit_kind(clean), child.killed_for, child.recycle)
         if child.stop_reason or (clean and not self._stopping):
             log.info("master: worker %s exited (%s) after %.1f s%s", child.name, how, lived_s,
-                     f": {child.stop_reason}" if child.stop_reason else "")  # fmt: skip
+                     f": {child.stop_detail}" if child.stop_detail else "")  # fmt: skip
         else:
             log.warning("master: worker %s died (%s) after %.1f s%s", child.name, how, lived_s,
                         f"; it was running job {child.job}" if child.job else "")  # fmt: skip
@@ -536,17 +541,17 @@ class Master:
     def _group(self, name: str) -> Group | None:
         return next((g for g in self.groups if g.name == name), None)
 
-    def _ask_to_stop(self, child: Child, reason: str, recycle: RecycleReason | None = None) -> None:
+    def _ask_to_stop(self, child: Child, reason: StopReason, detail: str) -> None:
         if child.stop_reason is None:
-            child.stop_reason = reason
-            child.recycle = recycle
+            child.stop_reason, child.stop_detail = reason, detail
             _signal(child.pid, signal.SIGTERM)
 
     def _kill(self, child: Child, why: KillReason, reason: str) -> None:
         log.error("master: killing worker %s: %s", child.name, reason)
         child.kill_reason = reason
         child.killed_for = why
-        child.stop_reason = child.stop_reason or "killed"
+        if child.stop_reason is None:
+            child.stop_reason, child.stop_detail = StopReason.KILLED, "killed"
         _signal(child.pid, signal.SIGKILL)
 
     # -- limits ---------------------------------------------------------------------------------
@@ -566,7 +571,7 @@ class Master:
                                                       "in-process; the worker running it was killed")  # fmt: skip
                 continue
             if limits.max_age is not None and now - child.started > limits.max_age:
-                self._ask_to_stop(child, f"max age of {limits.max_age:g} s reached", RecycleReason.MAX_AGE)
+                self._ask_to_stop(child, StopReason.MAX_AGE, f"max age of {limits.max_age:g} s reached")
             if limits.soft_memory_limit is None and limits.hard_memory_limit is None:
                 continue
             use = memory.measure(child.pid)
@@ -577,15 +582,18 @@ class Master:
                        f"limit of {limits.hard_memory_limit} MiB")  # fmt: skip
                 self._kill(child, KillReason.HARD_MEMORY, why)
             elif limits.soft_memory_limit is not None and use.uss_mib > limits.soft_memory_limit:
-                self._ask_to_stop(child, f"soft memory limit: {use.uss_mib:.0f} MiB > {limits.soft_memory_limit} MiB",
-                                  RecycleReason.SOFT_MEMORY)  # fmt: skip
+                self._ask_to_stop(
+                    child,
+                    StopReason.SOFT_MEMORY,
+                    f"soft memory limit: {use.uss_mib:.0f} MiB > {limits.soft_memory_limit} MiB",
+                )
 
     # -- scaling, recycling and rolling reloads ---------------------------------------------------
 
     def scale(self) -> None:
         for child in self.children.values():
             if self._group(child.group) is None:
-                self._ask_to_stop(child, "its group was removed from the settings", RecycleReason.RELOAD)
+                self._ask_to_stop(child, StopReason.RELOAD, "its group was removed from the settings")
         for group in self.groups:
             self._scale_group(group)
         if not self.children and all(g.name in self._burst_finished for g in self.groups):
@@ -600,9 +608,9 @@ class Master:
         outdated = [c for c in mine if c.generation < self.generation]
         ready_current = [c for c in current if c.ready]
         if outdated and len(ready_current) + len(outdated) > group.target:
-            self._ask_to_stop(outdated.pop(0), "replaced after a reload", RecycleReason.RELOAD)
+            self._ask_to_stop(outdated.pop(0), StopReason.RELOAD, "replaced after a reload")
         while len(current) > group.target:
-            self._ask_to_stop(current.pop(), "pool shrunk", RecycleReason.SCALE_DOWN)
+            self._ask_to_stop(current.pop(), StopReason.SCALE_DOWN, "pool shrunk")
         if group.name in self._burst_finished or time.monotonic() < group.next_spawn_at:
             return
         # During a rolling reload, one new worker at a time, and only once the last one is ready.

@@ -57,7 +57,7 @@ from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
 from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
 from workerd.queue import Queue
-from workerd.reports import JobOutcome, KillReason, RecycleReason, Report, WorkerState
+from workerd.reports import JobOutcome, KillReason, Report, StopReason, WorkerState
 from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
@@ -174,7 +174,7 @@ class Worker:
         self.jobs_done = 0
         self.jobs_failed = 0
         self.exit_code = ExitCode.OK
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self._signals: list[int] = []
         self._warm_stop_at: float | None = None
         self._cold_stop = False
@@ -309,7 +309,7 @@ class Worker:
         self.heartbeat_if_due()
         self.housekeeping_if_due()
         if self.stop_reason is not None or self._warm_stop_at is not None:
-            self.stop(self.stop_reason or "warm shut down")
+            self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")  # unless it stops already
             return
         fetched = self.fetch()
         if fetched.suspended:
@@ -327,7 +327,7 @@ class Worker:
         self._last_job_at = time.monotonic()
         self._jobs_this_run += 1
         if self.settings.max_jobs is not None and self._jobs_this_run >= self.settings.max_jobs:
-            self.stop(f"finished {self.jobs_done} jobs (max jobs reached)", RecycleReason.MAX_JOBS)
+            self.stop(StopReason.MAX_JOBS, f"finished {self.jobs_done} jobs (max jobs reached)")
 
     # -- setup and teardown -----------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ class Worker:
         if self.settings.burst and suspension.is_suspended(self.redis):
             log.error('RQ is currently suspended, to resume job execution run "rq resume" (or workerd resume)')
             self.exit_code = ExitCode.FAILURE
-            self.stop("suspended")
+            self.stop(StopReason.SUSPENDED, "suspended")
         if self.settings.pid:
             with open(self.settings.pid, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
@@ -425,12 +425,12 @@ class Worker:
         self._wake_read = self._wake_write = -1
         signal.set_wakeup_fd(-1)
 
-    def stop(self, reason: str, recycle: RecycleReason | None = None) -> None:
-        """Stop after the job in hand; `recycle` says why when this worker is replaced by design."""
+    def stop(self, reason: StopReason, detail: str) -> None:
+        """Stop after the job in hand, for `reason` (said as `detail` in the log)."""
         if self.stop_reason is None:
             self.stop_reason = reason
-            log.info("Worker %s: stopping: %s", self.name, reason)
-            self.report(Report(stopping=reason, recycle=recycle))
+            log.info("Worker %s: stopping: %s", self.name, detail)
+            self.report(Report(stopping=detail, stop_reason=reason))
 
     # -- signals: the handlers only record -----------------------------------------------------
 
@@ -458,7 +458,7 @@ class Worker:
                 log.info("Worker %s [PID %d]: warm shut down requested (%s)", self.name, os.getpid(),
                          signal.Signals(signum).name)  # fmt: skip
                 if self._claim is None:
-                    self.stop("warm shut down")
+                    self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")
             elif now - self._warm_stop_at > DUPLICATE_SIGNAL_WINDOW_S:
                 self._cold_stop_now()
 
@@ -470,7 +470,7 @@ class Worker:
             self._warm_stop_at = time.monotonic()
         log.warning("Worker %s [PID %d]: cold shut down: the running job goes back to its queue",
                     self.name, os.getpid())  # fmt: skip
-        self.stop("cold shut down")
+        self.stop(StopReason.COLD_SHUTDOWN, "cold shut down")
 
     def sleep(self, seconds: float, extra_fds: Sequence[int] = ()) -> None:
         """Sleep, but wake at once on a signal (or when one of `extra_fds` is readable)."""
@@ -704,7 +704,7 @@ class Worker:
             registration.set_state(self.redis, self.name, "suspended")
             self._idle_written = False
         if self.settings.burst:
-            self.stop("suspended")
+            self.stop(StopReason.SUSPENDED, "suspended")
             return
         self.sleep(min(1.0, self.settings.effective_heartbeat_s), self._command_fds())
 
@@ -728,11 +728,11 @@ class Worker:
     def idle(self) -> None:
         if self.settings.burst:
             log.info("Worker %s: No more work, burst finished.", self.name)
-            self.stop("burst finished")
+            self.stop(StopReason.BURST_FINISHED, "burst finished")
             return
         max_idle = self.settings.max_idle_time
         if max_idle is not None and time.monotonic() - self._last_job_at >= max_idle:
-            self.stop(f"idle for {max_idle} s (max idle time)", RecycleReason.MAX_IDLE)
+            self.stop(StopReason.MAX_IDLE, f"idle for {max_idle} s (max idle time)")
             return
         if not self._idle_written:  # once per idle spell, not on every wake-up
             registration.set_state(self.redis, self.name, "idle")
@@ -955,7 +955,7 @@ class Worker:
             # supervisor for its horses: stopping here would end it with exit code 0, the queue not
             # drained, and a unit with Restart=on-failure would leave it down. It forks the next one.
             if self.reporter is not None:
-                self.stop("replaced after its horse hit the hard memory limit", RecycleReason.HARD_MEMORY)
+                self.stop(StopReason.HARD_MEMORY, "replaced after its horse hit the hard memory limit")
             self.report(Report(kill=KillReason.HARD_MEMORY))
             return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
                     f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
