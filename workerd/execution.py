@@ -17,9 +17,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from workerd import rqview, untrusted
-from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
 from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, JobStatus, encode_return_value
+from workerd.outcome import Outcome
 from workerd.untrusted import UntrustedJobRefused
 from workerd.utils import printable_id
 

@@ -32,58 +32,15 @@ import redis
 from workerd import connection as connection_module
 from workerd import schema, suspension
 from workerd.config import build_settings
+from workerd.counts import queue_counts
 from workerd.errors import ExitCode
-from workerd.registration import WorkerInfo
+from workerd.registration import WorkerInfo, heartbeat_limit_s
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 from workerd.utils import as_text, printable_id
 
-# A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
-HEALTH_GRACE_S = 5.0
 # How long a probe waits for Redis or the master's HTTP endpoint.
 PROBE_TIMEOUT_S = 3.0
-REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled", "canceled")
-
-
-@dataclass
-class QueueCounts:
-    name: str
-    queued: int
-    started: int
-    finished: int
-    failed: int
-    deferred: int
-    scheduled: int
-    canceled: int
-
-    def registry(self, name: str) -> int:
-        return int(getattr(self, name))
-
-
-def queue_counts(client: redis.Redis, queues: Sequence[str], now: float | None = None) -> list[QueueCounts]:
-    """Depth and registry sizes of `queues` in one round trip (8 O(1)/O(log n) commands a queue).
-
-    finished/failed entries whose score (their expiry) has passed are not counted: RQ's clean-up
-    would remove them. Failed entries kept forever have a negative score and always count.
-    """
-    moment = time.time() if now is None else now
-    with client.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            pipe.llen(schema.queue_key(queue))
-            pipe.zcard(schema.started_key(queue))
-            pipe.zcard(schema.finished_key(queue))
-            pipe.zcount(schema.finished_key(queue), 0, moment)
-            pipe.zcard(schema.failed_key(queue))
-            pipe.zcount(schema.failed_key(queue), 0, moment)
-            pipe.zcard(schema.deferred_key(queue))
-            pipe.zcard(schema.scheduled_key(queue))
-            pipe.zcard(schema.canceled_key(queue))
-        replies = [int(v) for v in pipe.execute()]
-    counts = []
-    for index, queue in enumerate(queues):
-        q, wip, fin, fin_old, fail, fail_old, deferred, scheduled, canceled = replies[index * 9 : index * 9 + 9]
-        counts.append(QueueCounts(queue, q, wip, fin - fin_old, fail - fail_old, deferred, scheduled, canceled))
-    return counts
 
 
 def known_queues(client: redis.Redis) -> list[str]:
@@ -188,10 +145,6 @@ def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, o
 
 
 # -- health -------------------------------------------------------------------------------------
-
-
-def heartbeat_limit_s(settings: Settings) -> float:
-    return 3 * settings.effective_heartbeat_s + HEALTH_GRACE_S
 
 
 def fresh_workers(workers: Iterable[WorkerInfo], max_age_s: float) -> list[WorkerInfo]:

@@ -22,11 +22,20 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
+    from workerd.settings import Settings
+
 DEATH_TTL_S = 60
+# A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this
+# (`workerd health` and the master's /health).
+HEALTH_GRACE_S = 5.0
 
 
 class WorkerNameTaken(ValueError):
     pass
+
+
+def heartbeat_limit_s(settings: Settings) -> float:
+    return 3 * settings.effective_heartbeat_s + HEALTH_GRACE_S
 
 
 def idle_ttl_s(worker_ttl: int) -> int:

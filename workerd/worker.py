@@ -31,7 +31,7 @@ from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
 from workerd.commands import Command, parse_command
-from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, Outcome, poison_pill_reason
+from workerd.commit import CANCELED, LEASE_LOST, Claim, Committer, Fetched, poison_pill_reason
 from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
@@ -45,6 +45,7 @@ from workerd.job import Job, JobStatus
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
+from workerd.outcome import Outcome
 from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
 from workerd.queue import Queue
 from workerd.scheduler import Scheduler
