@@ -17,7 +17,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from workerd import schema
 from workerd import webhooks as webhooks_module
@@ -29,6 +29,7 @@ from workerd.webhooks import Webhook
 
 if TYPE_CHECKING:
     from redis import Redis
+    from typing_extensions import Unpack
 
 DEFAULT_FAILURE_TTL_S = 31536000  # one year, RQ's default
 DEFAULT_RESULT_TTL_S = 500
@@ -215,6 +216,27 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+class JobOptions(TypedDict, total=False):
+    """The options that describe a job, declared here once. `Job.create` takes them as keywords and
+    `Queue.create_job`, `enqueue_call`, `enqueue` and `enqueue_at` forward them unchanged, so an
+    option added here reaches every one of them (tests/test_client.py checks the sets agree).
+    A missing key means None, as each of RQ 2.12's parameters defaults to None."""
+
+    description: str | None
+    result_ttl: int | None
+    ttl: int | None
+    failure_ttl: int | None
+    meta: Mapping[str, Any] | None
+    retry: Retry | None
+    repeat: Repeat | None
+    on_success: Callback | Callable[..., Any] | None
+    on_failure: Callback | Callable[..., Any] | None
+    on_stopped: Callback | Callable[..., Any] | None
+
+
+JOB_OPTIONS: tuple[str, ...] = tuple(JobOptions.__annotations__)
+
+
 @dataclass(eq=False)
 class Job:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -271,19 +293,11 @@ class Job:
         serializer: Serializer | str | None = None,
         id: str | None = None,
         origin: str = "",
-        description: str | None = None,
         timeout: int | None = None,
-        result_ttl: int | None = None,
-        failure_ttl: int | None = None,
-        ttl: int | None = None,
-        meta: Mapping[str, Any] | None = None,
         status: JobStatus = JobStatus.CREATED,
-        retry: Retry | None = None,
-        repeat: Repeat | None = None,
-        on_success: Callback | Callable[..., Any] | None = None,
-        on_failure: Callback | Callable[..., Any] | None = None,
-        on_stopped: Callback | Callable[..., Any] | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
+        result_ttl, failure_ttl, ttl = options.get("result_ttl"), options.get("failure_ttl"), options.get("ttl")
         for option, value, low, high, never, never_means in (
             ("timeout", timeout, 1, MAX_TIMEOUT_S, -1, "no limit"),
             ("result_ttl", result_ttl, 0, MAX_TTL_S, -1, "never expire"),
@@ -309,23 +323,29 @@ class Job:
             failure_ttl=failure_ttl,
             ttl=ttl,
             status=status,
-            meta=dict(meta or {}),
+            meta=dict(options.get("meta") or {}),
             connection=connection,
             serializer=chosen_serializer,
         )
         job._decoded = (func_name, instance, args, kwargs)
         job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
-        job.description = description or call_string(func_name, args, kwargs)
-        if retry is not None:
+        job.description = options.get("description") or call_string(func_name, args, kwargs)
+        if (retry := options.get("retry")) is not None:
             check_retry(retry.max, retry.intervals)
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front
-        if repeat is not None:  # an rq.Repeat as well: same attribute names, checked here for both
+        if (
+            repeat := options.get("repeat")
+        ) is not None:  # an rq.Repeat as well: same attribute names, checked here for both
             Repeat(repeat.times, repeat.intervals)
             job.repeats_left = repeat.times
             job.repeat_intervals = list(repeat.intervals)
-        for kind, callback in (("success", on_success), ("failure", on_failure), ("stopped", on_stopped)):
+        for kind, callback in (
+            ("success", options.get("on_success")),
+            ("failure", options.get("on_failure")),
+            ("stopped", options.get("on_stopped")),
+        ):
             if callback is not None:
                 cb = callback if isinstance(callback, Callback) else Callback(callback)
                 setattr(job, f"{kind}_callback_name", cb.name)
