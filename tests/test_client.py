@@ -103,10 +103,19 @@ def test_enqueue_call_with_every_option(r: redis.Redis) -> None:
     first = q.enqueue(testjobs.add, 0, 0)
     parent = q.enqueue(testjobs.add, 1, 1)
     queued = q.enqueue_call(
-        testjobs.echo, args=(1, 2), kwargs={"x": 3}, timeout=45, result_ttl=60, ttl=300, failure_ttl=90,
-        depends_on=None, job_id="every-option", at_front=True, meta={"m": 1},
+        testjobs.echo,
+        args=(1, 2),
+        kwargs={"x": 3},
+        timeout=45,
+        result_ttl=60,
+        ttl=300,
+        failure_ttl=90,
+        depends_on=None,
+        job_id="every-option",
+        at_front=True,
+        meta={"m": 1},
         description="custom description",
-    )  # fmt: skip
+    )
     raw = {k.decode(): v for k, v in r.hgetall("rq:job:every-option").items()}
     assert pickle.loads(zlib.decompress(raw["data"])) == ("testjobs.echo", None, (1, 2), {"x": 3})
     assert raw["timeout"] == b"45" and raw["result_ttl"] == b"60" and raw["failure_ttl"] == b"90"
@@ -307,8 +316,7 @@ def test_depends_on_job_id_and_list(r: redis.Redis, redis_url: str) -> None:
         assert dependent.get_status() == JobStatus.DEFERRED
     assert set(q.deferred_job_registry.get_job_ids()) == {j.id for j in waiting}
     assert q.job_ids == [parent.id, other.id]
-    assert r.smembers(f"rq:job:{parent.id}:dependents") == {on_job.id.encode(), on_id.id.encode(),
-                                                             on_list.id.encode()}  # fmt: skip
+    assert r.smembers(f"rq:job:{parent.id}:dependents") == {on_job.id.encode(), on_id.id.encode(), on_list.id.encode()}
     assert r.smembers(f"rq:job::{on_list.id}:dependencies") == {parent.id.encode(), other.id.encode()}
     assert json.loads(r.hget(f"rq:job:{on_list.id}", "dependency_ids")) == [parent.id, other.id]
 

@@ -22,11 +22,29 @@ if TYPE_CHECKING:
     from workerd.worker import Worker
 
 __all__ = [
-    "Callback", "CanceledJobRegistry", "DeferredJobRegistry", "Dependency", "FailedJobRegistry",
-    "FinishedJobRegistry", "Job", "JobStatus", "Queue", "Repeat", "Result", "Retry", "ScheduledJobRegistry",
-    "StartedJobRegistry", "Worker", "WorkerInfo", "__version__", "get_current_job", "job",
-    "send_kill_horse_command", "send_shutdown_command", "send_stop_job_command",
-]  # fmt: skip
+    "Callback",
+    "CanceledJobRegistry",
+    "DeferredJobRegistry",
+    "Dependency",
+    "FailedJobRegistry",
+    "FinishedJobRegistry",
+    "Job",
+    "JobStatus",
+    "Queue",
+    "Repeat",
+    "Result",
+    "Retry",
+    "ScheduledJobRegistry",
+    "StartedJobRegistry",
+    "Worker",
+    "WorkerInfo",
+    "__version__",
+    "get_current_job",
+    "job",
+    "send_kill_horse_command",
+    "send_shutdown_command",
+    "send_stop_job_command",
+]
 
 
 def __getattr__(name: str) -> Any:

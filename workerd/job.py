@@ -160,8 +160,9 @@ def _refuse_unimportable(obj: Any) -> None:
         )
 
 
-def check_whole_number(option: str, value: Any, low: int, high: int, never: int | None = None,
-                       never_means: str = "no limit") -> None:  # fmt: skip
+def check_whole_number(
+    option: str, value: Any, low: int, high: int, never: int | None = None, never_means: str = "no limit"
+) -> None:
     """Refuse, at enqueue, a number a worker could not commit (see MAX_TTL_S): `value` must be a whole
     number from `low` to `high`, or `never` (RQ's -1: no limit, never expire)."""
     if isinstance(value, int) and not isinstance(value, bool) and (low <= value <= high or value == never):
@@ -170,8 +171,9 @@ def check_whole_number(option: str, value: Any, low: int, high: int, never: int 
     raise ValueError(f"{option}: {value!r} is out of range: expected {allowed}")
 
 
-def retry_intervals_within_limits(values: Iterable[Any], problems: list[str],
-                                  name: str = "retry_intervals") -> list[int]:  # fmt: skip
+def retry_intervals_within_limits(
+    values: Iterable[Any], problems: list[str], name: str = "retry_intervals"
+) -> list[int]:
     """Retry (or repeat) intervals as a worker can use them: a non-number, NaN or infinity reads as 0
     (at once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
     intervals = []

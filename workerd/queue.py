@@ -104,8 +104,9 @@ class Queue:
         return schema.queue_key(self.name)
 
     @classmethod
-    def all(cls, connection: Redis, serializer: Serializer | str | None = None,
-            job_class: type[Job] | None = None) -> list[Queue]:  # fmt: skip
+    def all(
+        cls, connection: Redis, serializer: Serializer | str | None = None, job_class: type[Job] | None = None
+    ) -> list[Queue]:
         names = sorted(schema.queue_name_from_key(k) for k in connection.smembers(schema.QUEUES))
         return [cls(name, connection=connection, serializer=serializer, job_class=job_class) for name in names]
 
@@ -243,9 +244,14 @@ class Queue:
         if unique and job_id is None:
             raise ValueError("unique=True requires an explicit job_id")
         job = self.create_job(
-            func, args, kwargs, timeout if timeout is not None else job_timeout,
-            depends_on=depends_on, job_id=job_id, **options,
-        )  # fmt: skip
+            func,
+            args,
+            kwargs,
+            timeout if timeout is not None else job_timeout,
+            depends_on=depends_on,
+            job_id=job_id,
+            **options,
+        )
         return self.enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
 
     def create_job(
@@ -261,10 +267,17 @@ class Queue:
         **options: Unpack[JobOptions],
     ) -> Job:
         job = self.job_class.create(
-            func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
-            origin=self.name, timeout=_timeout_s(timeout, "job_timeout") or self.default_timeout,
-            status=status, **options,
-        )  # fmt: skip
+            func,
+            args,
+            kwargs,
+            connection=self.connection,
+            serializer=self.serializer,
+            id=job_id,
+            origin=self.name,
+            timeout=_timeout_s(timeout, "job_timeout") or self.default_timeout,
+            status=status,
+            **options,
+        )
         _apply_dependencies(job, depends_on)
         return job
 
@@ -301,8 +314,9 @@ class Queue:
     # -- many at once ----------------------------------------------------------------------------
 
     @staticmethod
-    def prepare_data(func: Any, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                     **options: Any) -> dict[str, Any]:  # fmt: skip
+    def prepare_data(
+        func: Any, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """One entry for enqueue_many: the enqueue_call arguments of a job."""
         return {"func": func, "args": args, "kwargs": kwargs, **options}
 
@@ -324,8 +338,9 @@ class Queue:
             pipe.execute()
         return jobs
 
-    def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False,
-                    unique: bool = False) -> Job:  # fmt: skip
+    def enqueue_job(
+        self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
         """Enqueue a created job. `unique`: raise DuplicateJobError if a job of that id exists (rq's
         unique jobs; not with dependencies, nor inside a caller's pipeline, whose reads come too late)."""
         if unique and (job.dependency_ids or pipeline is not None):
@@ -479,10 +494,20 @@ def job(
             call_job_id = kwargs.pop("job_id", None)
             call_at_front = kwargs.pop("at_front", at_front)
             return target.enqueue_call(
-                f, args=args, kwargs=kwargs, timeout=timeout, result_ttl=result_ttl, ttl=ttl,
-                failure_ttl=failure_ttl, description=description, meta=meta, retry=retry,
-                depends_on=call_depends_on, job_id=call_job_id, at_front=call_at_front,
-            )  # fmt: skip
+                f,
+                args=args,
+                kwargs=kwargs,
+                timeout=timeout,
+                result_ttl=result_ttl,
+                ttl=ttl,
+                failure_ttl=failure_ttl,
+                description=description,
+                meta=meta,
+                retry=retry,
+                depends_on=call_depends_on,
+                job_id=call_job_id,
+                at_front=call_at_front,
+            )
 
         f.delay = delay  # type: ignore[attr-defined]
         f.enqueue = delay  # type: ignore[attr-defined]

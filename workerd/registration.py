@@ -55,8 +55,7 @@ def _ip_address(redis: Redis) -> str:
     return "unknown"
 
 
-def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int,
-                   check_taken: bool = True) -> None:  # fmt: skip
+def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int, check_taken: bool = True) -> None:
     key = schema.worker_key(name)
     if check_taken and redis.exists(key) and not redis.hexists(key, "death"):
         raise WorkerNameTaken(f"There exists an active worker named '{name}' already")
@@ -64,11 +63,20 @@ def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: i
     now = now_stamp()
     with redis.pipeline() as pipe:
         pipe.delete(key)
-        pipe.hset(key, mapping={
-            "birth": now, "last_heartbeat": now, "queues": ",".join(queues), "pid": os.getpid(),
-            "hostname": socket.gethostname(), "ip_address": _ip_address(redis),
-            "version": f"workerd {__version__}", "python_version": sys.version, "state": "started",
-        })  # fmt: skip
+        pipe.hset(
+            key,
+            mapping={
+                "birth": now,
+                "last_heartbeat": now,
+                "queues": ",".join(queues),
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "ip_address": _ip_address(redis),
+                "version": f"workerd {__version__}",
+                "python_version": sys.version,
+                "state": "started",
+            },
+        )
         pipe.sadd(schema.WORKERS, key)
         for queue in queues:
             pipe.sadd(schema.workers_by_queue_key(queue), key)
