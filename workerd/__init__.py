@@ -4,11 +4,11 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
-from workerd.commands import send_kill_horse_command, send_shutdown_command, send_stop_job_command
+from workerd.control import send_kill_horse_command, send_shutdown_command, send_stop_job_command
 from workerd.execution import get_current_job
 from workerd.job import Callback, Dependency, Job, JobStatus, Repeat, Result, Retry
+from workerd.presence import WorkerInfo
 from workerd.queue import Queue, job
-from workerd.registration import WorkerInfo
 from workerd.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,

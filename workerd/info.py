@@ -34,7 +34,7 @@ from workerd import schema, suspension
 from workerd.config import build_settings
 from workerd.counts import queue_counts
 from workerd.errors import ExitCode
-from workerd.registration import WorkerInfo, heartbeat_limit_s
+from workerd.presence import WorkerInfo, heartbeat_limit_s
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 from workerd.utils import as_text, printable_id

@@ -49,7 +49,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workerd import connection as connection_module
-from workerd import memory, registration, schema
+from workerd import memory, presence, schema
 from workerd.counts import REGISTRIES, queue_counts
 from workerd.errors import ExitCode, ListenError
 from workerd.process import MASTER_SIGNALS, STOP_SIGNALS, die_with_parent, set_title
@@ -206,7 +206,7 @@ class PoolMetrics:
 
     def health(self) -> str | None:
         """None if healthy: Redis answers and one of this master's workers heartbeated recently."""
-        limit = registration.heartbeat_limit_s(self.settings)
+        limit = presence.heartbeat_limit_s(self.settings)
         names = [entry.name for entry in self.pool if entry.ready]
         problems = []
         for client, _, settings in self._sources:
