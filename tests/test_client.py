@@ -4,6 +4,7 @@ job must execute. RQ 2.12 is the reference for what lands in Redis."""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import os
 import pickle
@@ -21,7 +22,8 @@ import workerd
 from tests.conftest import JOBS_DIR, run_workerd, wait_until
 from workerd import Job, JobStatus, Queue, Worker, get_current_job, job
 from workerd.errors import InvalidJobOperation, NoSuchJobError
-from workerd.job import ResultType
+from workerd.job import JOB_OPTIONS, ResultType
+from workerd.queue import ENQUEUE_KEYWORDS
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
@@ -101,10 +103,19 @@ def test_enqueue_call_with_every_option(r: redis.Redis) -> None:
     first = q.enqueue(testjobs.add, 0, 0)
     parent = q.enqueue(testjobs.add, 1, 1)
     queued = q.enqueue_call(
-        testjobs.echo, args=(1, 2), kwargs={"x": 3}, timeout=45, result_ttl=60, ttl=300, failure_ttl=90,
-        depends_on=None, job_id="every-option", at_front=True, meta={"m": 1},
+        testjobs.echo,
+        args=(1, 2),
+        kwargs={"x": 3},
+        timeout=45,
+        result_ttl=60,
+        ttl=300,
+        failure_ttl=90,
+        depends_on=None,
+        job_id="every-option",
+        at_front=True,
+        meta={"m": 1},
         description="custom description",
-    )  # fmt: skip
+    )
     raw = {k.decode(): v for k, v in r.hgetall("rq:job:every-option").items()}
     assert pickle.loads(zlib.decompress(raw["data"])) == ("testjobs.echo", None, (1, 2), {"x": 3})
     assert raw["timeout"] == b"45" and raw["result_ttl"] == b"60" and raw["failure_ttl"] == b"90"
@@ -305,8 +316,7 @@ def test_depends_on_job_id_and_list(r: redis.Redis, redis_url: str) -> None:
         assert dependent.get_status() == JobStatus.DEFERRED
     assert set(q.deferred_job_registry.get_job_ids()) == {j.id for j in waiting}
     assert q.job_ids == [parent.id, other.id]
-    assert r.smembers(f"rq:job:{parent.id}:dependents") == {on_job.id.encode(), on_id.id.encode(),
-                                                             on_list.id.encode()}  # fmt: skip
+    assert r.smembers(f"rq:job:{parent.id}:dependents") == {on_job.id.encode(), on_id.id.encode(), on_list.id.encode()}
     assert r.smembers(f"rq:job::{on_list.id}:dependencies") == {parent.id.encode(), other.id.encode()}
     assert json.loads(r.hget(f"rq:job:{on_list.id}", "dependency_ids")) == [parent.id, other.id]
 
@@ -577,3 +587,61 @@ def test_compact_takes_out_ids_whose_job_is_gone_and_keeps_the_order(r: redis.Re
     assert queue.compact() == 3
     assert queue.get_job_ids() == [first.id, second.id]
     assert rq.Queue("compact", connection=r).get_job_ids() == [first.id, second.id]
+
+
+# -- the job options: declared once (workerd.job.JobOptions), accepted alike at every layer -----------
+
+# rq 2.12 parameters workerd does not take: webhooks= at enqueue, group_id= at job creation.
+RQ_ONLY_OPTIONS = {"webhooks", "group_id"}
+NOT_OPTIONS = {"self", "cls", "func", "args", "kwargs"}
+
+
+def accepted_options(function: Callable[..., Any]) -> dict[str, Any]:
+    """The option keywords `function` takes, with their defaults: its named parameters and, from its
+    `**options: Unpack[JobOptions]`, the job options (each missing one means None)."""
+    options: dict[str, Any] = {}
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            assert parameter.annotation == "Unpack[JobOptions]", function
+            options.update(dict.fromkeys(JOB_OPTIONS))
+        elif parameter.name not in NOT_OPTIONS:
+            options[parameter.name] = parameter.default
+    return options
+
+
+def test_every_layer_takes_the_same_job_options() -> None:
+    enqueue_call = set(accepted_options(Queue.enqueue_call))
+    create_job = set(accepted_options(Queue.create_job))
+    # enqueue() keeps for the job what enqueue_call takes, but `timeout` goes to the function.
+    assert set(ENQUEUE_KEYWORDS) == enqueue_call - {"timeout"}
+    # create_job takes those less how to enqueue, plus the status to create with.
+    assert create_job == enqueue_call - {"at_front", "pipeline", "unique", "job_timeout"} | {"status"}
+    # Job.create takes those less what needs a queue, plus what the queue supplies.
+    queue_supplies = {"id", "connection", "serializer", "origin"}
+    assert set(accepted_options(Job.create)) == create_job - {"depends_on", "job_id"} | queue_supplies
+
+
+@pytest.mark.parametrize("method", ["enqueue_call", "create_job", "create"])
+def test_the_job_options_have_rqs_names_and_defaults(method: str) -> None:
+    ours, theirs = (Job, rq.job.Job) if method == "create" else (Queue, rq.Queue)
+    rq_options = {
+        name: parameter.default
+        for name, parameter in inspect.signature(getattr(theirs, method)).parameters.items()
+        if name not in NOT_OPTIONS | RQ_ONLY_OPTIONS
+    }
+    options = accepted_options(getattr(ours, method))
+    options.pop("job_timeout", None)  # workerd's enqueue_call also takes enqueue()'s spelling
+    if method == "create":
+        # rq's Job.create takes depends_on (workerd's queue applies dependencies) and no repeat (rq's
+        # create_job sets it afterwards), and leaves the status None where workerd's says CREATED.
+        assert rq_options.pop("depends_on") is None and "depends_on" not in options
+        assert options.pop("repeat") is None and "repeat" not in rq_options
+        assert (rq_options.pop("status"), options.pop("status")) == (None, JobStatus.CREATED)
+    assert options == rq_options
+
+
+def test_enqueue_passes_none_of_its_keywords_to_the_function(r: redis.Redis) -> None:
+    queue = Queue("options", connection=r)
+    enqueued = queue.enqueue(testjobs.add, 1, 2, **dict.fromkeys(ENQUEUE_KEYWORDS))
+    assert Job.fetch(enqueued.id, connection=queue.connection).kwargs == {}
+    assert queue.enqueue(testjobs.add, 1, 2, timeout=5).kwargs == {"timeout": 5}  # rq's job_timeout is not it

@@ -10,8 +10,8 @@ import threading
 import redis
 
 from workerd import horse as horse_module
-from workerd.commit import Outcome
 from workerd.job import Job
+from workerd.outcome import Outcome
 
 DISCARD_BOUND_S = 5.0
 

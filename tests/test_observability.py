@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import run_workerd, wait_until
 from tests.redis_server import RedisServer, free_port
-from workerd import Queue, Retry, registration, schema
+from workerd import Queue, Retry, presence, schema
 from workerd.timeutil import utcformat, utcnow, utcparse
 
 
@@ -91,7 +91,7 @@ def test_info_shows_queues_registries_and_workerd_and_rq_workers(r, redis_url, w
 
 def test_info_shows_a_running_jobs_function_but_never_its_arguments_nor_a_custom_description(r) -> None:
     from workerd.info import describe_job, running_jobs
-    from workerd.registration import WorkerInfo
+    from workerd.presence import WorkerInfo
 
     started_at = "2026-01-02T03:04:05.000000Z"
     rq_default = {"description": "app.mail.send('to@x', password='pw')", "origin": "mail", "started_at": started_at}
@@ -116,7 +116,7 @@ def test_a_queue_named_info_is_given_after_a_double_dash(r, redis_url) -> None:
 
 
 def _fake_worker(r: redis.Redis, name: str, heartbeat_age_s: float) -> None:
-    registration.register_birth(r, name, ["default"], 420)
+    presence.register_birth(r, name, ["default"], 420)
     stamp = utcformat(utcnow().fromtimestamp(time.time() - heartbeat_age_s, utcnow().tzinfo))
     r.hset(schema.worker_key(name), mapping={"last_heartbeat": stamp, "hostname": socket.gethostname()})
 

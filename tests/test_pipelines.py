@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from workerd import pipelines, registration, schema
+from workerd import pipelines, presence, schema
 from workerd.commit import Claim, Committer
 from workerd.job import Job
 from workerd.serializers import resolve_serializer
@@ -38,11 +38,11 @@ def test_the_heartbeat_replies_by_name(r: redis.Redis) -> None:
     r.zadd(schema.started_key("qb"), {b"stale-member": 1})
     r.zadd(schema.started_key("qa"), {held.member: time.time() + 60})
     with r.pipeline(transaction=False) as pipe:
-        key = registration.queue_heartbeat(pipe, name, 60)
+        key = presence.queue_heartbeat(pipe, name, 60)
         lease = committer.renew_lease(held, 30, 0.0, pipe)
         lost = committer.renew_lease(Claim(job=job, queue="qa", execution_id="e2"), 30, 0.0, pipe)
         expired = committer.expired_leases(["qa", "qb"], time.time(), pipe)
-        gone = registration.queue_heartbeat(pipe, "w-never-registered", 60)
+        gone = presence.queue_heartbeat(pipe, "w-never-registered", 60)
         replies = pipe.execute()
     assert key.read(replies) is True
     assert gone.read(replies) is False

@@ -14,7 +14,7 @@ import rq
 
 import workerd
 from tests.conftest import JOBS_DIR, run_workerd
-from workerd import Worker, registration
+from workerd import Worker, presence
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
@@ -114,7 +114,7 @@ def test_rqs_documented_worker_attributes(r: redis.Redis, redis_url: str) -> Non
     assert Worker.job_class is workerd.Job and Worker.queue_class is workerd.Queue
     assert worker == CustomWorker(["other"], connection=r, name="attrs") and len({worker, worker}) == 1
     assert worker.get_current_job_id() is None
-    registration.register_birth(r, "attrs", ["default"], 420)
+    presence.register_birth(r, "attrs", ["default"], 420)
     r.hset(worker.key, "current_job", "some-job")
     assert worker.get_current_job_id() == "some-job"
     # Worker.all() of rq returns Worker objects, equal by name and hashable: set(...), `in` work alike.

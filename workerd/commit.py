@@ -34,6 +34,7 @@ from workerd.job import (
     encode_exc_string,
     retry_intervals_within_limits,
 )
+from workerd.outcome import Outcome
 from workerd.pipelines import Queued
 from workerd.reports import JobOutcome
 from workerd.serializers import Serializer
@@ -112,24 +113,6 @@ class Fetched:
     claim: Claim | None
     skipped: list[str]  # ids popped whose job hash was gone (expired ttl, deleted)
     suspended: bool = False  # rq:suspended is set: nothing was taken
-
-
-@dataclass
-class Outcome:
-    """What running a job produced; plain data, sent from the horse to the worker over a pipe."""
-
-    succeeded: bool
-    started_at: float  # epoch seconds
-    ended_at: float
-    return_value_b64: str | None = None  # base64(serializer.dumps(value)); None for a None result
-    exc_string: str | None = None  # traceback text, on failure
-    record_failure: bool = True  # False with --disable-default-exception-handler
-    reason: str = ""  # one line for the log
-    retry: tuple[int, list[int]] | None = None  # the job returned Retry(max, intervals)
-
-    @property
-    def duration_s(self) -> float:
-        return max(0.0, self.ended_at - self.started_at)
 
 
 @dataclass

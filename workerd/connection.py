@@ -26,8 +26,11 @@ def connect(settings: Settings) -> redis.Redis:
     # No retries inside redis-py: workerd's loops retry with their own backoff and report the outage
     # meanwhile. redis-py's default differs by how a client is built (none from a URL, 10 with backoff
     # from host/port), which made one failed call take 4 s or far longer (behind a dropping firewall).
-    options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
-                               "retry": Retry(NoBackoff(), 0)}  # fmt: skip
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+    }
     tls = settings.tls_options  # validated: set only when the connection uses TLS
     if settings.redis_url is not None:
         return client_class.from_url(settings.redis_url.get_secret_value(), **options, **tls)
@@ -35,9 +38,14 @@ def connect(settings: Settings) -> redis.Redis:
         return _sentinel_master(settings.sentinel, options)
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return client_class(
-        host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
-        password=password, ssl=settings.redis_ssl, **options, **tls,
-    )  # fmt: skip
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=password,
+        ssl=settings.redis_ssl,
+        **options,
+        **tls,
+    )
 
 
 def _sentinel_master(config: dict[str, Any], timeouts: dict[str, Any]) -> redis.Redis:

@@ -17,9 +17,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from workerd import rqview, untrusted
-from workerd.commit import Outcome
 from workerd.errors import JobTimeoutException
 from workerd.job import CALLBACK_TIMEOUT_S, DEFAULT_TIMEOUT_S, Job, JobStatus, encode_return_value
+from workerd.outcome import Outcome
 from workerd.untrusted import UntrustedJobRefused
 from workerd.utils import printable_id
 
@@ -115,25 +115,30 @@ def perform(
     started = time.time()
     _current_jobs.append(job)
     try:
-        with rqview.current(job, view_class), death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(),
-                                                      job_id=job.id):  # fmt: skip
+        with (
+            rqview.current(job, view_class),
+            death_penalty_class(effective_timeout_s(job), rqview.timeout_exception(), job_id=job.id),
+        ):
             value = _call(job, allowed_functions)
         retry = _as_retry(value)
         encoded = None if value is None else encode_return_value(value, job.serializer)
         if job.success_callback_name and retry is None:
             run_callback(job, "success", death_penalty_class, allowed_functions, value)
-        return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded,
-                       retry=retry)  # fmt: skip
+        return Outcome(succeeded=True, started_at=started, ended_at=time.time(), return_value_b64=encoded, retry=retry)
     except UntrustedJobRefused as refused:  # as the worker's own refusal: no callback, no handler runs
-        return Outcome(succeeded=False, started_at=started, ended_at=time.time(), exc_string=f"{_one_line(refused)}\n",
-                       reason=_one_line(refused))  # fmt: skip
+        return Outcome(
+            succeeded=False,
+            started_at=started,
+            ended_at=time.time(),
+            exc_string=f"{_one_line(refused)}\n",
+            reason=_one_line(refused),
+        )
     except BaseException as exc:  # SystemExit from a job is a failure of that job, not of the worker
         ended = time.time()
         exc_string = format_exception(exc)
         if job.failure_callback_name:
             try:
-                run_callback(job, "failure", death_penalty_class, allowed_functions, type(exc), exc,
-                             exc.__traceback__)  # fmt: skip
+                run_callback(job, "failure", death_penalty_class, allowed_functions, type(exc), exc, exc.__traceback__)
             except BaseException as callback_exc:  # as rq: the callback's traceback replaces the job's
                 exc, exc_string = callback_exc, format_exception(callback_exc)
         run_exception_handlers(job, exc, exception_handlers)
@@ -152,8 +157,9 @@ def perform(
 _STATUS_SEEN_BY_CALLBACK = {"success": JobStatus.FINISHED, "failure": JobStatus.FAILED, "stopped": JobStatus.STOPPED}
 
 
-def run_callback(job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], allowed_functions: Sequence[str],
-                 *args: Any) -> None:  # fmt: skip
+def run_callback(
+    job: Job, kind: str, death_penalty_class: type[BaseDeathPenalty], allowed_functions: Sequence[str], *args: Any
+) -> None:
     """Call the job's on_success / on_failure / on_stopped as rq does: (job, connection, *args),
     under its own timeout (default 60 s). Raises what the callback raises, and UntrustedJobRefused
     for a callback the allowlist refuses (not called)."""

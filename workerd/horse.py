@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from workerd.commit import Outcome
 from workerd.job import Job
+from workerd.outcome import Outcome
 from workerd.process import die_with_parent, ignore_master_signals, set_title
 
 if TYPE_CHECKING:

@@ -25,75 +25,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from workerd import connection as connection_module
-from workerd import pipelines, schema, suspension
+from workerd import schema, suspension
 from workerd.config import build_settings
+from workerd.counts import queue_counts
 from workerd.errors import ExitCode
-from workerd.pipelines import Queued
-from workerd.registration import WorkerInfo
+from workerd.presence import WorkerInfo, heartbeat_limit_s
 from workerd.settings import Settings
 from workerd.timeutil import utcparse
 from workerd.utils import as_text, printable_id
 
-if TYPE_CHECKING:
-    from redis.client import Pipeline
-
-# A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this.
-HEALTH_GRACE_S = 5.0
 # How long a probe waits for Redis or the master's HTTP endpoint.
 PROBE_TIMEOUT_S = 3.0
-REGISTRIES = ("started", "finished", "failed", "deferred", "scheduled", "canceled")
-
-
-@dataclass
-class QueueCounts:
-    name: str
-    queued: int
-    started: int
-    finished: int
-    failed: int
-    deferred: int
-    scheduled: int
-    canceled: int
-
-    def registry(self, name: str) -> int:
-        return int(getattr(self, name))
-
-
-def queue_counts(client: redis.Redis, queues: Sequence[str], now: float | None = None) -> list[QueueCounts]:
-    """Depth and registry sizes of `queues` in one round trip (8 O(1)/O(log n) commands a queue).
-
-    finished/failed entries whose score (their expiry) has passed are not counted: RQ's clean-up
-    would remove them. Failed entries kept forever have a negative score and always count.
-    """
-    moment = time.time() if now is None else now
-    with client.pipeline(transaction=False) as pipe:
-        queued = [_queue_counts(pipe, queue, moment) for queue in queues]
-        replies = pipe.execute()
-    return [one.read(replies) for one in queued]
-
-
-def _queue_counts(pipe: Pipeline, queue: str, moment: float) -> Queued[QueueCounts]:
-    def add() -> None:
-        pipe.llen(schema.queue_key(queue))
-        pipe.zcard(schema.started_key(queue))
-        pipe.zcard(schema.finished_key(queue))
-        pipe.zcount(schema.finished_key(queue), 0, moment)
-        pipe.zcard(schema.failed_key(queue))
-        pipe.zcount(schema.failed_key(queue), 0, moment)
-        pipe.zcard(schema.deferred_key(queue))
-        pipe.zcard(schema.scheduled_key(queue))
-        pipe.zcard(schema.canceled_key(queue))
-
-    def read(replies: list[Any]) -> QueueCounts:
-        q, wip, fin, fin_old, fail, fail_old, deferred, scheduled, canceled = (int(v) for v in replies)
-        return QueueCounts(queue, q, wip, fin - fin_old, fail - fail_old, deferred, scheduled, canceled)
-
-    return pipelines.queue(pipe, add, read)
 
 
 def known_queues(client: redis.Redis) -> list[str]:
@@ -162,16 +109,24 @@ def workers_of(client: redis.Redis, queues: Sequence[str]) -> list[WorkerInfo]:
 # -- info ---------------------------------------------------------------------------------------
 
 
-def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, only_queues: bool = False,
-                only_workers: bool = False, width: int = 20) -> str:  # fmt: skip
+def render_info(
+    client: redis.Redis,
+    queues: Sequence[str],
+    raw: bool = False,
+    only_queues: bool = False,
+    only_workers: bool = False,
+    width: int = 20,
+) -> str:
     names = list(queues) or known_queues(client)
     lines: list[str] = []
     if not only_workers:
         counts = queue_counts(client, names)
         scale = max([c.queued for c in counts] + [1])
         for c in counts:
-            rest = (f"{c.queued}, {c.started} executing, {c.finished} finished, {c.failed} failed, "
-                    f"{c.deferred} deferred, {c.scheduled} scheduled")  # fmt: skip
+            rest = (
+                f"{c.queued}, {c.started} executing, {c.finished} finished, {c.failed} failed, "
+                f"{c.deferred} deferred, {c.scheduled} scheduled"
+            )
             if raw:
                 lines.append(f"queue {c.name} {rest}")
             else:
@@ -187,21 +142,22 @@ def render_info(client: redis.Redis, queues: Sequence[str], raw: bool = False, o
             age = heartbeat_age_s(w, now)
             job = describe_job(w.current_job_id, running.get(w.current_job_id), now) if w.current_job_id else ""
             heartbeat = f"heartbeat {age:.1f} s ago" if age is not None else "no heartbeat"
-            text = (f"{w.name} ({w.hostname} {w.ip_address} {w.pid}): {w.state}{job} {', '.join(w.queue_names)}. "
-                    f"jobs: {w.successful_job_count} finished, {w.failed_job_count} failed, "
-                    f"{w.total_working_time:.1f} s working; {heartbeat}; {w.version or 'unknown version'}")  # fmt: skip
+            text = (
+                f"{w.name} ({w.hostname} {w.ip_address} {w.pid}): {w.state}{job} {', '.join(w.queue_names)}. "
+                f"jobs: {w.successful_job_count} finished, {w.failed_job_count} failed, "
+                f"{w.total_working_time:.1f} s working; {heartbeat}; {w.version or 'unknown version'}"
+            )
             lines.append(f"worker {text}" if raw else text)
         if not raw:
-            lines += [f"{len(workers)} workers, {len(names)} queues", "",
-                      f"Updated: {dt.datetime.now().replace(microsecond=0)}"]  # fmt: skip
+            lines += [
+                f"{len(workers)} workers, {len(names)} queues",
+                "",
+                f"Updated: {dt.datetime.now().replace(microsecond=0)}",
+            ]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 # -- health -------------------------------------------------------------------------------------
-
-
-def heartbeat_limit_s(settings: Settings) -> float:
-    return 3 * settings.effective_heartbeat_s + HEALTH_GRACE_S
 
 
 def fresh_workers(workers: Iterable[WorkerInfo], max_age_s: float) -> list[WorkerInfo]:
@@ -249,8 +205,7 @@ def check_health(settings: Settings, client: redis.Redis | None = None) -> str |
             workers = [w for w in workers if w.pid in children]
     limit = heartbeat_limit_s(settings)
     if not fresh_workers(workers, limit):
-        return (f"no worker on {host} has heartbeaten in the last {limit:g} s "
-                f"({len(workers)} registered on this host)")  # fmt: skip
+        return f"no worker on {host} has heartbeaten in the last {limit:g} s ({len(workers)} registered on this host)"
     return None
 
 
@@ -291,8 +246,10 @@ def _connection_kwargs(client: redis.Redis) -> list[dict[str, Any]]:
 def _parser(command: str) -> argparse.ArgumentParser:
     if command == "info":
         parser = argparse.ArgumentParser(
-            prog="workerd info", description="Queues with their depths and registries, and the workers "
-            "(workerd's and RQ's) with their state, current job and heartbeat age. Read-only.")  # fmt: skip
+            prog="workerd info",
+            description="Queues with their depths and registries, and the workers "
+            "(workerd's and RQ's) with their state, current job and heartbeat age. Read-only.",
+        )
         parser.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to show [default: all]")
         parser.add_argument("-r", "--raw", action="store_true", help="no bars or summaries; prefixed lines")
         parser.add_argument("-Q", "--only-queues", action="store_true", help="show only queues")
@@ -300,8 +257,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("-i", "--interval", type=float, metavar="SECONDS", help="refresh every SECONDS")
     elif command == "suspend":
         parser = argparse.ArgumentParser(
-            prog="workerd suspend", description="Workers (workerd's and RQ's) finish their current job and "
-            "take no new one until `workerd resume` (or `rq resume`).")  # fmt: skip
+            prog="workerd suspend",
+            description="Workers (workerd's and RQ's) finish their current job and "
+            "take no new one until `workerd resume` (or `rq resume`).",
+        )
         parser.add_argument("--duration", type=int, metavar="SECONDS", help="resume by itself after SECONDS")
     elif command == "resume":
         parser = argparse.ArgumentParser(prog="workerd resume", description="Undo `workerd suspend`.")

@@ -17,7 +17,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from workerd import schema
 from workerd import webhooks as webhooks_module
@@ -29,6 +29,7 @@ from workerd.webhooks import Webhook
 
 if TYPE_CHECKING:
     from redis import Redis
+    from typing_extensions import Unpack
 
 DEFAULT_FAILURE_TTL_S = 31536000  # one year, RQ's default
 DEFAULT_RESULT_TTL_S = 500
@@ -159,8 +160,9 @@ def _refuse_unimportable(obj: Any) -> None:
         )
 
 
-def check_whole_number(option: str, value: Any, low: int, high: int, never: int | None = None,
-                       never_means: str = "no limit") -> None:  # fmt: skip
+def check_whole_number(
+    option: str, value: Any, low: int, high: int, never: int | None = None, never_means: str = "no limit"
+) -> None:
     """Refuse, at enqueue, a number a worker could not commit (see MAX_TTL_S): `value` must be a whole
     number from `low` to `high`, or `never` (RQ's -1: no limit, never expire)."""
     if isinstance(value, int) and not isinstance(value, bool) and (low <= value <= high or value == never):
@@ -169,8 +171,9 @@ def check_whole_number(option: str, value: Any, low: int, high: int, never: int 
     raise ValueError(f"{option}: {value!r} is out of range: expected {allowed}")
 
 
-def retry_intervals_within_limits(values: Iterable[Any], problems: list[str],
-                                  name: str = "retry_intervals") -> list[int]:  # fmt: skip
+def retry_intervals_within_limits(
+    values: Iterable[Any], problems: list[str], name: str = "retry_intervals"
+) -> list[int]:
     """Retry (or repeat) intervals as a worker can use them: a non-number, NaN or infinity reads as 0
     (at once), a negative one as 0, one past MAX_TTL_S as MAX_TTL_S; each change is noted in `problems`."""
     intervals = []
@@ -213,6 +216,27 @@ def _int_or_none(value: str | None) -> int | None:
         return int(float(value))
     except (ValueError, OverflowError):  # "abc", "1e999", "inf", "nan"
         return None
+
+
+class JobOptions(TypedDict, total=False):
+    """The options that describe a job, declared here once. `Job.create` takes them as keywords and
+    `Queue.create_job`, `enqueue_call`, `enqueue` and `enqueue_at` forward them unchanged, so an
+    option added here reaches every one of them (tests/test_client.py checks the sets agree).
+    A missing key means None, as each of RQ 2.12's parameters defaults to None."""
+
+    description: str | None
+    result_ttl: int | None
+    ttl: int | None
+    failure_ttl: int | None
+    meta: Mapping[str, Any] | None
+    retry: Retry | None
+    repeat: Repeat | None
+    on_success: Callback | Callable[..., Any] | None
+    on_failure: Callback | Callable[..., Any] | None
+    on_stopped: Callback | Callable[..., Any] | None
+
+
+JOB_OPTIONS: tuple[str, ...] = tuple(JobOptions.__annotations__)
 
 
 @dataclass(eq=False)
@@ -271,19 +295,11 @@ class Job:
         serializer: Serializer | str | None = None,
         id: str | None = None,
         origin: str = "",
-        description: str | None = None,
         timeout: int | None = None,
-        result_ttl: int | None = None,
-        failure_ttl: int | None = None,
-        ttl: int | None = None,
-        meta: Mapping[str, Any] | None = None,
         status: JobStatus = JobStatus.CREATED,
-        retry: Retry | None = None,
-        repeat: Repeat | None = None,
-        on_success: Callback | Callable[..., Any] | None = None,
-        on_failure: Callback | Callable[..., Any] | None = None,
-        on_stopped: Callback | Callable[..., Any] | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
+        result_ttl, failure_ttl, ttl = options.get("result_ttl"), options.get("failure_ttl"), options.get("ttl")
         for option, value, low, high, never, never_means in (
             ("timeout", timeout, 1, MAX_TIMEOUT_S, -1, "no limit"),
             ("result_ttl", result_ttl, 0, MAX_TTL_S, -1, "never expire"),
@@ -309,23 +325,29 @@ class Job:
             failure_ttl=failure_ttl,
             ttl=ttl,
             status=status,
-            meta=dict(meta or {}),
+            meta=dict(options.get("meta") or {}),
             connection=connection,
             serializer=chosen_serializer,
         )
         job._decoded = (func_name, instance, args, kwargs)
         job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
-        job.description = description or call_string(func_name, args, kwargs)
-        if retry is not None:
+        job.description = options.get("description") or call_string(func_name, args, kwargs)
+        if (retry := options.get("retry")) is not None:
             check_retry(retry.max, retry.intervals)
             job.retries_left = retry.max
             job.retry_intervals = retry.intervals
             job.enqueue_at_front_on_retry = retry.enqueue_at_front
-        if repeat is not None:  # an rq.Repeat as well: same attribute names, checked here for both
+        if (
+            repeat := options.get("repeat")
+        ) is not None:  # an rq.Repeat as well: same attribute names, checked here for both
             Repeat(repeat.times, repeat.intervals)
             job.repeats_left = repeat.times
             job.repeat_intervals = list(repeat.intervals)
-        for kind, callback in (("success", on_success), ("failure", on_failure), ("stopped", on_stopped)):
+        for kind, callback in (
+            ("success", options.get("on_success")),
+            ("failure", options.get("on_failure")),
+            ("stopped", options.get("on_stopped")),
+        ):
             if callback is not None:
                 cb = callback if isinstance(callback, Callback) else Callback(callback)
                 setattr(job, f"{kind}_callback_name", cb.name)

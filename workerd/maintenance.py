@@ -61,8 +61,11 @@ def _clean_queue(redis: Redis, committer: Committer, queue: str) -> None:
         first_seen = float(as_text(redis.get(first_seen_key)) or now)
         if now - first_seen >= STUCK_AFTER_S and committer.requeue_from_intermediate(queue, job_id):
             redis.delete(first_seen_key)
-            log.warning("maintenance: job %s was stuck in %s's intermediate list; requeued at the front",
-                        printable_id(job_id), queue)  # fmt: skip
+            log.warning(
+                "maintenance: job %s was stuck in %s's intermediate list; requeued at the front",
+                printable_id(job_id),
+                queue,
+            )
 
 
 def _forget_dead_workers(redis: Redis, queue: str, worker_keys: list[str]) -> None:

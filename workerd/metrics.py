@@ -48,7 +48,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from workerd import connection as connection_module
-from workerd import info, memory, schema
+from workerd import memory, presence, schema
+from workerd.counts import REGISTRIES, queue_counts
 from workerd.errors import ExitCode, ListenError
 from workerd.process import MASTER_SIGNALS, STOP_SIGNALS, die_with_parent, set_title
 from workerd.reports import (
@@ -186,7 +187,7 @@ class PoolMetrics:
 
     def health(self) -> str | None:
         """None if healthy: Redis answers and one of this master's workers heartbeated recently."""
-        limit = info.heartbeat_limit_s(self.settings)
+        limit = presence.heartbeat_limit_s(self.settings)
         names = [entry.name for entry in self.pool if entry.ready]
         problems = []
         for client, _, settings in self._sources:
@@ -230,7 +231,7 @@ class PoolMetrics:
         seen: set[str] = set()
         for client, queues, _ in self._sources:
             try:
-                counts = info.queue_counts(client, queues)
+                counts = queue_counts(client, queues)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 log.warning("metrics: cannot read queue depths: %s", exc)
                 ok = 0
@@ -240,7 +241,7 @@ class PoolMetrics:
                     continue
                 seen.add(c.name)
                 depth.add_metric([c.name], c.queued)
-                for name in info.REGISTRIES:
+                for name in REGISTRIES:
                     registry.add_metric([c.name, name], c.registry(name))
         up.add_metric([], ok)
         seconds.add_metric([], time.perf_counter() - started)

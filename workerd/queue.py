@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,12 +14,12 @@ from workerd import schema
 from workerd.errors import DuplicateJobError, NoSuchJobError
 from workerd.job import (
     DEFAULT_TIMEOUT_S,
+    JOB_OPTIONS,
     MAX_TIMEOUT_S,
-    Callback,
     Dependency,
     Job,
+    JobOptions,
     JobStatus,
-    Repeat,
     Retry,
     check_whole_number,
 )
@@ -38,14 +39,9 @@ from workerd.utils import as_text, validate_queue_name
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
+    from typing_extensions import Unpack
 
 R = TypeVar("R", bound=BaseRegistry)
-
-# Keyword arguments of enqueue() that configure the job instead of being passed to the function.
-_RESERVED = (
-    "job_timeout", "description", "result_ttl", "ttl", "failure_ttl", "depends_on", "job_id", "at_front",
-    "meta", "retry", "repeat", "on_success", "on_failure", "on_stopped", "pipeline", "unique",
-)  # fmt: skip
 
 
 def _timeout_s(value: int | str | None, option: str) -> int | None:
@@ -108,8 +104,9 @@ class Queue:
         return schema.queue_key(self.name)
 
     @classmethod
-    def all(cls, connection: Redis, serializer: Serializer | str | None = None,
-            job_class: type[Job] | None = None) -> list[Queue]:  # fmt: skip
+    def all(
+        cls, connection: Redis, serializer: Serializer | str | None = None, job_class: type[Job] | None = None
+    ) -> list[Queue]:
         names = sorted(schema.queue_name_from_key(k) for k in connection.smembers(schema.QUEUES))
         return [cls(name, connection=connection, serializer=serializer, job_class=job_class) for name in names]
 
@@ -218,15 +215,15 @@ class Queue:
     # -- enqueueing ------------------------------------------------------------------------------
 
     def enqueue(self, f: Any, *args: Any, **kwargs: Any) -> Job:
-        """Enqueue f(*args, **kwargs). The keywords in `_RESERVED` (and args=/kwargs=) configure the job."""
-        options = {name: kwargs.pop(name) for name in _RESERVED if name in kwargs}
+        """Enqueue f(*args, **kwargs). The keywords in `ENQUEUE_KEYWORDS` (and args=/kwargs=) configure
+        the job; every other keyword, `timeout` too (rq spells it job_timeout here), goes to f."""
+        options = {name: kwargs.pop(name) for name in ENQUEUE_KEYWORDS if name in kwargs}
         if "args" in kwargs or "kwargs" in kwargs:
             if args:
                 raise TypeError("give the job's arguments either positionally or as args=, not both")
             args = tuple(kwargs.pop("args", ()) or ())
             kwargs = dict(kwargs.pop("kwargs", {}) or {})
-        timeout = options.pop("job_timeout", None)
-        return self.enqueue_call(f, args=args, kwargs=kwargs, timeout=timeout, **options)
+        return self.enqueue_call(f, args=args, kwargs=kwargs, **options)
 
     def enqueue_call(
         self,
@@ -234,31 +231,27 @@ class Queue:
         args: Iterable[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         timeout: int | str | None = None,
-        result_ttl: int | None = None,
-        ttl: int | None = None,
-        failure_ttl: int | None = None,
-        description: str | None = None,
+        *,
         depends_on: Any = None,
         job_id: str | None = None,
         at_front: bool = False,
-        meta: dict[str, Any] | None = None,
-        retry: Retry | None = None,
-        repeat: Repeat | None = None,
-        on_success: Callback | Callable[..., Any] | None = None,
-        on_failure: Callback | Callable[..., Any] | None = None,
-        on_stopped: Callback | Callable[..., Any] | None = None,
         pipeline: Pipeline | None = None,
-        job_timeout: int | str | None = None,
         unique: bool = False,
+        job_timeout: int | str | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
+        """Create and enqueue a job. The keywords after `timeout` are enqueue()'s too (ENQUEUE_KEYWORDS)."""
         if unique and job_id is None:
             raise ValueError("unique=True requires an explicit job_id")
         job = self.create_job(
-            func, args=args, kwargs=kwargs, timeout=timeout if timeout is not None else job_timeout,
-            result_ttl=result_ttl, ttl=ttl, failure_ttl=failure_ttl, description=description,
-            depends_on=depends_on, job_id=job_id, meta=meta, retry=retry, repeat=repeat,
-            on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
-        )  # fmt: skip
+            func,
+            args,
+            kwargs,
+            timeout if timeout is not None else job_timeout,
+            depends_on=depends_on,
+            job_id=job_id,
+            **options,
+        )
         return self.enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
 
     def create_job(
@@ -267,27 +260,24 @@ class Queue:
         args: Iterable[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         timeout: int | str | None = None,
-        result_ttl: int | None = None,
-        ttl: int | None = None,
-        failure_ttl: int | None = None,
-        description: str | None = None,
+        *,
         depends_on: Any = None,
         job_id: str | None = None,
-        meta: dict[str, Any] | None = None,
-        retry: Retry | None = None,
-        repeat: Repeat | None = None,
         status: JobStatus = JobStatus.QUEUED,
-        on_success: Callback | Callable[..., Any] | None = None,
-        on_failure: Callback | Callable[..., Any] | None = None,
-        on_stopped: Callback | Callable[..., Any] | None = None,
+        **options: Unpack[JobOptions],
     ) -> Job:
-        job_timeout = _timeout_s(timeout, "job_timeout") or self.default_timeout
         job = self.job_class.create(
-            func, args, kwargs, connection=self.connection, serializer=self.serializer, id=job_id,
-            origin=self.name, description=description, timeout=job_timeout,
-            result_ttl=result_ttl, failure_ttl=failure_ttl, ttl=ttl, meta=meta, status=status, retry=retry,
-            repeat=repeat, on_success=on_success, on_failure=on_failure, on_stopped=on_stopped,
-        )  # fmt: skip
+            func,
+            args,
+            kwargs,
+            connection=self.connection,
+            serializer=self.serializer,
+            id=job_id,
+            origin=self.name,
+            timeout=_timeout_s(timeout, "job_timeout") or self.default_timeout,
+            status=status,
+            **options,
+        )
         _apply_dependencies(job, depends_on)
         return job
 
@@ -296,13 +286,13 @@ class Queue:
     def enqueue_at(self, when: dt.datetime, f: Any, *args: Any, **kwargs: Any) -> Job:
         """Run f(*args, **kwargs) at `when` (a naive datetime is local time, as in rq). Needs a
         worker started with --with-scheduler (workerd's or rq's)."""
-        at_front = bool(kwargs.pop("at_front", False))
-        options = {name: kwargs.pop(name) for name in _RESERVED if name in kwargs}
+        options = {name: kwargs.pop(name) for name in ENQUEUE_KEYWORDS if name in kwargs}
+        at_front = bool(options.pop("at_front", False))
         options.pop("pipeline", None)
         if options.pop("unique", False):
             raise ValueError("unique=True is not supported by workerd's enqueue_at/enqueue_in")
         timeout = options.pop("job_timeout", None)
-        job = self.create_job(f, args=args, kwargs=kwargs, timeout=timeout, status=JobStatus.SCHEDULED, **options)
+        job = self.create_job(f, args, kwargs, timeout, status=JobStatus.SCHEDULED, **options)
         job.enqueue_at_front = job.enqueue_at_front or at_front
         return self.schedule_job(job, when)
 
@@ -324,8 +314,9 @@ class Queue:
     # -- many at once ----------------------------------------------------------------------------
 
     @staticmethod
-    def prepare_data(func: Any, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                     **options: Any) -> dict[str, Any]:  # fmt: skip
+    def prepare_data(
+        func: Any, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """One entry for enqueue_many: the enqueue_call arguments of a job."""
         return {"func": func, "args": args, "kwargs": kwargs, **options}
 
@@ -347,8 +338,9 @@ class Queue:
             pipe.execute()
         return jobs
 
-    def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False,
-                    unique: bool = False) -> Job:  # fmt: skip
+    def enqueue_job(
+        self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False, unique: bool = False
+    ) -> Job:
         """Enqueue a created job. `unique`: raise DuplicateJobError if a job of that id exists (rq's
         unique jobs; not with dependencies, nor inside a caller's pipeline, whose reads come too late)."""
         if unique and (job.dependency_ids or pipeline is not None):
@@ -470,6 +462,14 @@ class Queue:
         return job
 
 
+# The keywords enqueue() keeps for the job instead of passing them to the function: enqueue_call's
+# keyword-only parameters and the job options (RQ 2.12's parse_args list, which also has webhooks).
+ENQUEUE_KEYWORDS: tuple[str, ...] = (
+    *(p.name for p in inspect.signature(Queue.enqueue_call).parameters.values() if p.kind is p.KEYWORD_ONLY),
+    *JOB_OPTIONS,
+)
+
+
 def job(
     queue: str | Queue,
     connection: Redis | None = None,
@@ -494,10 +494,20 @@ def job(
             call_job_id = kwargs.pop("job_id", None)
             call_at_front = kwargs.pop("at_front", at_front)
             return target.enqueue_call(
-                f, args=args, kwargs=kwargs, timeout=timeout, result_ttl=result_ttl, ttl=ttl,
-                failure_ttl=failure_ttl, description=description, meta=meta, retry=retry,
-                depends_on=call_depends_on, job_id=call_job_id, at_front=call_at_front,
-            )  # fmt: skip
+                f,
+                args=args,
+                kwargs=kwargs,
+                timeout=timeout,
+                result_ttl=result_ttl,
+                ttl=ttl,
+                failure_ttl=failure_ttl,
+                description=description,
+                meta=meta,
+                retry=retry,
+                depends_on=call_depends_on,
+                job_id=call_job_id,
+                at_front=call_at_front,
+            )
 
         f.delay = delay  # type: ignore[attr-defined]
         f.enqueue = delay  # type: ignore[attr-defined]

@@ -28,8 +28,13 @@ class BaseRegistry:
     # plain timestamp (deferred, scheduled, canceled) or a lease (started).
     scores_are_expiry = False
 
-    def __init__(self, name: str = "default", connection: Redis | None = None, queue: object = None,
-                 serializer: Serializer | str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "default",
+        connection: Redis | None = None,
+        queue: object = None,
+        serializer: Serializer | str | None = None,
+    ) -> None:
         if connection is None:  # rq's Registry(queue=queue) takes the queue's connection and serializer
             connection = getattr(queue, "connection", None)
         if connection is None:
@@ -39,9 +44,12 @@ class BaseRegistry:
         self.serializer = resolve_serializer(serializer or getattr(queue, "serializer", None))
 
     def __eq__(self, other: object) -> bool:  # as rq's: the same registry of the same Redis
-        return (isinstance(other, BaseRegistry) and type(other) is type(self) and other.name == self.name
-                and other.connection.connection_pool.connection_kwargs
-                == self.connection.connection_pool.connection_kwargs)  # fmt: skip
+        return (
+            isinstance(other, BaseRegistry)
+            and type(other) is type(self)
+            and other.name == self.name
+            and other.connection.connection_pool.connection_kwargs == self.connection.connection_pool.connection_kwargs
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable name and connection, as rq's
 

@@ -100,8 +100,15 @@ def _scrub_cut(value: str, secrets: list[str]) -> str:
     password. Filter both. Any length counts, one character too (over-filtering the end of a cut
     string costs nothing)."""
     body = value[: -len(TRUNCATION_MARK)]
-    body = next((body[:-size] + FILTERED for secret in secrets for size in range(len(secret) - 1, 0, -1)
-                 if body.endswith(secret[:size])), body)  # fmt: skip
+    body = next(
+        (
+            body[:-size] + FILTERED
+            for secret in secrets
+            for size in range(len(secret) - 1, 0, -1)
+            if body.endswith(secret[:size])
+        ),
+        body,
+    )
     opened = _CUT_USERINFO.search(body)
     if opened is not None:
         body = body[: opened.end(1)] + FILTERED
@@ -203,8 +210,9 @@ def exception_handler(settings: Settings, worker_name: str) -> Callable[..., Any
     returns None, so the rest of the chain runs."""
     init(settings)
 
-    def report_to_sentry(job: Job, exc_type: type[BaseException], exc_value: BaseException,
-                         tb: TracebackType | None) -> None:  # fmt: skip
+    def report_to_sentry(
+        job: Job, exc_type: type[BaseException], exc_value: BaseException, tb: TracebackType | None
+    ) -> None:
         import sentry_sdk
 
         try:
@@ -218,8 +226,15 @@ def exception_handler(settings: Settings, worker_name: str) -> Callable[..., Any
                 scope.set_tag("func", func)
                 scope.set_tag("queue", job.origin)
                 scope.set_tag("worker", worker_name)
-                scope.set_context("job", {"id": shown, "func": func, "queue": job.origin,
-                                          "attempt": 1 + job.lost_count + (job.number_of_retries or 0)})  # fmt: skip
+                scope.set_context(
+                    "job",
+                    {
+                        "id": shown,
+                        "func": func,
+                        "queue": job.origin,
+                        "attempt": 1 + job.lost_count + (job.number_of_retries or 0),
+                    },
+                )
                 sentry_sdk.capture_exception((exc_type, exc_value, tb))
             sentry_sdk.flush(timeout=FLUSH_TIMEOUT_S)
         except Exception as exc:  # reporting must never change the job's outcome

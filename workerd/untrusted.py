@@ -38,8 +38,13 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_*?]+")
 # Functions implemented in C: they have no Python module a path could be checked against
 # (`print.__module__` is "builtins", a bound `{}.get` has none), and an allowed module can only hold
 # one it imported from elsewhere.
-_BUILTIN_TYPES = (types.BuiltinFunctionType, types.MethodWrapperType, types.WrapperDescriptorType,
-                  types.MethodDescriptorType, types.ClassMethodDescriptorType)  # fmt: skip
+_BUILTIN_TYPES = (
+    types.BuiltinFunctionType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+)
 
 
 class UntrustedJobRefused(Exception):

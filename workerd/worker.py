@@ -26,22 +26,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
-from workerd import __version__, registration, rqview, schema, suspension, untrusted, webhooks
+from workerd import __version__, presence, rqview, schema, suspension, untrusted, webhooks
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
-from workerd.commands import Command, parse_command
 from workerd.commit import (
     CANCELED,
     LEASE_LOST,
     Claim,
     Committer,
     Fetched,
-    Outcome,
     Recovery,
     Verdict,
     poison_pill_reason,
 )
+from workerd.control import Command, parse_command
 from workerd.errors import AbandonedJobError, ConfigError, ExitCode, RedisUnavailableError
 from workerd.execution import (
     BaseDeathPenalty,
@@ -55,6 +54,7 @@ from workerd.job import Job, JobStatus
 from workerd.logs import job_fields, rotate_log_file_if_needed, set_worker_name
 from workerd.maintenance import clean_registries
 from workerd.memory import measure as measure_memory
+from workerd.outcome import Outcome
 from workerd.process import STOP_SIGNALS, describe_wait_status, ignore_master_signals, set_title
 from workerd.queue import Queue
 from workerd.reports import JobOutcome, KillReason, Report, StopReason, WorkerState
@@ -253,17 +253,17 @@ class Worker:
     # -- registered workers (rq's Worker.all/count/find_by_key; workerd's and RQ's alike) -----------
 
     @classmethod
-    def all(cls, connection: redis.Redis, queue: Any = None) -> list[registration.WorkerInfo]:
+    def all(cls, connection: redis.Redis, queue: Any = None) -> list[presence.WorkerInfo]:
         """Live registered workers, of one queue (a name or a Queue) or of all."""
-        return registration.WorkerInfo.all(connection, queue=getattr(queue, "name", queue))
+        return presence.WorkerInfo.all(connection, queue=getattr(queue, "name", queue))
 
     @classmethod
     def count(cls, connection: redis.Redis, queue: Any = None) -> int:
-        return registration.WorkerInfo.count(connection, queue=getattr(queue, "name", queue))
+        return presence.WorkerInfo.count(connection, queue=getattr(queue, "name", queue))
 
     @classmethod
-    def find_by_key(cls, worker_key: str, connection: redis.Redis) -> registration.WorkerInfo | None:
-        return registration.WorkerInfo.find_by_key(worker_key, connection)
+    def find_by_key(cls, worker_key: str, connection: redis.Redis) -> presence.WorkerInfo | None:
+        return presence.WorkerInfo.find_by_key(worker_key, connection)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ class Worker:
         self._begin_run()
         self._install_signal_handlers()
         redis_was_down = self._connect_with_retry()
-        registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
+        presence.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
         self._registered = True
         # Leases already expired at a normal start belong to dead workers: recover them at once
         # (a pool whose master keeps dying never lives a lease period). Only after an outage do
@@ -413,7 +413,7 @@ class Worker:
         self.webhook_sender.close(0.0 if self._cold_stop else webhooks.DRAIN_S)
         if self._registered:
             try:
-                registration.register_death(self.redis, self.name, self.queues)
+                presence.register_death(self.redis, self.name, self.queues)
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
         if self.settings.pid:
@@ -550,11 +550,11 @@ class Worker:
         """One round trip: worker heartbeat, lease renewal, and a look for expired leases."""
         claim = self._claim
         busy_ttl = self.settings.job_monitoring_interval + 60
-        ttl = busy_ttl if claim else registration.idle_ttl_s(self.settings.worker_ttl)
+        ttl = busy_ttl if claim else presence.idle_ttl_s(self.settings.worker_ttl)
         # After an outage, leases look expired until their workers renew them: wait a lease first.
         recover = time.monotonic() >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
-            key = registration.queue_heartbeat(pipe, self.name, ttl)
+            key = presence.queue_heartbeat(pipe, self.name, ttl)
             lease = None if claim is None else self.committer.renew_lease(claim, self.settings.lease_s,
                                                                           self._working_time_s(), pipe)  # fmt: skip
             expired = self.committer.expired_leases(self.queues, time.time(), pipe) if recover else None
@@ -563,10 +563,10 @@ class Worker:
             # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
             log.warning("Worker %s: its worker key was gone from Redis (expired during a stall, deleted, or Redis "
                         "was flushed); registered again", self.name)  # fmt: skip
-            registration.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
+            presence.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
             self._idle_written = False
             if claim is not None:
-                registration.set_state(self.redis, self.name, "busy")
+                presence.set_state(self.redis, self.name, "busy")
         if claim is not None and lease is not None and not lease.read(replies):
             self._lease_lost(claim)
         self.report(Report(heartbeat=True))
@@ -701,7 +701,7 @@ class Worker:
         if not self._suspended:
             self._suspended = True
             log.info("Worker %s: suspended, run `rq resume` (or `workerd resume`) to resume", self.name)
-            registration.set_state(self.redis, self.name, "suspended")
+            presence.set_state(self.redis, self.name, "suspended")
             self._idle_written = False
         if self.settings.burst:
             self.stop(StopReason.SUSPENDED, "suspended")
@@ -735,7 +735,7 @@ class Worker:
             self.stop(StopReason.MAX_IDLE, f"idle for {max_idle} s (max idle time)")
             return
         if not self._idle_written:  # once per idle spell, not on every wake-up
-            registration.set_state(self.redis, self.name, "idle")
+            presence.set_state(self.redis, self.name, "idle")
             self._idle_written = True
         if self._waiter is None:
             from workerd.waiter import QueueWaiter
@@ -1164,9 +1164,7 @@ class LeaseKeeper(threading.Thread):
                 continue
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
-                    registration.queue_heartbeat(
-                        pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60
-                    )
+                    presence.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60)
                     self.worker.committer.renew_lease(claim, self.worker.settings.lease_s,
                                                       self.worker._working_time_s(), pipe)  # fmt: skip
                     pipe.execute()

@@ -23,11 +23,20 @@ if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
 
+    from workerd.settings import Settings
+
 DEATH_TTL_S = 60
+# A worker is healthy while its hash's last_heartbeat is younger than 3 heartbeats plus this
+# (`workerd health` and the master's /health).
+HEALTH_GRACE_S = 5.0
 
 
 class WorkerNameTaken(ValueError):
     pass
+
+
+def heartbeat_limit_s(settings: Settings) -> float:
+    return 3 * settings.effective_heartbeat_s + HEALTH_GRACE_S
 
 
 def idle_ttl_s(worker_ttl: int) -> int:
@@ -47,8 +56,7 @@ def _ip_address(redis: Redis) -> str:
     return "unknown"
 
 
-def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int,
-                   check_taken: bool = True) -> None:  # fmt: skip
+def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: int, check_taken: bool = True) -> None:
     key = schema.worker_key(name)
     if check_taken and redis.exists(key) and not redis.hexists(key, "death"):
         raise WorkerNameTaken(f"There exists an active worker named '{name}' already")
@@ -56,11 +64,20 @@ def register_birth(redis: Redis, name: str, queues: Sequence[str], worker_ttl: i
     now = now_stamp()
     with redis.pipeline() as pipe:
         pipe.delete(key)
-        pipe.hset(key, mapping={
-            "birth": now, "last_heartbeat": now, "queues": ",".join(queues), "pid": os.getpid(),
-            "hostname": socket.gethostname(), "ip_address": _ip_address(redis),
-            "version": f"workerd {__version__}", "python_version": sys.version, "state": "started",
-        })  # fmt: skip
+        pipe.hset(
+            key,
+            mapping={
+                "birth": now,
+                "last_heartbeat": now,
+                "queues": ",".join(queues),
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "ip_address": _ip_address(redis),
+                "version": f"workerd {__version__}",
+                "python_version": sys.version,
+                "state": "started",
+            },
+        )
         pipe.sadd(schema.WORKERS, key)
         for queue in queues:
             pipe.sadd(schema.workers_by_queue_key(queue), key)
