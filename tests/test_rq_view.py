@@ -136,3 +136,14 @@ def test_queue_and_job_equality_and_registries_of_a_queue(r: redis.Redis) -> Non
     registry = workerd.FailedJobRegistry(queue=queue)
     assert (registry.connection, registry.name, type(registry.serializer)) == (r, "foo", type(queue.serializer))
     assert registry == workerd.FailedJobRegistry("foo", connection=r)
+
+
+def test_rqs_worker_queues_are_queue_objects_in_fetch_order(r: redis.Redis) -> None:
+    """rq's Worker.queues holds Queue objects (of queue_class), with queue_names() and queue_keys()."""
+    worker = Worker(["high", workerd.Queue("low", connection=r)], connection=r, queue_class="rq.Queue")
+    assert [type(q) for q in worker.queues] == [rq.Queue, rq.Queue]
+    assert [q.name for q in worker.queues] == worker.queue_names() == ["high", "low"]
+    assert worker.queue_keys() == [q.key for q in worker.queues] == ["rq:queue:high", "rq:queue:low"]
+    assert all(q.connection is r for q in worker.queues)
+    plain = Worker("one", connection=r)
+    assert [(type(q), q.name) for q in plain.queues] == [(workerd.Queue, "one")]

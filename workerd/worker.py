@@ -149,7 +149,8 @@ class Worker:
         self._constructed_settings = self.settings  # what each work() call starts from
         self.name: str = self.settings.name or uuid.uuid4().hex
         self.redis = connection if connection is not None else connection_module.connect(self.settings)
-        self.queues: list[str] = list(self.settings.queues)
+        # The queue names, in the order the next fetch tries them (round_robin/random reorder them).
+        self.queue_order: list[str] = list(self.settings.queues)
         problem = untrusted.settings_problem(self.settings.serializer, self.settings.allowed_functions)
         if problem is not None:
             raise ConfigError(f"allowed_functions: {problem}")
@@ -191,7 +192,7 @@ class Worker:
         # master saw die (name, and the reason it killed them if it did).
         self.reporter = reporter
         self.predecessors = list(predecessors)
-        self.scheduler = Scheduler(self.redis, self.name, self.queues) if self.settings.with_scheduler else None
+        self.scheduler = Scheduler(self.redis, self.name, self.queue_order) if self.settings.with_scheduler else None
         self._pubsub: Any = None
         self._horse: horse_module.Horse | None = None
         self._stop_job_id: str | None = None
@@ -212,6 +213,17 @@ class Worker:
     def key(self) -> str:
         """The worker's hash in Redis, rq:worker:<name>."""
         return schema.worker_key(self.name)
+
+    @property
+    def queues(self) -> list[Any]:
+        """rq's: the queues as objects of `queue_class`, in the order the next fetch tries them."""
+        return [self.queue_class(name, connection=self.redis, serializer=self.serializer) for name in self.queue_order]
+
+    def queue_names(self) -> list[str]:
+        return list(self.queue_order)
+
+    def queue_keys(self) -> list[str]:
+        return [schema.queue_key(name) for name in self.queue_order]
 
     @property
     def worker_ttl(self) -> int:
@@ -283,7 +295,7 @@ class Worker:
         if with_scheduler:
             per_run["with_scheduler"] = True
             if self.scheduler is None:
-                self.scheduler = Scheduler(self.redis, self.name, self.queues)
+                self.scheduler = Scheduler(self.redis, self.name, self.queue_order)
         self.settings = base.updated(per_run)
         done_before = self.jobs_done
         self.run()
@@ -335,7 +347,7 @@ class Worker:
         self._begin_run()
         self._install_signal_handlers()
         redis_was_down = self._connect_with_retry()
-        presence.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl)
+        presence.register_birth(self.redis, self.name, self.queue_order, self.settings.worker_ttl)
         self._registered = True
         # Leases already expired at a normal start belong to dead workers: recover them at once
         # (a pool whose master keeps dying never lives a lease period). Only after an outage do
@@ -351,7 +363,7 @@ class Worker:
             with open(self.settings.pid, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
         log.info("Worker %s: started with PID %d, version workerd %s", self.name, os.getpid(), __version__)
-        log.info("*** Listening on %s...", ", ".join(self.queues))
+        log.info("*** Listening on %s...", ", ".join(self.queue_order))
         self._set_idle_title()
         self.report(Report(state=WorkerState.IDLE))
         rqview.load()  # before any fork, so that every horse shares rq's modules (if rq is installed)
@@ -413,7 +425,7 @@ class Worker:
         self.webhook_sender.close(0.0 if self._cold_stop else webhooks.DRAIN_S)
         if self._registered:
             try:
-                presence.register_death(self.redis, self.name, self.queues)
+                presence.register_death(self.redis, self.name, self.queue_order)
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
         if self.settings.pid:
@@ -557,13 +569,13 @@ class Worker:
             key = presence.queue_heartbeat(pipe, self.name, ttl)
             lease = None if claim is None else self.committer.renew_lease(claim, self.settings.lease_s,
                                                                           self._working_time_s(), pipe)  # fmt: skip
-            expired = self.committer.expired_leases(self.queues, time.time(), pipe) if recover else None
+            expired = self.committer.expired_leases(self.queue_order, time.time(), pipe) if recover else None
             replies = pipe.execute()
         if not key.read(replies):
             # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
             log.warning("Worker %s: its worker key was gone from Redis (expired during a stall, deleted, or Redis "
                         "was flushed); registered again", self.name)  # fmt: skip
-            presence.register_birth(self.redis, self.name, self.queues, self.settings.worker_ttl, False)
+            presence.register_birth(self.redis, self.name, self.queue_order, self.settings.worker_ttl, False)
             self._idle_written = False
             if claim is not None:
                 presence.set_state(self.redis, self.name, "busy")
@@ -599,7 +611,7 @@ class Worker:
             if current is None:  # an empty id is still an id
                 continue
             job_id = schema.decode_id(current)
-            for queue in self.queues:
+            for queue in self.queue_order:
                 started: list[bytes] = self.redis.zrange(schema.started_key(queue), 0, -1)  # type: ignore[assignment]
                 for member in started:
                     if schema.split_wip_member(member)[0] != job_id:
@@ -684,7 +696,7 @@ class Worker:
     # -- fetching --------------------------------------------------------------------------------
 
     def fetch(self) -> Fetched:
-        fetched = self.committer.fetch_and_start(self.queues, self.settings.lease_s)
+        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s)
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
@@ -715,15 +727,15 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval
-            clean_registries(self.redis, self.committer, self.queues)
+            clean_registries(self.redis, self.committer, self.queue_order)
 
     def _reorder_queues(self, served: str) -> None:
         strategy = self.settings.dequeue_strategy
         if strategy == "round_robin":
-            index = self.queues.index(served) + 1
-            self.queues = self.queues[index:] + self.queues[:index]
+            index = self.queue_order.index(served) + 1
+            self.queue_order = self.queue_order[index:] + self.queue_order[:index]
         elif strategy == "random":
-            random.shuffle(self.queues)
+            random.shuffle(self.queue_order)
 
     def idle(self) -> None:
         if self.settings.burst:
@@ -740,7 +752,7 @@ class Worker:
         if self._waiter is None:
             from workerd.waiter import QueueWaiter
 
-            self._waiter = QueueWaiter(self.redis, self.queues, self.dequeue_timeout)
+            self._waiter = QueueWaiter(self.redis, self.queue_order, self.dequeue_timeout)
         wait_s = max(0.0, self._next_heartbeat - time.monotonic())
         if self.scheduler is not None:
             wait_s = min(wait_s, scheduler_module.TICK_S)
@@ -1106,7 +1118,7 @@ class Worker:
         return time.monotonic() - getattr(self, "_claim_started", time.monotonic())
 
     def _set_idle_title(self) -> None:
-        set_title(f"worker {self.name}: idle, listening on {','.join(self.queues)}")
+        set_title(f"worker {self.name}: idle, listening on {','.join(self.queue_order)}")
 
 
 def _save_stdio() -> list[tuple[int, str, Any, int]]:

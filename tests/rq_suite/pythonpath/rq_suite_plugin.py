@@ -20,13 +20,16 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import types
 from typing import Any
 
 MODE = os.environ.get("RQ_SUITE_MODE", "workerd")
 
 
 def _dotted(obj: Any) -> str | None:
-    """An import path for a class (or the class of an object), if it can be imported back."""
+    """An import path for a module, a class (or the class of an object), if it can be imported back."""
+    if isinstance(obj, types.ModuleType):  # rq takes a module with dumps/loads (serializer=json)
+        return obj.__name__
     cls = obj if isinstance(obj, type) else type(obj)
     module, name = getattr(cls, "__module__", None), getattr(cls, "__qualname__", "")
     if not module or "<" in name:
