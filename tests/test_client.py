@@ -618,7 +618,7 @@ def test_every_layer_takes_the_same_job_options() -> None:
     assert create_job == enqueue_call - {"at_front", "pipeline", "unique", "job_timeout"} | {"status"}
     # Job.create takes those less what needs a queue, plus what the queue supplies.
     queue_supplies = {"id", "connection", "serializer", "origin"}
-    assert set(accepted_options(Job.create)) == create_job - {"depends_on", "job_id"} | queue_supplies
+    assert set(accepted_options(Job.create)) == create_job - {"job_id"} | queue_supplies
 
 
 @pytest.mark.parametrize("method", ["enqueue_call", "create_job", "create"])
@@ -632,9 +632,8 @@ def test_the_job_options_have_rqs_names_and_defaults(method: str) -> None:
     options = accepted_options(getattr(ours, method))
     options.pop("job_timeout", None)  # workerd's enqueue_call also takes enqueue()'s spelling
     if method == "create":
-        # rq's Job.create takes depends_on (workerd's queue applies dependencies) and no repeat (rq's
-        # create_job sets it afterwards), and leaves the status None where workerd's says CREATED.
-        assert rq_options.pop("depends_on") is None and "depends_on" not in options
+        # rq's Job.create takes no repeat (rq's create_job sets it afterwards), and leaves the status
+        # None where workerd's says CREATED.
         assert options.pop("repeat") is None and "repeat" not in rq_options
         assert (rq_options.pop("status"), options.pop("status")) == (None, JobStatus.CREATED)
     assert options == rq_options
@@ -645,3 +644,79 @@ def test_enqueue_passes_none_of_its_keywords_to_the_function(r: redis.Redis) -> 
     enqueued = queue.enqueue(testjobs.add, 1, 2, **dict.fromkeys(ENQUEUE_KEYWORDS))
     assert Job.fetch(enqueued.id, connection=queue.connection).kwargs == {}
     assert queue.enqueue(testjobs.add, 1, 2, timeout=5).kwargs == {"timeout": 5}  # rq's job_timeout is not it
+
+
+def test_job_data_is_rqs_uncompressed_payload_and_the_call_is_settable(r: redis.Redis) -> None:
+    """issue 13: `job.data` is the serialized call, uncompressed (the hash holds it zlib-compressed),
+    encoded lazily; func_name/instance/args/kwargs can be set, and rq's client reads what was saved."""
+    job = Job.create("testjobs.add", (1, 2), connection=r)
+    assert pickle.loads(job.data) == ("testjobs.add", None, (1, 2), {})
+    job.args, job.kwargs = (5,), {"b": 6}
+    job.func_name = "testjobs.echo"
+    job.save()
+    assert r.hget(job.key, "data") == zlib.compress(job.data)
+    seen = rq.job.Job.fetch(job.id, connection=r)
+    assert (seen.func_name, seen.args, seen.kwargs) == ("testjobs.echo", (5,), {"b": 6})
+    # rq writes `data` uncompressed-or-not and workerd reads it back the same; a saved fetched job
+    # keeps the stored bytes as they were.
+    r.hset(job.key, "data", job.data)
+    again = Job.fetch(job.id, r)
+    assert again.data == job.data and again.args == (5,)
+    again.meta["x"] = 1
+    again.save()
+    assert r.hget(job.key, "data") == job.data
+    fresh = Job(id="fresh", connection=r)
+    fresh.func_name = "testjobs.add"
+    assert pickle.loads(fresh.data) == ("testjobs.add", None, (), {})
+    fresh.data = pickle.dumps(("testjobs.echo", None, (3,), {}))
+    assert (fresh.func_name, fresh.args) == ("testjobs.echo", (3,))
+
+
+def test_job_create_encodes_nothing_until_saved(r: redis.Redis) -> None:
+    """issue 13: as rq, a job whose instance the serializer cannot encode is usable until saved."""
+    counter = testjobs.Counter(2)
+    job = Job.create(counter.plus, (4,), serializer="json", connection=r)
+    assert job.instance is counter and job.func == counter.plus and job.func(*job.args) == 6
+    with pytest.raises(TypeError):
+        job.save()
+    assert not r.exists(job.key)
+
+
+def test_unimportable_function_raises_value_error_on_access_not_fetch(r: redis.Redis) -> None:
+    """issue 13: as rq, a function the worker cannot import fails when `job.func` is asked for."""
+    rq_job = rq.Queue("old", connection=r).enqueue("testjobs.no_such_function")
+    job = Job.fetch(rq_job.id, r)
+    assert job.func_name == "testjobs.no_such_function"
+    with pytest.raises(ValueError, match=r"testjobs\.no_such_function"):
+        _ = job.func
+
+
+def test_callbacks_resolve_and_their_timeouts_report_rqs_default(r: redis.Redis) -> None:
+    """issue 13: success/failure/stopped_callback resolve the stored name; a timeout not given reads
+    as rq's CALLBACK_TIMEOUT (60) and is not written, as rq."""
+    job = Job.create("testjobs.add", (1, 2), on_success=workerd.Callback(testjobs.echo, timeout=10),
+                     on_failure=testjobs.fail, connection=r)  # fmt: skip
+    job.save()
+    stored = Job.fetch(job.id, r)
+    assert stored.success_callback is testjobs.echo and stored.success_callback_timeout == 10
+    assert stored.failure_callback is testjobs.fail and stored.failure_callback_timeout == 60
+    assert stored.stopped_callback is None and stored.stopped_callback_timeout == 60
+    assert r.hget(job.key, "failure_callback_timeout") == b"60"  # given as a bare callable: rq stores 60
+    assert not r.hexists(job.key, "stopped_callback_timeout")
+    seen = rq.job.Job.fetch(job.id, connection=r)
+    assert (seen.success_callback, seen.stopped_callback_timeout) == (testjobs.echo, 60)
+
+
+def test_job_create_depends_on(r: redis.Redis) -> None:
+    """issue 13: Job.create(depends_on=...) as rq's: a job or an id; anything else is a ValueError."""
+    parent = Job.create("testjobs.add", (1, 2), connection=r)
+    parent.save()
+    for depends_on in (parent, parent.id, [parent.id]):
+        job = Job.create("testjobs.add", (1, 2), depends_on=depends_on, connection=r)
+        job.save()
+        stored = Job.fetch(job.id, r)
+        assert stored.dependency_ids == [parent.id] and stored.dependency == parent
+        assert rq.job.Job.fetch(job.id, connection=r).dependency.id == parent.id  # read from the hash
+    for bad in ([{"id": "not-a-job"}, parent.id], [parent, 12345]):
+        with pytest.raises(ValueError):
+            Job.create("testjobs.add", depends_on=bad, connection=r)

@@ -182,8 +182,8 @@ class Committer:
         except Exception as exc:  # a forged or corrupted hash: the job is started, so run what can be read
             log.warning("job %s: its hash has malformed fields (%s: %s); using the defaults for them",
                         printable_id(text_id), type(exc).__name__, exc)  # fmt: skip
-            job = Job(id=text_id, origin=queues[index - 1], data=mapping.get(b"data", b""), connection=self.redis,
-                      serializer=self.serializer)  # fmt: skip
+            job = Job(id=text_id, origin=queues[index - 1], stored_data=mapping.get(b"data", b""),
+                      connection=self.redis, serializer=self.serializer)  # fmt: skip
         for problem in job.problems:
             log.warning("job %s: %s", text_id, problem)
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)

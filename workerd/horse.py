@@ -82,7 +82,7 @@ class Horse:
         """Hand a pre-forked horse its job. False if it cannot take it (it died, or the job does not
         pickle, e.g. a custom serializer): then discard() it and spawn() a horse for the job."""
         try:
-            payload = pickle.dumps((dataclasses.replace(job, connection=None, _decoded=None), title))
+            payload = pickle.dumps((dataclasses.replace(job, connection=None, _decoded=None, _payload=None), title))
             view = memoryview(payload)
             os.set_blocking(self.job_fd, True)
             while view:

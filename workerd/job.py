@@ -128,6 +128,26 @@ class Callback:
         return self.func if isinstance(self.func, str) else f"{self.func.__module__}.{self.func.__qualname__}"
 
 
+def _dependency_id(item: Any) -> str:
+    if isinstance(item, Job):
+        return item.id
+    if isinstance(item, str):
+        return item
+    raise ValueError(f"depends_on items must be Job objects or string job IDs, got {type(item).__name__}")
+
+
+def _import_callable(name: str) -> Callable[..., Any]:
+    """A function by its dotted name. As rq's import_attribute: a name that does not resolve (the
+    worker runs older code than the producer) raises ValueError, when the function is asked for."""
+    try:
+        func = import_attribute(name)
+    except AttributeError as exc:
+        raise ValueError(f"Invalid attribute name: {name} ({exc})") from exc
+    if not callable(func):
+        raise TypeError(f"{name} is not callable")
+    return func
+
+
 def _func_reference(func: Any) -> tuple[str, Any]:
     """(func_name, instance) as RQ stores them (docs/PROTOCOL.md §3.2)."""
     if isinstance(func, str):
@@ -269,18 +289,24 @@ class Job:
     success_callback_name: str = ""
     failure_callback_name: str = ""
     stopped_callback_name: str = ""
-    success_callback_timeout: int | None = None
-    failure_callback_timeout: int | None = None
-    stopped_callback_timeout: int | None = None
+    # As given (None: not given, and not stored); read through the *_callback_timeout properties,
+    # which report RQ's CALLBACK_TIMEOUT for None, as rq's do.
+    _success_callback_timeout: int | None = None
+    _failure_callback_timeout: int | None = None
+    _stopped_callback_timeout: int | None = None
     lost_count: int = 0
     webhooks: list[Webhook] = field(default_factory=list)  # RQ 2.12's; sent by the worker (workerd.webhooks)
     # What from_mapping had to change to read the hash (a field out of range or unreadable): logged by
     # the worker, and added to the exc_info if the job fails. Not stored.
     problems: list[str] = field(default_factory=list, repr=False)
-    data: bytes = b""
+    # The hash's 'data' field as stored (zlib-compressed by RQ and workerd), kept so a fetched job is
+    # decoded once and saved again byte for byte; b"" once the call is changed. `data` (the property)
+    # is rq's: the uncompressed serialized (func_name, instance, args, kwargs).
+    stored_data: bytes = b""
     connection: Redis | None = field(default=None, repr=False)
     serializer: Serializer = field(default_factory=lambda: resolve_serializer(None), repr=False)
     _decoded: tuple[str, Any, Any, dict[str, Any]] | None = field(default=None, repr=False)
+    _payload: bytes | None = field(default=None, repr=False)  # `data`, once set or built
 
     # -- creation ------------------------------------------------------------------------------
 
@@ -297,6 +323,7 @@ class Job:
         origin: str = "",
         timeout: int | None = None,
         status: JobStatus = JobStatus.CREATED,
+        depends_on: Any = None,
         **options: Unpack[JobOptions],
     ) -> Job:
         result_ttl, failure_ttl, ttl = options.get("result_ttl"), options.get("failure_ttl"), options.get("ttl")
@@ -329,8 +356,9 @@ class Job:
             connection=connection,
             serializer=chosen_serializer,
         )
-        job._decoded = (func_name, instance, args, kwargs)
-        job.data = zlib.compress(chosen_serializer.dumps((func_name, instance, args, kwargs)))
+        if depends_on is not None:
+            job._set_dependencies(depends_on)
+        job._decoded = (func_name, instance, args, kwargs)  # encoded lazily, on save or `job.data`, as rq
         job.description = options.get("description") or call_string(func_name, args, kwargs)
         if (retry := options.get("retry")) is not None:
             check_retry(retry.max, retry.intervals)
@@ -351,19 +379,34 @@ class Job:
             if callback is not None:
                 cb = callback if isinstance(callback, Callback) else Callback(callback)
                 setattr(job, f"{kind}_callback_name", cb.name)
-                setattr(job, f"{kind}_callback_timeout", cb.timeout)
+                setattr(job, f"_{kind}_callback_timeout", cb.timeout)
         return job
+
+    def _set_dependencies(self, depends_on: Any) -> None:
+        """depends_on: a job, an id, a Dependency, or a list of these (RQ's process_dependencies);
+        anything else raises ValueError, as rq."""
+        ids: list[str] = []
+        for item in depends_on if isinstance(depends_on, (list, tuple)) else [depends_on]:
+            if isinstance(item, Dependency):
+                self.allow_dependency_failures = self.allow_dependency_failures or item.allow_failure
+                self.enqueue_at_front = self.enqueue_at_front or item.enqueue_at_front
+                ids += [_dependency_id(dep) for dep in item.jobs]
+            else:
+                ids.append(_dependency_id(item))
+        self.dependency_ids = ids
+
+    @property
+    def dependency(self) -> Job | None:
+        """rq's: the first job this one depends on, fetched (None if it depends on none)."""
+        if not self.dependency_ids:
+            return None
+        return type(self).fetch(self.dependency_ids[0], self._redis(), self.serializer)
 
     # -- the call ------------------------------------------------------------------------------
 
     def _decode(self) -> tuple[str, Any, Any, dict[str, Any]]:
         if self._decoded is None:
-            if not self.data:
-                raise DeserializationError(f"job {printable_id(self.id)} has no 'data' field")
-            try:
-                raw = zlib.decompress(self.data)
-            except zlib.error:
-                raw = self.data  # RQ also accepts uncompressed data
+            raw = self._payload if self._payload is not None else self._decompressed()
             try:
                 decoded = self.serializer.loads(raw)
             except Exception as exc:  # any serializer may raise anything on garbage
@@ -385,31 +428,109 @@ class Job:
             self._decoded = (func_name, instance, tuple(args or ()), kwargs)
         return self._decoded
 
+    def _decompressed(self) -> bytes:
+        if not self.stored_data:
+            raise DeserializationError(f"job {printable_id(self.id)} has no 'data' field")
+        try:
+            return zlib.decompress(self.stored_data)
+        except zlib.error:
+            return self.stored_data  # RQ also accepts uncompressed data
+
+    @property
+    def data(self) -> bytes:
+        """rq's `job.data`: the serialized (func_name, instance, args, kwargs), uncompressed; built on
+        first access from the call (rq encodes lazily), or read from the stored field."""
+        if self._payload is None:
+            if self._decoded is not None:
+                self._payload = self.serializer.dumps(self._decoded)
+            else:
+                self._payload = self._decompressed()
+        return self._payload
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        self._payload, self._decoded, self.stored_data = value, None, b""
+
+    def _set_call(self, index: int, value: Any) -> None:
+        """Change one part of the call (rq's func_name/instance/args/kwargs setters): `data` is encoded
+        again when next read or saved. A job with no call yet starts from rq's (None, None, (), {})."""
+        has_call = self._decoded is not None or self._payload is not None or self.stored_data
+        call = list(self._decode() if has_call else ("", None, (), {}))
+        call[index] = value
+        self._decoded = (call[0], call[1], tuple(call[2] or ()), dict(call[3] or {}))
+        self._payload, self.stored_data = None, b""
+
     @property
     def func_name(self) -> str:
         return self._decode()[0]
+
+    @func_name.setter
+    def func_name(self, value: str) -> None:
+        self._set_call(0, value)
 
     @property
     def instance(self) -> Any:
         return self._decode()[1]
 
+    @instance.setter
+    def instance(self, value: Any) -> None:
+        self._set_call(1, value)
+
     @property
     def args(self) -> tuple[Any, ...]:
         return tuple(self._decode()[2])
 
+    @args.setter
+    def args(self, value: Iterable[Any]) -> None:
+        self._set_call(2, value)
+
     @property
     def kwargs(self) -> dict[str, Any]:
         return self._decode()[3]
+
+    @kwargs.setter
+    def kwargs(self, value: Mapping[str, Any]) -> None:
+        self._set_call(3, value)
 
     @property
     def func(self) -> Callable[..., Any]:
         name = self.func_name
         if self.instance is not None:
             return getattr(self.instance, name)
-        func = import_attribute(name)
-        if not callable(func):
-            raise TypeError(f"{name} is not callable")
-        return func
+        return _import_callable(name)
+
+    # rq's success_callback/failure_callback/stopped_callback: the stored name, imported; None if unset.
+    success_callback = property(lambda self: self._callback("success"))
+    failure_callback = property(lambda self: self._callback("failure"))
+    stopped_callback = property(lambda self: self._callback("stopped"))
+
+    def _callback(self, kind: str) -> Callable[..., Any] | None:
+        name = getattr(self, f"{kind}_callback_name")
+        return _import_callable(name) if name else None
+
+    @property
+    def success_callback_timeout(self) -> int:
+        return CALLBACK_TIMEOUT_S if self._success_callback_timeout is None else self._success_callback_timeout
+
+    @success_callback_timeout.setter
+    def success_callback_timeout(self, value: int | None) -> None:
+        self._success_callback_timeout = value
+
+    @property
+    def failure_callback_timeout(self) -> int:
+        return CALLBACK_TIMEOUT_S if self._failure_callback_timeout is None else self._failure_callback_timeout
+
+    @failure_callback_timeout.setter
+    def failure_callback_timeout(self, value: int | None) -> None:
+        self._failure_callback_timeout = value
+
+    @property
+    def stopped_callback_timeout(self) -> int:
+        return CALLBACK_TIMEOUT_S if self._stopped_callback_timeout is None else self._stopped_callback_timeout
+
+    @stopped_callback_timeout.setter
+    def stopped_callback_timeout(self, value: int | None) -> None:
+        self._stopped_callback_timeout = value
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -417,7 +538,7 @@ class Job:
         """The hash fields RQ's `Job.to_dict` writes (docs/PROTOCOL.md §3.1)."""
         mapping: dict[str, str | bytes] = {
             "created_at": _stamp(self.created_at),
-            "data": self.data,
+            "data": self.stored_data or zlib.compress(self.data),
             "success_callback_name": self.success_callback_name,
             "failure_callback_name": self.failure_callback_name,
             "stopped_callback_name": self.stopped_callback_name,
@@ -446,9 +567,9 @@ class Job:
             "number_of_retries": _encode_ttl(self.number_of_retries),
             "repeats_left": _encode_ttl(self.repeats_left),
             "repeat_intervals": json.dumps(self.repeat_intervals) if self.repeat_intervals is not None else None,
-            "success_callback_timeout": _encode_ttl(self.success_callback_timeout),
-            "failure_callback_timeout": _encode_ttl(self.failure_callback_timeout),
-            "stopped_callback_timeout": _encode_ttl(self.stopped_callback_timeout),
+            "success_callback_timeout": _encode_ttl(self._success_callback_timeout),
+            "failure_callback_timeout": _encode_ttl(self._failure_callback_timeout),
+            "stopped_callback_timeout": _encode_ttl(self._stopped_callback_timeout),
             "webhooks": webhooks_module.encode_field(self.webhooks),
         }
         mapping.update({key: value for key, value in optional.items() if value is not None})
@@ -553,13 +674,13 @@ class Job:
             success_callback_name=text("success_callback_name") or "",
             failure_callback_name=text("failure_callback_name") or "",
             stopped_callback_name=text("stopped_callback_name") or "",
-            success_callback_timeout=number("success_callback_timeout", -1, MAX_TIMEOUT_S),
-            failure_callback_timeout=number("failure_callback_timeout", -1, MAX_TIMEOUT_S),
-            stopped_callback_timeout=number("stopped_callback_timeout", -1, MAX_TIMEOUT_S),
+            _success_callback_timeout=number("success_callback_timeout", -1, MAX_TIMEOUT_S),
+            _failure_callback_timeout=number("failure_callback_timeout", -1, MAX_TIMEOUT_S),
+            _stopped_callback_timeout=number("stopped_callback_timeout", -1, MAX_TIMEOUT_S),
             lost_count=number(schema.LOST_COUNT_FIELD, 0, MAX_RETRIES) or 0,
             webhooks=webhooks_module.parse_field(fields.get("webhooks"), problems),
             problems=problems,
-            data=fields.get("data", b""),
+            stored_data=fields.get("data", b""),
             connection=connection,
             serializer=chosen_serializer,
         )
@@ -625,7 +746,8 @@ class Job:
         self._redis().hset(self.key, "meta", self.serializer.dumps(self.meta))
 
     def save(self) -> None:
-        if not self.data:  # as rq: a job without a function is not a job any worker could run
+        # as rq: a job without a function is not a job any worker could run
+        if not (self.stored_data or self._payload or self._decoded):
             raise ValueError(f"job {printable_id(self.id)} has no function (empty data): nothing to save")
         self._redis().hset(self.key, mapping=self.to_mapping())  # type: ignore[arg-type]
 

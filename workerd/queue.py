@@ -16,7 +16,6 @@ from workerd.job import (
     DEFAULT_TIMEOUT_S,
     JOB_OPTIONS,
     MAX_TIMEOUT_S,
-    Dependency,
     Job,
     JobOptions,
     JobStatus,
@@ -50,22 +49,6 @@ def _timeout_s(value: int | str | None, option: str) -> int | None:
     seconds = parse_duration_s(value)
     check_whole_number(option, seconds, 1, MAX_TIMEOUT_S, never=-1)
     return seconds
-
-
-def _apply_dependencies(job: Job, depends_on: Any) -> None:
-    """depends_on: a job, an id, a Dependency, or a list of these (RQ's process_dependencies)."""
-    if depends_on is None:
-        return
-    items = depends_on if isinstance(depends_on, (list, tuple)) else [depends_on]
-    ids: list[str] = []
-    for item in items:
-        if isinstance(item, Dependency):
-            job.allow_dependency_failures = job.allow_dependency_failures or item.allow_failure
-            job.enqueue_at_front = job.enqueue_at_front or item.enqueue_at_front
-            ids += [dep.id if isinstance(dep, Job) else str(dep) for dep in item.jobs]
-        else:
-            ids.append(item.id if isinstance(item, Job) else str(item))
-    job.dependency_ids = ids
 
 
 def _registry_property(registry_class: type[R]) -> property:
@@ -276,9 +259,9 @@ class Queue:
             origin=self.name,
             timeout=_timeout_s(timeout, "job_timeout") or self.default_timeout,
             status=status,
+            depends_on=depends_on,
             **options,
         )
-        _apply_dependencies(job, depends_on)
         return job
 
     # -- scheduling ------------------------------------------------------------------------------
