@@ -1,4 +1,4 @@
-"""huey and dramatiq beside workerd (issue 15): no-op jobs, burst-like runs on one Redis.
+"""workerd in-process beside huey and dramatiq (issue 15): no-op jobs, burst-like runs on one Redis.
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/peers.py -n 2000
@@ -44,6 +44,8 @@ def tree_cpu_s(root: psutil.Process, seen: dict[int, float]) -> None:
 def done_count(client: redis.Redis, peer: str, n: int) -> int:
     if peer == "huey":
         return int(client.hlen("huey.results.bench"))
+    if peer == "workerd":
+        return int(client.zcard("rq:finished:default"))
     pending = int(client.hlen("dramatiq:default.msgs"))
     return n - pending
 
@@ -55,7 +57,13 @@ def run(peer: str, argv: list[str], url: str, n: int, timeout_s: float) -> dict[
     os.environ["BENCH_REDIS_URL"] = url
     from benchmarks import peer_tasks
 
-    for _ in range(n):
+    if peer == "workerd":
+        import rq  # a test dependency: it writes RQ's job hashes, which workerd runs
+
+        queue = rq.Queue("default", connection=client)
+        for _ in range(n):
+            queue.enqueue("benchmarks.jobs.noop")
+    for _ in range(n if peer != "workerd" else 0):
         (peer_tasks.huey_noop if peer == "huey" else peer_tasks.dramatiq_noop.send)()
     before = redis_cpu_s(client)
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,7 +102,10 @@ def main() -> int:
     p.add_argument("-n", type=int, default=2000)
     a = p.parse_args()
     huey = [str(BIN / "huey_consumer"), "benchmarks.peer_tasks.huey"]
+    wd = [str(BIN / "workerd"), "-u", a.url, "--execution", "inprocess"]
     cases = [
+        ("workerd --execution inprocess", "workerd", [*wd, "default"]),
+        ("workerd --workers 2 --execution inprocess", "workerd", [*wd, "--workers", "2", "default"]),
         ("huey -w 1 -k process", "huey", [*huey, "-w", "1", "-k", "process"]),
         ("huey -w 2 -k process", "huey", [*huey, "-w", "2", "-k", "process"]),
         ("dramatiq -p 2 -t 8", "dramatiq", [str(BIN / "dramatiq"), "benchmarks.peer_tasks", "-p", "2", "-t", "8"]),
