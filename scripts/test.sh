@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh [PYTEST ARGS]                 everyday: on the default python3 (.venv)
 #   scripts/test.sh --all-pythons [PYTEST ARGS]   on the oldest and the newest supported Python found
-#                                                 (scripts/pythons.sh), each in .venv-X.Y; CI=true implies it
+#                                                 (scripts/pythons.sh), each in .venv-X.Y, then RQ 2.12.0's
+#                                                 own suite against workerd (scripts/rq_suite.sh); CI=true implies it
 #
 # pytest runs test files in parallel (pytest-xdist, one file per process so a file's tests share its
 # redis-server): TEST_PROCESSES=3 by default (most tests wait on subprocesses, not the CPU);
@@ -40,8 +41,14 @@ for i in "${!pythons[@]}"; do
   echo "test: Python ${versions[$i]} ($venv)" >&2
   "$venv/bin/python" -m pytest -q "${parallel[@]}" "$@" || failed+=("${versions[$i]}")
 done
+# The drop-in oracle (issue 13): RQ 2.12.0's own worker-side and client-side tests against workerd,
+# on the default Python (~2 min). Every test not in tests/rq_suite/out_of_scope.txt must pass.
+for mode in workerd client; do
+  echo "test: RQ 2.12.0's own tests, $mode side (scripts/rq_suite.sh)" >&2
+  MODE=$mode bash scripts/rq_suite.sh || failed+=("rq-suite:$mode")
+done
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "test: FAILED on Python ${failed[*]} (of ${versions[*]})" >&2
+  echo "test: FAILED: ${failed[*]} (Python ${versions[*]} and the rq suite ran)" >&2
   exit 1
 fi
-echo "test: passed on Python ${versions[*]}" >&2
+echo "test: passed on Python ${versions[*]}, and RQ's own suite against workerd" >&2
