@@ -534,11 +534,18 @@ class Job:
 
     # -- encoding ------------------------------------------------------------------------------
 
+    def _stored_or_encoded(self) -> bytes:
+        """The `data` field: as stored, or the call encoded; empty for a hash that never had one (a
+        forged or half-written job, written back as it was rather than raising)."""
+        if self.stored_data or (self._payload is None and self._decoded is None):
+            return self.stored_data
+        return zlib.compress(self.data)
+
     def to_mapping(self, include_meta: bool = True) -> dict[str, str | bytes]:
         """The hash fields RQ's `Job.to_dict` writes (docs/PROTOCOL.md §3.1)."""
         mapping: dict[str, str | bytes] = {
             "created_at": _stamp(self.created_at),
-            "data": self.stored_data or zlib.compress(self.data),
+            "data": self._stored_or_encoded(),
             "success_callback_name": self.success_callback_name,
             "failure_callback_name": self.failure_callback_name,
             "stopped_callback_name": self.stopped_callback_name,
