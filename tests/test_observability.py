@@ -365,9 +365,15 @@ def test_a_single_worker_serves_its_own_metrics(r, redis_url, workerd) -> None:
     q = Queue("default", connection=r)
     jobs = [q.enqueue("testjobs.add", 1, 1), q.enqueue("testjobs.fail")]
     wait_until(lambda: _all_done(r, jobs), message="both jobs done")
+    # The outcome and the idle state arrive in reports of their own, just after the commit: wait for both.
     samples = wait_until(
-        lambda: (s := _scrape(port)) and _value(s, "workerd_jobs_total", queue="default", outcome="failed") and s,
-        message="the failure counted",
+        lambda: (
+            (s := _scrape(port))
+            and _value(s, "workerd_jobs_total", queue="default", outcome="failed")
+            and _value(s, "workerd_workers", group="default", state="idle")
+            and s
+        ),
+        message="the failure counted and the worker idle again",
     )
     assert _value(samples, "workerd_jobs_total", queue="default", outcome="finished") == 1
     assert _value(samples, "workerd_workers", group="default", state="idle") == 1
