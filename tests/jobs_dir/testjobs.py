@@ -109,13 +109,19 @@ def spawn_grandchild_and_sleep(pidfile, seconds):
 
 
 def spawn_session_leader(pidfile):
+    """Fork a child that leaves the horse's process group (as a daemonising library would); return
+    once it has left, so the horse's end cannot kill it before its setsid()."""
     pid = os.fork()
-    if pid == 0:  # leaves the horse's process group, as a daemonising library would
+    if pid == 0:
         os.setsid()
+        with open(pidfile + ".tmp", "w") as handle:
+            handle.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
         time.sleep(600)
         os._exit(0)
-    with open(pidfile, "w") as handle:
-        handle.write(str(pid))
+    deadline = time.monotonic() + 10
+    while not os.path.exists(pidfile) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return pid
 
 
