@@ -591,8 +591,8 @@ def test_compact_takes_out_ids_whose_job_is_gone_and_keeps_the_order(r: redis.Re
 
 # -- the job options: declared once (workerd.job.JobOptions), accepted alike at every layer -----------
 
-# rq 2.12 parameters workerd does not take: webhooks= at enqueue, group_id= at job creation.
-RQ_ONLY_OPTIONS = {"webhooks", "group_id"}
+# rq 2.12 parameters workerd does not take: group_id= at job creation.
+RQ_ONLY_OPTIONS = {"group_id"}
 NOT_OPTIONS = {"self", "cls", "func", "args", "kwargs"}
 
 
@@ -720,3 +720,25 @@ def test_job_create_depends_on(r: redis.Redis) -> None:
     for bad in ([{"id": "not-a-job"}, parent.id], [parent, 12345]):
         with pytest.raises(ValueError):
             Job.create("testjobs.add", depends_on=bad, connection=r)
+
+
+def test_enqueue_takes_webhooks_as_rq_does_and_stores_them_alike(r: redis.Redis) -> None:
+    from rq.webhook import Webhook as RQWebhook
+
+    hooks = [
+        RQWebhook("https://example.com/done", "finished", method="POST", headers={"X-A": "1"}, timeout=5),
+        workerd.webhooks.Webhook(url="http://example.com/failed", job_status="failed"),
+        {"url": "https://example.com/d", "job_status": "finished"},
+    ]
+    ours = Queue("hooks", connection=r).enqueue("testjobs.add", 1, 2, webhooks=hooks)
+    rq_hooks = [RQWebhook("https://example.com/done", "finished", method="POST", headers={"X-A": "1"}, timeout=5),
+                RQWebhook("http://example.com/failed", "failed")]  # fmt: skip
+    theirs = rq.Queue("hooks", connection=r).enqueue("testjobs.add", 1, 2, webhooks=rq_hooks)
+    # Taken for the job, not passed to the function; the field written as rq writes it.
+    assert ours.kwargs == {}
+    stored = json.loads(r.hget(ours.key, "webhooks") or b"[]")
+    assert stored[:2] == json.loads(r.hget(theirs.key, "webhooks") or b"[]")
+    assert [hook.url for hook in rq.job.Job.fetch(ours.id, connection=r).webhooks] == [
+        "https://example.com/done", "http://example.com/failed", "https://example.com/d"]  # fmt: skip
+    with pytest.raises(ValueError, match="job_status"):
+        Queue("hooks", connection=r).enqueue("testjobs.add", webhooks=[{"url": "https://e.com", "job_status": "x"}])

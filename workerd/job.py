@@ -238,6 +238,23 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+class _CallbackTimeout:
+    """A callback's timeout on a Job: reads the stored `_<name>` field, or CALLBACK_TIMEOUT_S when
+    none was given; writes the field (None again means the default)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field = f"_{name}"
+
+    def __get__(self, job: Job | None, owner: type | None = None) -> Any:
+        if job is None:
+            return self
+        value: int | None = getattr(job, self.field)
+        return CALLBACK_TIMEOUT_S if value is None else value
+
+    def __set__(self, job: Job, value: int | None) -> None:
+        setattr(job, self.field, value)
+
+
 class JobOptions(TypedDict, total=False):
     """The options that describe a job, declared here once. `Job.create` takes them as keywords and
     `Queue.create_job`, `enqueue_call`, `enqueue` and `enqueue_at` forward them unchanged, so an
@@ -254,6 +271,7 @@ class JobOptions(TypedDict, total=False):
     on_success: Callback | Callable[..., Any] | None
     on_failure: Callback | Callable[..., Any] | None
     on_stopped: Callback | Callable[..., Any] | None
+    webhooks: Iterable[Webhook | Mapping[str, Any]] | None  # workerd's or rq's Webhook, or their dict
 
 
 JOB_OPTIONS: tuple[str, ...] = tuple(JobOptions.__annotations__)
@@ -371,6 +389,8 @@ class Job:
             Repeat(repeat.times, repeat.intervals)
             job.repeats_left = repeat.times
             job.repeat_intervals = list(repeat.intervals)
+        if (hooks := options.get("webhooks")) is not None:
+            job.webhooks = [webhooks_module.as_webhook(hook) for hook in hooks]
         for kind, callback in (
             ("success", options.get("on_success")),
             ("failure", options.get("on_failure")),
@@ -508,29 +528,10 @@ class Job:
         name = getattr(self, f"{kind}_callback_name")
         return _import_callable(name) if name else None
 
-    @property
-    def success_callback_timeout(self) -> int:
-        return CALLBACK_TIMEOUT_S if self._success_callback_timeout is None else self._success_callback_timeout
-
-    @success_callback_timeout.setter
-    def success_callback_timeout(self, value: int | None) -> None:
-        self._success_callback_timeout = value
-
-    @property
-    def failure_callback_timeout(self) -> int:
-        return CALLBACK_TIMEOUT_S if self._failure_callback_timeout is None else self._failure_callback_timeout
-
-    @failure_callback_timeout.setter
-    def failure_callback_timeout(self, value: int | None) -> None:
-        self._failure_callback_timeout = value
-
-    @property
-    def stopped_callback_timeout(self) -> int:
-        return CALLBACK_TIMEOUT_S if self._stopped_callback_timeout is None else self._stopped_callback_timeout
-
-    @stopped_callback_timeout.setter
-    def stopped_callback_timeout(self, value: int | None) -> None:
-        self._stopped_callback_timeout = value
+    # rq's *_callback_timeout: the timeout given, or CALLBACK_TIMEOUT_S (what rq's worker uses).
+    success_callback_timeout = _CallbackTimeout()
+    failure_callback_timeout = _CallbackTimeout()
+    stopped_callback_timeout = _CallbackTimeout()
 
     # -- encoding ------------------------------------------------------------------------------
 

@@ -468,6 +468,14 @@ def job(
     queue_class: type[Queue] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`@job("low", connection=r)` adds `f.delay(...)` / `f.enqueue(...)`, as rq's decorator."""
+    options: JobOptions = {
+        "result_ttl": result_ttl,
+        "ttl": ttl,
+        "failure_ttl": failure_ttl,
+        "description": description,
+        "meta": meta,
+        "retry": retry,
+    }
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         def delay(*args: Any, **kwargs: Any) -> Job:
@@ -481,15 +489,10 @@ def job(
                 args=args,
                 kwargs=kwargs,
                 timeout=timeout,
-                result_ttl=result_ttl,
-                ttl=ttl,
-                failure_ttl=failure_ttl,
-                description=description,
-                meta=meta,
-                retry=retry,
                 depends_on=call_depends_on,
                 job_id=call_job_id,
                 at_front=call_at_front,
+                **options,
             )
 
         f.delay = delay  # type: ignore[attr-defined]

@@ -98,6 +98,17 @@ class Webhook:
         return dataclasses.asdict(self)
 
 
+def as_webhook(hook: Any) -> Webhook:
+    """A webhook given to enqueue(webhooks=...): workerd's Webhook, rq's (anything with RQ's
+    to_dict()), or its dict - each checked as RQ checks it."""
+    if isinstance(hook, Webhook):
+        return hook
+    data = hook.to_dict() if callable(getattr(hook, "to_dict", None)) else hook
+    if not isinstance(data, Mapping):
+        raise TypeError(f"a webhook is a Webhook or its dict, not {type(hook).__name__}")
+    return Webhook.from_dict(data)
+
+
 def parse_field(raw: bytes | None, problems: list[str]) -> list[Webhook]:
     """A job hash's `webhooks` field; what does not parse reads as none, noted in `problems`."""
     if not raw:
