@@ -35,6 +35,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+def wait_until_blocked(r: redis.Redis, timeout: float = 10.0) -> None:
+    """Wait until some client of this Redis is blocked waiting for a job (CLIENT LIST flag b). A worker
+    writes "state idle" before its next fetch, so a job enqueued on seeing that state may still be
+    found by that fetch rather than by a wake-up; a blocked connection means the fetch came up empty."""
+    wait_until(lambda: any("b" in c.get("flags", "") for c in r.client_list()), timeout=timeout,
+               message="a worker to block waiting for a job")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import run_workerd, wait_until
+from tests.conftest import run_workerd, wait_until, wait_until_blocked
 from workerd import Callback, Job, JobStatus, Queue, schema
 
 
@@ -153,6 +153,7 @@ def test_the_next_horse_forks_during_a_job_only_when_more_work_waits(r: redis.Re
     wait_until(lambda: all(_status(r, job.id) == "finished" for job in backlog), message="the backlog to finish")
     assert [Job.fetch(job.id, connection=r).return_value() for job in backlog] == [1, 1]
     wait_until(lambda: r.hget(schema.worker_key("prefork-worker"), "state") == b"idle", message="state idle")
+    wait_until_blocked(r)
     woken = q.enqueue("testjobs.sibling_horses", 1.0)
     wait_until(lambda: _status(r, woken.id) == "finished", message="the wake-up job to finish")
     assert Job.fetch(woken.id, connection=r).return_value() == 0
