@@ -13,6 +13,7 @@ fuzz:
 rq-suite:
 	MODE=$(MODE) bash scripts/rq_suite.sh
 bench: setup
+	.venv/bin/pip install -q -e '.[bench]'  # huey and dramatiq, for case 8
 	.venv/bin/python benchmarks/bench.py
 
 include packaging/Makefile

@@ -24,6 +24,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks.peer_tasks is imported by the enqueuer too
 BIN = Path(sys.executable).parent
+WORKERD_QUEUE = "bench"  # the queue bench.py's workerd command lines listen on
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
@@ -45,7 +46,7 @@ def done_count(client: redis.Redis, peer: str, n: int) -> int:
     if peer == "huey":
         return int(client.hlen("huey.results.bench"))
     if peer == "workerd":
-        return int(client.zcard("rq:finished:default"))
+        return int(client.zcard(f"rq:finished:{WORKERD_QUEUE}"))
     pending = int(client.hlen("dramatiq:default.msgs"))
     return n - pending
 
@@ -60,7 +61,7 @@ def run(peer: str, argv: list[str], url: str, n: int, timeout_s: float) -> dict[
     if peer == "workerd":
         import rq  # a test dependency: it writes RQ's job hashes, which workerd runs
 
-        queue = rq.Queue("default", connection=client)
+        queue = rq.Queue(WORKERD_QUEUE, connection=client)
         for _ in range(n):
             queue.enqueue("benchmarks.jobs.noop")
     for _ in range(n if peer != "workerd" else 0):
@@ -104,8 +105,8 @@ def main() -> int:
     huey = [str(BIN / "huey_consumer"), "benchmarks.peer_tasks.huey"]
     wd = [str(BIN / "workerd"), "-u", a.url, "--execution", "inprocess"]
     cases = [
-        ("workerd --execution inprocess", "workerd", [*wd, "default"]),
-        ("workerd --workers 2 --execution inprocess", "workerd", [*wd, "--workers", "2", "default"]),
+        ("workerd --execution inprocess", "workerd", [*wd, WORKERD_QUEUE]),
+        ("workerd --workers 2 --execution inprocess", "workerd", [*wd, "--workers", "2", WORKERD_QUEUE]),
         ("huey -w 1 -k process", "huey", [*huey, "-w", "1", "-k", "process"]),
         ("huey -w 2 -k process", "huey", [*huey, "-w", "2", "-k", "process"]),
         ("dramatiq -p 2 -t 8", "dramatiq", [str(BIN / "dramatiq"), "benchmarks.peer_tasks", "-p", "2", "-t", "8"]),
