@@ -38,11 +38,18 @@ class Scheduler:
         self._release = redis.register_script(schema.SCHEDULER_RELEASE)
         self._next_tick = 0.0
 
-    def tick_if_due(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_tick:
-            self._next_tick = now + TICK_S
-            self.tick()
+    @property
+    def next_tick_at(self) -> float:
+        """When the next tick is due (monotonic)."""
+        return self._next_tick
+
+    def tick_if_due(self, now: float) -> bool:
+        """Tick if it is time (`now` is monotonic); True if it did."""
+        if now < self._next_tick:
+            return False
+        self._next_tick = now + TICK_S
+        self.tick()
+        return True
 
     def tick(self) -> int:
         """Take or refresh the locks, promote due jobs of the queues held. Returns jobs promoted."""

@@ -1,7 +1,12 @@
 """The worker: registers in Redis, fetches a job, has it run, commits the outcome, heartbeats.
 
-    run()       = setup; while not stopping: run_once(); teardown
-    run_once()  = signals -> heartbeat (and recovery) -> fetch -> execute -> commit
+    run()       = setup; while not done: run_once(); teardown
+    run_once()  = commands -> signals -> watch the job -> settle it -> heartbeat -> housekeeping
+                  -> next job -> wait (one select, until the earliest deadline)
+
+Everything the worker waits for - the wake-up pipe of its signal handlers, its pub/sub channel,
+its queues (when idle) and the horse's pipe and pidfd (when busy) - is waited on at once, until
+the earliest named deadline (`Due`). The job in hand is a `Running`, from its fetch to its commit.
 
 A job is run in a horse forked for it (EXECUTION = "fork", the default) or in this process
 ("inprocess"). Either way the worker alone writes the job's state, through workerd.commit.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import enum
 import logging
 import os
 import random
@@ -22,6 +28,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
@@ -29,7 +36,6 @@ import redis
 from workerd import __version__, presence, rqview, schema, suspension, untrusted, webhooks
 from workerd import connection as connection_module
 from workerd import horse as horse_module
-from workerd import scheduler as scheduler_module
 from workerd.commit import (
     CANCELED,
     LEASE_LOST,
@@ -71,11 +77,16 @@ log = logging.getLogger("workerd.worker")
 # After a job's timeout the horse gets this long to stop by itself (its death penalty raises
 # inside the job) before the worker SIGKILLs its process group.
 HORSE_KILL_GRACE_S = 2.0
+# Without a pidfd (Linux < 5.3) nothing becomes readable when the horse exits after closing its
+# pipe: the worker then looks with waitpid() at least this often.
+HORSE_POLL_S = 1.0
 # Second SIGINT/SIGTERM within this window is a duplicate (a terminal's Ctrl+C reaching both a
 # supervisor and its worker), not a request for a cold stop; rq uses the same guard.
 DUPLICATE_SIGNAL_WINDOW_S = 1.0
 # In burst mode a Redis that cannot be reached at start is given this long before exiting 69.
 BURST_CONNECT_GIVE_UP_S = 30.0
+# A suspended worker looks at rq:suspended again this often (at most).
+SUSPENDED_CHECK_S = 1.0
 MAX_BACKOFF_S = 30.0
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -121,6 +132,67 @@ class Outage:
     @property
     def down_for_s(self) -> float:
         return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+class Due(enum.Enum):
+    """The named deadlines the loop sleeps until (the earliest of them)."""
+
+    REGISTER = "register"  # at start: reach Redis and register (again once it is back)
+    HEARTBEAT = "heartbeat"  # worker key, lease renewal, recovery of expired leases
+    SCHEDULER = "scheduler"  # --with-scheduler: the scheduler's tick
+    MAINTENANCE = "maintenance"  # registry clean-up
+    KILL = "kill"  # the job's timeout plus HORSE_KILL_GRACE_S: its horse is killed
+    MEMORY_CHECK = "memory_check"  # the horse's memory against the soft and hard limits
+    HORSE_POLL = "horse_poll"  # no pidfd: look for the horse's exit with waitpid()
+    COMMIT = "commit"  # the job ended: commit its outcome (again once Redis is back)
+    FETCH = "fetch"  # no job in hand and none waited for: fetch (again once Redis is back)
+
+
+class Interrupt(str, enum.Enum):
+    """Why the worker ended a job's horse before the job ended by itself. The first reason stands,
+    except that a stop-job or a cold stop changes what is committed and so always wins."""
+
+    TIMEOUT = "timeout"  # failed: JobTimeoutException
+    SOFT_MEMORY = "soft_memory"  # failed: MemoryLimitExceeded (SIGTERM, then SIGKILL after the grace)
+    HARD_MEMORY = "hard_memory"  # failed: MemoryLimitExceeded (SIGKILL)
+    STOP_JOB = "stop_job"  # the stop-job command: committed as stopped
+    COLD_STOP = "cold_stop"  # the worker's cold stop: the job goes back to its queue
+
+    @property
+    def commits_differently(self) -> bool:
+        return self in (Interrupt.STOP_JOB, Interrupt.COLD_STOP)
+
+
+class Idle(enum.Enum):
+    """What the worker does between jobs, as its last fetch decided."""
+
+    FETCH = "fetch"  # fetch at once (ids were skipped, or Redis failed: once it is back)
+    WAIT = "wait"  # the queues were empty: wait on them
+    SUSPENDED = "suspended"  # rq:suspended is set: look again after SUSPENDED_CHECK_S
+
+
+@dataclass
+class Running:
+    """The job in hand, from its fetch until its outcome is committed (or it is requeued)."""
+
+    claim: Claim
+    started_at: float  # monotonic
+    timeout_s: float  # 0: none
+    kill_at: float | None = None  # monotonic: past it the horse is killed; None once it was
+    horse: horse_module.Horse | None = None  # fork mode
+    interrupt: Interrupt | None = None
+    interrupt_detail: str = ""  # the memory limit's message
+    ended: bool = False  # the job ran (its horse is reaped): what is left is its commit
+    outcome: Outcome | None = None  # what to commit once ended (None: requeue, for a cold stop)
+    commit_tries: int = 0  # failed commit attempts (Redis unreachable)
+
+    @property
+    def live_horse(self) -> horse_module.Horse | None:
+        return None if self.ended else self.horse
+
+    def interrupted(self, reason: Interrupt, detail: str = "") -> None:
+        if self.interrupt is None or reason.commits_differently:
+            self.interrupt, self.interrupt_detail = reason, detail
 
 
 class Worker:
@@ -172,21 +244,29 @@ class Worker:
         self.webhook_sender = webhooks.Sender(self.settings, self.name)
         self.outage = Outage(connection_module.describe(self.settings), f"Worker {self.name}: ",
                              max_backoff_s=self.settings.effective_heartbeat_s)  # fmt: skip
+        # The loop's seams: tests drive run_once(now) with a fake clock and a fake select.
+        self.clock: Callable[[], float] = time.monotonic
+        self.select: Callable[[Sequence[int], float], object] = _select
         self.jobs_done = 0
         self.jobs_failed = 0
         self.exit_code = ExitCode.OK
         self.stop_reason: StopReason | None = None
+        self.running: Running | None = None  # the job in hand
+        self.idle_next = Idle.FETCH
         self._signals: list[int] = []
         self._warm_stop_at: float | None = None
         self._cold_stop = False
-        self._claim: Claim | None = None
         self._waiter: QueueWaiter | None = None
         self._wake_read, self._wake_write = -1, -1
         self._next_heartbeat = 0.0
+        self._next_maintenance = 0.0
+        self._next_memory_check = 0.0
+        self._next_suspended_check = 0.0
+        self._redis_retry_at = 0.0  # after a failed Redis call: the backoff's end (monotonic)
+        self._connect_give_up_at: float | None = None  # burst mode, until the first connection
         self._recovery_after = 0.0
         self._last_job_at = time.monotonic()
         self._registered = False
-        self._next_memory_check = 0.0
         self._jobs_this_run = 0
         # Under a master: how the worker reports its state, and the workers it replaces that the
         # master saw die (name, and the reason it killed them if it did).
@@ -194,10 +274,7 @@ class Worker:
         self.predecessors = list(predecessors)
         self.scheduler = Scheduler(self.redis, self.name, self.queue_order) if self.settings.with_scheduler else None
         self._pubsub: Any = None
-        self._horse: horse_module.Horse | None = None
-        self._stop_job_id: str | None = None
         self._suspended = False
-        self._next_maintenance = 0.0
         self._keeper: LeaseKeeper | None = None
         self._warm_horse: horse_module.Horse | None = None
         self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
@@ -304,55 +381,70 @@ class Worker:
     def run(self) -> ExitCode:
         self.setup()
         try:
-            while self.stop_reason is None:
-                try:
-                    self.run_once()
-                    self.outage.succeeded()
-                except CONNECTION_ERRORS as exc:
-                    self._on_outage(exc)
+            while not self.done:
+                self.run_once()
         finally:
             self.teardown()
         return self.exit_code
 
-    def run_once(self) -> None:
-        """One step: act on signals, heartbeat when due, then fetch and run one job or wait for one."""
-        self.handle_signals()
-        self.handle_commands()
-        self.heartbeat_if_due()
-        self.housekeeping_if_due()
-        if self.stop_reason is not None or self._warm_stop_at is not None:
-            self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")  # unless it stops already
+    @property
+    def done(self) -> bool:
+        """Stopping, and no job in hand any more."""
+        return self.stop_reason is not None and self.running is None
+
+    def run_once(self, now: float | None = None) -> None:
+        """One turn: act on what is ready or due at `now`, then wait for the next thing."""
+        now = self.clock() if now is None else now
+        self._with_redis(self.register_if_needed, now)
+        self._with_redis(self.handle_commands, now)
+        self.handle_signals(now)
+        self.watch_job(now)
+        self.settle_job(now)
+        self._with_redis(self.heartbeat_if_due, now)
+        self._with_redis(self.housekeeping_if_due, now)
+        self._with_redis(self.next_job, now)
+        self.wait(now)
+
+    def _with_redis(self, step: Callable[[float], bool | None], now: float) -> None:
+        """Run a step that talks to Redis, unless a failed call's backoff runs (the first step,
+        register_if_needed, fails until the worker is registered); a step that returns True reached
+        Redis (an outage is over)."""
+        if now < self._redis_retry_at:
             return
-        fetched = self.fetch()
-        if fetched.suspended:
-            self.suspended()
-            return
-        claim = fetched.claim
-        if claim is None:
-            if not fetched.skipped:  # ids were skipped (hash gone): the queue may hold more, fetch again
-                self.idle()
-                self._woke_from_idle = True
-            return
-        self.execute(claim)
-        self._woke_from_idle = False
-        self.jobs_done += 1
-        self._last_job_at = time.monotonic()
-        self._jobs_this_run += 1
-        if self.settings.max_jobs is not None and self._jobs_this_run >= self.settings.max_jobs:
-            self.stop(StopReason.MAX_JOBS, f"finished {self.jobs_done} jobs (max jobs reached)")
+        try:
+            if step(now):
+                self.outage.succeeded()
+        except CONNECTION_ERRORS as exc:
+            self._redis_failed(exc, now)
 
     # -- setup and teardown -----------------------------------------------------------------------
 
     def setup(self) -> None:
         self._begin_run()
         self._install_signal_handlers()
-        redis_was_down = self._connect_with_retry()
+
+    def register_if_needed(self, now: float) -> bool:
+        """Reach Redis (run_once retries with backoff until it does), then register and start."""
+        if self._registered:
+            return False
+        redis_was_down = self.outage.since is not None
+        try:
+            connection_module.check_version(self.redis)
+        # A refused password, ACL (NoPermissionError: always a refusal) or certificate is a settings
+        # error, reported at once rather than retried as an outage (connection.refusal).
+        except (*CONNECTION_ERRORS, redis.exceptions.NoPermissionError) as exc:
+            refused = connection_module.refusal(exc, self.outage.where)
+            if refused is not None:
+                raise refused from None
+            self._connect_failed(exc, now)
+            return False
+        self.outage.succeeded()
         presence.register_birth(self.redis, self.name, self.queue_order, self.settings.worker_ttl)
         self._registered = True
         # Leases already expired at a normal start belong to dead workers: recover them at once
         # (a pool whose master keeps dying never lives a lease period). Only after an outage do
         # live workers need one lease period to renew theirs before anyone judges them.
-        self._recovery_after = time.monotonic() + (self.settings.lease_s if redis_was_down else 0.0)
+        self._recovery_after = now + (self.settings.lease_s if redis_was_down else 0.0)
         self._recover_predecessors()
         self._subscribe()
         if self.settings.burst and suspension.is_suspended(self.redis):
@@ -368,44 +460,33 @@ class Worker:
         self.report(Report(state=WorkerState.IDLE))
         rqview.load()  # before any fork, so that every horse shares rq's modules (if rq is installed)
         self.prefork()
+        return True
+
+    def _connect_failed(self, exc: BaseException, now: float) -> None:
+        """Redis is unreachable at start: back off (a burst worker gives up after a while)."""
+        delay = self.outage.failed(exc)
+        # Alive, waiting for Redis: the master's READY and watchdog count on it.
+        self.report(Report(outage=True))
+        if self._connect_give_up_at is not None and now + delay > self._connect_give_up_at:
+            raise RedisUnavailableError(
+                f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
+                f"({exc}); {connection_module.hint(exc)}"
+            ) from None
+        self._redis_retry_at = now + delay
 
     def _begin_run(self) -> None:
         """Forget how the previous run (an earlier work() call on this object) ended."""
         self.stop_reason = None
         self.exit_code = ExitCode.OK
+        self.running = None
+        self.idle_next = Idle.FETCH
         self._signals.clear()
         self._warm_stop_at = None
         self._cold_stop = False
         self._jobs_this_run = 0
-
-    def _connect_with_retry(self) -> bool:
-        """Wait for Redis (with backoff). Returns True if it was unreachable at first."""
-        give_up_at = time.monotonic() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
-        was_down = False
-        while True:
-            try:
-                connection_module.check_version(self.redis)
-                self.outage.succeeded()
-                return was_down
-            # A refused password, ACL (NoPermissionError: always a refusal) or certificate is a settings
-            # error, reported at once rather than retried as an outage (connection.refusal).
-            except (*CONNECTION_ERRORS, redis.exceptions.NoPermissionError) as exc:
-                refused = connection_module.refusal(exc, self.outage.where)
-                if refused is not None:
-                    raise refused from None
-                was_down = True
-                delay = self.outage.failed(exc)
-                # Alive, waiting for Redis: the master's READY and watchdog count on it.
-                self.report(Report(outage=True))
-                if give_up_at is not None and time.monotonic() + delay > give_up_at:
-                    raise RedisUnavailableError(
-                        f"Redis at {self.outage.where} was unreachable for {self.outage.down_for_s:.0f} s "
-                        f"({exc}); {connection_module.hint(exc)}"
-                    ) from None
-                self.sleep(delay)
-                self.handle_signals()
-                if self.stop_reason is not None or self._warm_stop_at is not None:
-                    raise SystemExit(0) from None
+        self._registered = False
+        self._redis_retry_at = 0.0
+        self._connect_give_up_at = self.clock() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
 
     def teardown(self) -> None:
         if self._warm_horse is not None:
@@ -418,17 +499,18 @@ class Worker:
             self._waiter.close()
             self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
-            if self.scheduler is not None:
+            if self.scheduler is not None and self._registered:
                 self.scheduler.release()
             if self._pubsub is not None:
                 self._pubsub.close()
+                self._pubsub = None
         self.webhook_sender.close(0.0 if self._cold_stop else webhooks.DRAIN_S)
         if self._registered:
             try:
                 presence.register_death(self.redis, self.name, self.queue_order)
             except CONNECTION_ERRORS:
                 log.warning("Worker %s: could not register death: Redis unreachable", self.name)
-        if self.settings.pid:
+        if self.settings.pid and self._registered:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.pid)
         for fd in (self._wake_read, self._wake_write):
@@ -459,36 +541,29 @@ class Worker:
     def _record_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
-    def handle_signals(self) -> None:
+    def handle_signals(self, now: float) -> None:
         while self._signals:
             signum = self._signals.pop(0)
-            now = time.monotonic()
             if signum == signal.SIGQUIT:  # the master's cold stop: no duplicate guard
-                self._cold_stop_now()
+                self._cold_stop_now(now)
             elif self._warm_stop_at is None:
                 self._warm_stop_at = now
                 log.info("Worker %s [PID %d]: warm shut down requested (%s)", self.name, os.getpid(),
                          signal.Signals(signum).name)  # fmt: skip
-                if self._claim is None:
+                if self.running is None:
                     self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")
             elif now - self._warm_stop_at > DUPLICATE_SIGNAL_WINDOW_S:
-                self._cold_stop_now()
+                self._cold_stop_now(now)
 
-    def _cold_stop_now(self) -> None:
+    def _cold_stop_now(self, now: float) -> None:
         if self._cold_stop:
             return
         self._cold_stop = True
         if self._warm_stop_at is None:
-            self._warm_stop_at = time.monotonic()
+            self._warm_stop_at = now
         log.warning("Worker %s [PID %d]: cold shut down: the running job goes back to its queue",
                     self.name, os.getpid())  # fmt: skip
         self.stop(StopReason.COLD_SHUTDOWN, "cold shut down")
-
-    def sleep(self, seconds: float, extra_fds: Sequence[int] = ()) -> None:
-        """Sleep, but wake at once on a signal (or when one of `extra_fds` is readable)."""
-        if seconds > 0:
-            select.select([self._wake_read, *extra_fds], [], [], seconds)
-            self._drain_wake_pipe()
 
     # -- commands over pub/sub -------------------------------------------------------------------
 
@@ -502,7 +577,7 @@ class Worker:
         sock = connection._get_socket() if connection is not None else None
         return [sock.fileno()] if sock is not None else []
 
-    def handle_commands(self) -> None:
+    def handle_commands(self, now: float) -> None:
         """Act on the commands waiting on our channel (never blocks)."""
         while self._pubsub is not None:
             message = self._pubsub.get_message(timeout=0)
@@ -520,23 +595,24 @@ class Worker:
     def on_command(self, command: Command) -> None:
         log.info("Worker %s: received command %s%s", self.name, command.name,
                  f" for job {printable_id(command.job_id)}" if command.job_id else "")  # fmt: skip
+        running = self.running
+        horse = running.live_horse if running is not None else None
         if command.name == "shutdown":
             self._signals.append(signal.SIGINT)  # as rq: the same as a first Ctrl+C
-            self.handle_signals()
         elif command.name == "kill-horse":
-            if self._horse is None:
+            if horse is None:
                 log.info("Worker %s: no horse to kill", self.name)
             else:
-                _kill_group(self._horse.pid)
+                _kill_group(horse.pid)
         elif command.name == "stop-job":
             shown = printable_id(command.job_id or "")
-            if self._claim is None or self._claim.job.id != command.job_id:
+            if running is None or running.claim.job.id != command.job_id:
                 log.info("Worker %s: Not working on job %s, command ignored.", self.name, shown)
-            elif self._horse is None:
+            elif horse is None:
                 log.warning("Worker %s: cannot stop job %s: it runs in-process", self.name, shown)
             else:
-                self._stop_job_id = command.job_id
-                _kill_group(self._horse.pid)
+                running.interrupted(Interrupt.STOP_JOB)
+                _kill_group(horse.pid)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -547,28 +623,30 @@ class Worker:
 
     # -- heartbeats and recovery -------------------------------------------------------------------
 
-    def heartbeat_if_due(self) -> bool:
-        """Heartbeat if it is time; True if it did (and so reached Redis)."""
-        now = time.monotonic()
+    def heartbeat_if_due(self, now: float, in_keeper: bool = False) -> bool:
+        """Heartbeat if it is time; True if it did (and so reached Redis). The LeaseKeeper thread
+        calls it too, while an in-process job holds the main thread (`in_keeper`: no recovery then,
+        whose callbacks would run beside the job, and no log rotation)."""
         if now < self._next_heartbeat:
             return False
         self._next_heartbeat = now + self.settings.effective_heartbeat_s
-        if self.reporter is None:  # a single worker rotates its own log file; in a pool, the master does
+        if self.reporter is None and not in_keeper:  # a single worker rotates its own log file; in a pool, the master
             rotate_log_file_if_needed(self.settings)
-        self.heartbeat()
+        self.heartbeat(now, recover=not in_keeper)
         return True
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, now: float, recover: bool = True) -> None:
         """One round trip: worker heartbeat, lease renewal, and a look for expired leases."""
-        claim = self._claim
+        running = self.running
+        claim = running.claim if running is not None else None
         busy_ttl = self.settings.job_monitoring_interval + 60
         ttl = busy_ttl if claim else presence.idle_ttl_s(self.settings.worker_ttl)
         # After an outage, leases look expired until their workers renew them: wait a lease first.
-        recover = time.monotonic() >= self._recovery_after and self.outage.settled(self.settings.lease_s)
+        recover = recover and now >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
             key = presence.queue_heartbeat(pipe, self.name, ttl)
-            lease = None if claim is None else self.committer.renew_lease(claim, self.settings.lease_s,
-                                                                          self._working_time_s(), pipe)  # fmt: skip
+            lease = None if running is None else self.committer.renew_lease(running.claim, self.settings.lease_s,
+                                                                            now - running.started_at, pipe)  # fmt: skip
             expired = self.committer.expired_leases(self.queue_order, time.time(), pipe) if recover else None
             replies = pipe.execute()
         if not key.read(replies):
@@ -588,7 +666,7 @@ class Worker:
                     self._recover(queue, member)
 
     def _recover(self, queue: str, member: bytes) -> None:
-        if self._claim is not None and member == self._claim.member:
+        if self.running is not None and member == self.running.claim.member:
             return
         recovery = self.committer.recover(queue, member, time.time(), self.settings.abandoned_max_attempts)
         job_id = schema.split_wip_member(member)[0]
@@ -672,28 +750,45 @@ class Worker:
         log.error("Worker %s: lost the lease on job %s: %s; its outcome here will be discarded", self.name,
                   printable_id(claim.job.id), why)  # fmt: skip
 
-    def _redis_failed(self, exc: BaseException) -> float:
-        """Record a failed Redis call; returns the backoff. Every pooled socket is dropped, so that
-        after a Redis restart no stale one fails again (which would log a second outage)."""
+    def _redis_failed(self, exc: BaseException, now: float) -> None:
+        """A Redis call failed: no Redis step runs until the backoff is over. Every pooled socket is
+        dropped, so that after a Redis restart no stale one fails again (which would log a second
+        outage); the queue waiter's too. A running horse goes on; a commit waits for Redis."""
         delay = self.outage.failed(exc)
         self.report(Report(outage=True))
         self.redis.connection_pool.disconnect()
         connection = getattr(self._pubsub, "connection", None)
         if connection is not None:  # it reconnects and subscribes again on its next read
             connection.disconnect()
-        return delay
-
-    def _on_outage(self, exc: BaseException) -> None:
-        delay = self._redis_failed(exc)
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
-        self.sleep(delay)
-        self.handle_signals()
+        self._redis_retry_at = now + delay
+        self.idle_next = Idle.FETCH
         # Give live workers one lease period to renew before anyone's lease is judged expired.
-        self._recovery_after = time.monotonic() + self.settings.lease_s + delay
+        self._recovery_after = self._redis_retry_at + self.settings.lease_s + delay
 
-    # -- fetching --------------------------------------------------------------------------------
+    # -- between jobs ----------------------------------------------------------------------------
+
+    def next_job(self, now: float) -> bool:
+        """With no job in hand: stop if asked, else fetch one and start it (or wait for one)."""
+        if self.running is not None or self.stop_reason is not None:
+            return False
+        if self._warm_stop_at is not None:
+            self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")
+            return False
+        if self.idle_next is Idle.SUSPENDED and now < self._next_suspended_check:
+            return False
+        fetched = self.fetch()
+        if fetched.suspended:
+            self.suspended(now)
+        elif fetched.claim is not None:
+            self.start(fetched.claim, now)
+        elif fetched.skipped:  # ids were skipped (hash gone): the queue may hold more, fetch again
+            self.idle_next = Idle.FETCH
+        else:
+            self.idle(now)
+        return True
 
     def fetch(self) -> Fetched:
         fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s)
@@ -708,7 +803,7 @@ class Worker:
             self._reorder_queues(fetched.claim.queue)
         return fetched
 
-    def suspended(self) -> None:
+    def suspended(self, now: float) -> None:
         """rq:suspended is set: take nothing; a burst worker leaves, others check again each second."""
         if not self._suspended:
             self._suspended = True
@@ -718,32 +813,18 @@ class Worker:
         if self.settings.burst:
             self.stop(StopReason.SUSPENDED, "suspended")
             return
-        self.sleep(min(1.0, self.settings.effective_heartbeat_s), self._command_fds())
+        self.idle_next = Idle.SUSPENDED
+        self._next_suspended_check = now + min(SUSPENDED_CHECK_S, self.settings.effective_heartbeat_s)
 
-    def housekeeping_if_due(self) -> None:
-        """The scheduler's tick (with --with-scheduler) and the periodic registry clean-up."""
-        if self.scheduler is not None:
-            self.scheduler.tick_if_due()
-        now = time.monotonic()
-        if now >= self._next_maintenance:
-            self._next_maintenance = now + self.settings.maintenance_interval
-            clean_registries(self.redis, self.committer, self.queue_order)
-
-    def _reorder_queues(self, served: str) -> None:
-        strategy = self.settings.dequeue_strategy
-        if strategy == "round_robin":
-            index = self.queue_order.index(served) + 1
-            self.queue_order = self.queue_order[index:] + self.queue_order[:index]
-        elif strategy == "random":
-            random.shuffle(self.queue_order)
-
-    def idle(self) -> None:
+    def idle(self, now: float) -> None:
+        """The queues are empty: a burst worker leaves, others wait on them (or stop, idle too long)."""
+        self._woke_from_idle = True
         if self.settings.burst:
             log.info("Worker %s: No more work, burst finished.", self.name)
             self.stop(StopReason.BURST_FINISHED, "burst finished")
             return
         max_idle = self.settings.max_idle_time
-        if max_idle is not None and time.monotonic() - self._last_job_at >= max_idle:
+        if max_idle is not None and now - self._last_job_at >= max_idle:
             self.stop(StopReason.MAX_IDLE, f"idle for {max_idle} s (max idle time)")
             return
         if not self._idle_written:  # once per idle spell, not on every wake-up
@@ -753,67 +834,71 @@ class Worker:
             from workerd.waiter import QueueWaiter
 
             self._waiter = QueueWaiter(self.redis, self.queue_order, self.dequeue_timeout)
-        wait_s = max(0.0, self._next_heartbeat - time.monotonic())
-        if self.scheduler is not None:
-            wait_s = min(wait_s, scheduler_module.TICK_S)
-        self._waiter.wait(wait_s, wake_fds=[self._wake_read, *self._command_fds()])
-        self._drain_wake_pipe()
+        self.idle_next = Idle.WAIT
 
-    # -- executing -------------------------------------------------------------------------------
+    def housekeeping_if_due(self, now: float) -> bool:
+        """The scheduler's tick (with --with-scheduler) and the periodic registry clean-up, also
+        while a job runs. True if either ran (and so reached Redis)."""
+        ticked = self.scheduler.tick_if_due(now) if self.scheduler is not None else False
+        if now < self._next_maintenance:
+            return ticked
+        self._next_maintenance = now + self.settings.maintenance_interval
+        clean_registries(self.redis, self.committer, self.queue_order)
+        return True
 
-    def execute(self, claim: Claim) -> None:
-        self._claim = claim
+    def _reorder_queues(self, served: str) -> None:
+        strategy = self.settings.dequeue_strategy
+        if strategy == "round_robin":
+            index = self.queue_order.index(served) + 1
+            self.queue_order = self.queue_order[index:] + self.queue_order[:index]
+        elif strategy == "random":
+            random.shuffle(self.queue_order)
+
+    # -- starting a job --------------------------------------------------------------------------
+
+    def start(self, claim: Claim, now: float) -> None:
+        """Take the job in hand: a horse runs it (fork mode), or it runs here and now (in-process)."""
         job = claim.job
         shown = printable_id(job.id)
         described = shown if self.settings.disable_job_desc_logging else f"{job.description} ({shown})"
         log.info("Worker %s: %s: %s", self.name, claim.queue, described, extra=job_fields(job, claim.queue, self.name))
-        self._claim_started = time.monotonic()
         timeout_s = effective_timeout_s(job)
+        running = self.running = Running(claim=claim, started_at=now, timeout_s=timeout_s)
         inprocess_timeout = timeout_s and self.settings.execution == "inprocess"
         kill_at = time.time() + timeout_s + HORSE_KILL_GRACE_S if inprocess_timeout else None
         self.report(Report(state=WorkerState.BUSY, job=shown, kill_at=kill_at))
+        refused = self._refusal(claim)
+        if refused is not None:  # nothing to run
+            self._ended(running, _failed_outcome(refused))
+            return
+        set_title(f"worker {self.name}: busy with {shown} {job.func_name} from {claim.queue} since {_clock()}")
+        if self.settings.execution == "inprocess":
+            self._ended(running, self.run_inprocess(running))
+            return
+        title = f"horse of {self.name}: {shown} {job.func_name} from {claim.queue} since {_clock()}"
+        running.horse = self._horse_for(job, title)
+        if timeout_s:
+            running.kill_at = now + timeout_s + HORSE_KILL_GRACE_S
+        # With a backlog, the next job's horse forks while this one runs: the overlap is throughput.
+        # A job that woke an idle worker likely has no successor yet, and on a small machine a fork
+        # now competes for the CPU with the job it is meant to speed up: fork once this one is done.
+        if not self._woke_from_idle:
+            self.prefork()
+
+    def _refusal(self, claim: Claim) -> str | None:
+        """Why the job cannot be run at all (undecodable, or a function not allowed), or None."""
         try:
-            outcome = self.run_job(claim)
-            if outcome is None:  # cold stop: the job went back to its queue
-                return
-            self.commit(claim, outcome)
-        finally:
-            self._claim = None
-            self._set_idle_title()
-            self.report(Report(state=WorkerState.IDLE, jobs=self.jobs_done + 1, failed=self.jobs_failed))
+            claim.job.func_name  # noqa: B018 - decodes the job's data
+        except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
+            return f"{type(exc).__name__}: {exc}\n"
+        refused = untrusted.refusal(claim.job, self.settings.allowed_functions)  # before any import or fork
+        return None if refused is None else f"{refused}\n"
 
     def perform(self, job: Job) -> Outcome:
         """Run the job's function here (in the horse, or in-process). Never raises."""
         return perform(job, self.death_penalty_class, self.exception_handlers,
                        record_failure=not self.settings.disable_default_exception_handler,
                        allowed_functions=self.settings.allowed_functions, view_class=self.job_class)  # fmt: skip
-
-    def run_job(self, claim: Claim) -> Outcome | None:
-        job = claim.job
-        shown = printable_id(job.id)  # a process title must be valid text
-        try:
-            title = f"horse of {self.name}: {shown} {job.func_name} from {claim.queue} since {_clock()}"
-        except Exception as exc:  # undecodable data: fail the job here, there is nothing to run
-            return _failed_outcome(f"{type(exc).__name__}: {exc}\n")
-        refused = untrusted.refusal(job, self.settings.allowed_functions)  # before any import or fork
-        if refused is not None:
-            return _failed_outcome(f"{refused}\n")
-        set_title(f"worker {self.name}: busy with {shown} {job.func_name} from {claim.queue} since {_clock()}")
-        if self.settings.execution == "inprocess":
-            return self.run_inprocess(claim)
-        horse = self._horse_for(job, title)
-        self._horse = horse
-        # With a backlog, the next job's horse forks while this one runs: the overlap is throughput.
-        # A job that woke an idle worker likely has no successor yet, and on a small machine a fork
-        # now competes for the CPU with the job it is meant to speed up: fork once this one is done.
-        if not self._woke_from_idle:
-            self.prefork()
-        try:
-            outcome = self.monitor(claim, horse)
-        finally:
-            self._horse = None
-        self.prefork()
-        return outcome
 
     def prefork(self) -> None:
         """Keep one horse forked in advance (fork mode), so a job starts without waiting for fork()."""
@@ -828,32 +913,34 @@ class Worker:
             warm.discard()  # killed while waiting, or a job that cannot be pickled
         return horse_module.spawn(job, self.perform, title)
 
-    def run_inprocess(self, claim: Claim) -> Outcome:
-        """Run the job in this process; a thread keeps the lease while the job holds the main thread.
+    def run_inprocess(self, running: Running) -> Outcome:
+        """Run the job in this process; the LeaseKeeper thread heartbeats while the job holds the
+        main thread.
 
         The master enforces the timeout from outside (it SIGKILLs this worker past the deadline the
         worker reported), and the job's cwd and signal handlers are restored afterwards.
         """
+        claim = running.claim
         cwd = os.getcwd()
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
         stdio = _save_stdio()
         if self._keeper is None:
             self._keeper = LeaseKeeper(self)
             self._keeper.start()
-        self._keeper.claim = claim
+        self._keeper.busy.set()
         real_exit = os._exit
-        os._exit = self._exit_guard(claim, real_exit)  # type: ignore[assignment]  # same signature, a closure
+        os._exit = self._exit_guard(running, real_exit)  # type: ignore[assignment]  # same signature, a closure
         try:
             return self.perform(claim.job)
         finally:
             os._exit = real_exit
-            self._keeper.claim = None
+            self._keeper.busy.clear()
             _restore_stdio(stdio)
             os.chdir(cwd)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
 
-    def _exit_guard(self, claim: Claim, real_exit: Callable[[int], NoReturn]) -> Callable[[int], NoReturn]:
+    def _exit_guard(self, running: Running, real_exit: Callable[[int], NoReturn]) -> Callable[[int], NoReturn]:
         """What os._exit is while an in-process job runs: the process still ends, but not silently.
 
         os._exit runs no atexit, no finally, nothing of ours: without this, a job calling it would end
@@ -862,6 +949,7 @@ class Worker:
         it, and the worker leaves with exit code 1. A child the job forked exits as it asked. Only calls
         through os._exit are seen: posix._exit or the C library's _exit (ctypes) bypass it."""
         worker_pid = os.getpid()
+        claim = running.claim
 
         def guarded_exit(code: int) -> NoReturn:
             if os.getpid() != worker_pid:
@@ -872,95 +960,60 @@ class Worker:
                       printable_id(claim.job.id), code, int(ExitCode.FAILURE),
                       extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
             with contextlib.suppress(Exception):  # one try: Redis down, the lease expires and recovery fails it
-                self.committer.commit_failure(claim, _failed_outcome(reason, self._claim_started))
+                self.committer.commit_failure(claim, _failed_outcome(reason, running.started_at))
             logging.shutdown()  # flush the line above
             real_exit(ExitCode.FAILURE)
 
         return guarded_exit
 
-    def monitor(self, claim: Claim, horse: horse_module.Horse) -> Outcome | None:
-        """Wait for the horse: read its report, heartbeat, enforce the timeout, obey a cold stop."""
-        timeout_s = effective_timeout_s(claim.job)
-        kill_at = horse.started_monotonic + timeout_s + HORSE_KILL_GRACE_S if timeout_s else None
-        killed_for_timeout = False
-        killed_for_memory: str | None = None
-        status: int | None = None
-        try:
-            while status is None:
-                tick = max(0.01, self._next_heartbeat - time.monotonic())
-                if kill_at is not None:
-                    tick = min(tick, max(0.01, kill_at - time.monotonic()))
-                select.select([*horse.wait_fds(), self._wake_read, *self._command_fds()], [], [], min(tick, 1.0))
-                self._drain_wake_pipe()
-                horse.read_available()
-                pid, status_or_zero = os.waitpid(horse.pid, os.WNOHANG)
-                if pid:
-                    status = status_or_zero
-                    break
-                self.handle_signals()
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    self.handle_commands()
-                    if self.scheduler is not None:
-                        self.scheduler.tick_if_due()
-                if self._cold_stop:
-                    _kill_group(horse.pid)
-                    os.waitpid(horse.pid, 0)
-                    self._requeue(claim)
-                    return None
-                try:
-                    if self.heartbeat_if_due():  # not due is no news: Redis may still be down
-                        self.outage.succeeded()
-                except CONNECTION_ERRORS as exc:
-                    self._redis_failed(exc)  # keep the horse running; the commit waits for Redis
-                memory_kill = self._check_horse_memory(horse)
-                if memory_kill is not None:
-                    killed_for_memory = memory_kill
-                if kill_at is not None and time.monotonic() >= kill_at and not killed_for_timeout:
-                    killed_for_timeout = True
-                    log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse",
-                                self.name, printable_id(claim.job.id), timeout_s,
-                                extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
-                    self.report(Report(kill=KillReason.TIMEOUT))
-                    _kill_group(horse.pid)
-            horse.read_available()
-        finally:
-            _kill_group(horse.pid)  # grandchildren the job left behind share the horse's group
-            horse.close()
-        outcome = horse.outcome()
-        if self._stop_job_id == claim.job.id:
-            return _failed_outcome("Job stopped by user, work-horse terminated.", horse.started_monotonic)
-        if killed_for_memory is not None:
-            return _failed_outcome(f"{killed_for_memory}; the horse was {describe_wait_status(status)}\n",
-                                   horse.started_monotonic)  # fmt: skip
-        if killed_for_timeout:
-            return _failed_outcome(
-                f"JobTimeoutException: Task exceeded maximum timeout value ({timeout_s:g} seconds); the job did "
-                f"not stop by itself and its work-horse was killed after a {HORSE_KILL_GRACE_S:g} s grace\n",
-                horse.started_monotonic,
-            )
-        if outcome is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            return outcome
-        signal_part = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
-        return _failed_outcome(
-            f"Work-horse terminated unexpectedly; waitpid returned {status}{signal_part}; "
-            f"the horse was {describe_wait_status(status)}\n",
-            horse.started_monotonic,
-        )
+    # -- watching the horse ----------------------------------------------------------------------
 
-    def _check_horse_memory(self, horse: horse_module.Horse) -> str | None:
-        """Enforce the memory limits on the horse; returns the reason once it has been killed."""
+    def watch_job(self, now: float) -> None:
+        """Read the horse's report, reap it once it exited; enforce a cold stop, the memory limits
+        and the timeout (its kill time)."""
+        running = self.running
+        horse = running.live_horse if running is not None else None
+        if running is None or horse is None:
+            return
+        horse.read_available()
+        pid, status = os.waitpid(horse.pid, os.WNOHANG)
+        if pid:
+            self._reaped(running, status)
+        elif self._cold_stop:
+            running.interrupted(Interrupt.COLD_STOP)
+            _kill_group(horse.pid)
+            os.waitpid(horse.pid, 0)
+            self._release_horse(horse)
+            running.ended = True
+        else:
+            self._check_memory(running, horse, now)
+            self._kill_if_past_timeout(running, horse, now)
+
+    def _kill_if_past_timeout(self, running: Running, horse: horse_module.Horse, now: float) -> None:
+        if running.kill_at is None or now < running.kill_at:
+            return
+        running.kill_at = None
+        running.interrupted(Interrupt.TIMEOUT)
+        claim = running.claim
+        log.warning("Worker %s: job %s ran past its timeout of %g s; killing its horse", self.name,
+                    printable_id(claim.job.id), running.timeout_s,
+                    extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
+        self.report(Report(kill=KillReason.TIMEOUT))
+        _kill_group(horse.pid)
+
+    def _check_memory(self, running: Running, horse: horse_module.Horse, now: float) -> None:
+        """Enforce the memory limits on the horse."""
         soft, hard = self.settings.soft_memory_limit, self.settings.hard_memory_limit
-        now = time.monotonic()
         if (soft is None and hard is None) or now < self._next_memory_check:
-            return None
+            return
         self._next_memory_check = now + self.settings.memory_check_interval
         if horse.term_sent_at is not None:
             if now - horse.term_sent_at >= self.settings.memory_kill_grace:
                 _kill_group(horse.pid)
-            return None
+            return
         use = measure_memory(horse.pid)
         if use is None:
-            return None
+            return
         if hard is not None and use.uss_mib > hard:
             _kill_group(horse.pid)
             # Under a master this worker is replaced (documented). A single worker is its own
@@ -969,16 +1022,96 @@ class Worker:
             if self.reporter is not None:
                 self.stop(StopReason.HARD_MEMORY, "replaced after its horse hit the hard memory limit")
             self.report(Report(kill=KillReason.HARD_MEMORY))
-            return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard memory "
-                    f"limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
-        if soft is not None and use.uss_mib > soft:
+            running.interrupted(Interrupt.HARD_MEMORY,
+                                f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the hard "
+                                f"memory limit of {hard} MiB, and was killed (SIGKILL)")  # fmt: skip
+        elif soft is not None and use.uss_mib > soft:
             horse.term_sent_at = now
             _signal_group(horse.pid, signal.SIGTERM)
             self.report(Report(kill=KillReason.SOFT_MEMORY))
-            return (f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the soft memory "
-                    f"limit of {soft} MiB, and was stopped (SIGTERM, then SIGKILL after "
-                    f"{self.settings.memory_kill_grace:g} s)")  # fmt: skip
-        return None
+            running.interrupted(Interrupt.SOFT_MEMORY,
+                                f"MemoryLimitExceeded: the work-horse used {use.uss_mib:.0f} MiB, over the soft "
+                                f"memory limit of {soft} MiB, and was stopped (SIGTERM, then SIGKILL after "
+                                f"{self.settings.memory_kill_grace:g} s)")  # fmt: skip
+
+    def _reaped(self, running: Running, status: int) -> None:
+        """The horse exited: what it reported, or why it ended without a report."""
+        horse = running.horse
+        assert horse is not None
+        horse.read_available()
+        self._release_horse(horse)
+        self._ended(running, self._horse_outcome(running, horse, status))
+        self.prefork()
+
+    def _release_horse(self, horse: horse_module.Horse) -> None:
+        _kill_group(horse.pid)  # grandchildren the job left behind share the horse's group
+        horse.close()
+
+    def _horse_outcome(self, running: Running, horse: horse_module.Horse, status: int) -> Outcome:
+        outcome = horse.outcome()
+        started = horse.started_monotonic
+        if running.interrupt is Interrupt.STOP_JOB:
+            return _failed_outcome("Job stopped by user, work-horse terminated.", started)
+        if running.interrupt in (Interrupt.SOFT_MEMORY, Interrupt.HARD_MEMORY):
+            return _failed_outcome(f"{running.interrupt_detail}; the horse was {describe_wait_status(status)}\n",
+                                   started)  # fmt: skip
+        if running.interrupt is Interrupt.TIMEOUT:
+            return _failed_outcome(
+                f"JobTimeoutException: Task exceeded maximum timeout value ({running.timeout_s:g} seconds); the job "
+                f"did not stop by itself and its work-horse was killed after a {HORSE_KILL_GRACE_S:g} s grace\n",
+                started,
+            )
+        if outcome is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return outcome
+        signal_part = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
+        return _failed_outcome(
+            f"Work-horse terminated unexpectedly; waitpid returned {status}{signal_part}; "
+            f"the horse was {describe_wait_status(status)}\n",
+            started,
+        )
+
+    def _ended(self, running: Running, outcome: Outcome) -> None:
+        running.ended, running.outcome = True, outcome
+
+    # -- settling the job: commit (or requeue) ---------------------------------------------------
+
+    def settle_job(self, now: float) -> None:
+        """The job ended: commit its outcome (a cold stop requeues it instead). While Redis is down
+        the commit waits for the backoff and tries again; a cold stop then gives up (the lease
+        expires and the job is recovered)."""
+        running = self.running
+        if running is None or not running.ended:
+            return
+        claim = running.claim
+        if running.interrupt is Interrupt.COLD_STOP:
+            self._requeue(claim)
+        elif running.commit_tries and self._cold_stop:
+            log.error("Worker %s: cold stop while Redis is unreachable: job %s will be recovered "
+                      "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
+        elif now < self._redis_retry_at:
+            return
+        else:
+            assert running.outcome is not None
+            try:
+                self.commit(running, running.outcome)
+                self.outage.succeeded()
+            except CONNECTION_ERRORS as exc:
+                running.commit_tries += 1
+                self._redis_failed(exc, now)
+                return
+        self._finished(now)
+
+    def _finished(self, now: float) -> None:
+        """The job is out of hand: count it, and stop after max_jobs."""
+        self.running = None
+        self._set_idle_title()
+        self.report(Report(state=WorkerState.IDLE, jobs=self.jobs_done + 1, failed=self.jobs_failed))
+        self._woke_from_idle = False
+        self.jobs_done += 1
+        self._last_job_at = now
+        self._jobs_this_run += 1
+        if self.settings.max_jobs is not None and self._jobs_this_run >= self.settings.max_jobs:
+            self.stop(StopReason.MAX_JOBS, f"finished {self.jobs_done} jobs (max jobs reached)")
 
     def _requeue(self, claim: Claim) -> None:
         try:
@@ -992,30 +1125,18 @@ class Worker:
             log.error("Worker %s: Redis unreachable; job %s stays claimed and will be recovered "
                       "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
 
-    # -- committing --------------------------------------------------------------------------------
+    def commit(self, running: Running, outcome: Outcome) -> None:
+        """Write the outcome (one try; CONNECTION_ERRORS reach settle_job, which tries again)."""
+        claim = running.claim
+        try:
+            self._commit_once(running, outcome)
+        except redis.ResponseError as exc:  # the script stopped at an error; Redis kept its writes so far
+            self._commit_failed(claim, outcome, exc)
 
-    def commit(self, claim: Claim, outcome: Outcome) -> None:
-        """Write the outcome; while Redis is down, keep retrying (a cold stop gives up: the lease
-        then expires and the job is recovered)."""
-        while True:
-            try:
-                self._commit_once(claim, outcome)
-                self.outage.succeeded()
-                return
-            except redis.ResponseError as exc:  # the script stopped at an error; Redis kept its writes so far
-                self._commit_failed(claim, outcome, exc)
-                return
-            except CONNECTION_ERRORS as exc:
-                self.sleep(self._redis_failed(exc))
-                self.handle_signals()
-                if self._cold_stop:
-                    log.error("Worker %s: cold stop while Redis is unreachable: job %s will be recovered "
-                              "when its lease expires", self.name, printable_id(claim.job.id))  # fmt: skip
-                    return
-
-    def _commit_once(self, claim: Claim, outcome: Outcome) -> None:
+    def _commit_once(self, running: Running, outcome: Outcome) -> None:
+        claim = running.claim
         job = claim.job
-        if self._stop_job_id == job.id:
+        if running.interrupt is Interrupt.STOP_JOB:
             self._commit_stopped(claim, outcome)
             return
         if outcome.succeeded and outcome.retry is not None:
@@ -1087,7 +1208,6 @@ class Worker:
             except Exception as exc:
                 log.error("Worker %s: the stopped callback of job %s raised: %s", self.name, printable_id(job.id), exc)
         self.committer.commit_failure(claim, outcome, stopped=True)
-        self._stop_job_id = None
         log.info("Worker %s: job %s stopped", self.name, printable_id(job.id))
 
     def send_webhooks(self, job: Job, status: str, ended_at: float, exc_string: str | None = None) -> None:
@@ -1112,10 +1232,72 @@ class Worker:
         else:
             log.info("Worker %s: job %s result is kept for %d seconds", self.name, shown, ttl, extra=extra)
 
-    # -- small helpers ---------------------------------------------------------------------------
+    # -- waiting ---------------------------------------------------------------------------------
 
-    def _working_time_s(self) -> float:
-        return time.monotonic() - getattr(self, "_claim_started", time.monotonic())
+    def deadlines(self, now: float) -> dict[Due, float]:
+        """When each thing the worker must do next is due (monotonic); the loop sleeps until the
+        earliest. After a failed Redis call nothing that needs Redis is due before the backoff ends."""
+        redis_at = max(now, self._redis_retry_at)
+        due = {
+            Due.HEARTBEAT: max(redis_at, self._next_heartbeat),
+            Due.MAINTENANCE: max(redis_at, self._next_maintenance),
+        }
+        if self.scheduler is not None:
+            due[Due.SCHEDULER] = max(redis_at, self.scheduler.next_tick_at)
+        running = self.running
+        if not self._registered:
+            due[Due.REGISTER] = redis_at
+        elif running is None:
+            due.update(self._between_jobs_deadlines(redis_at))
+        else:
+            due.update(self._job_deadlines(running, now, redis_at))
+        return due
+
+    def _between_jobs_deadlines(self, redis_at: float) -> dict[Due, float]:
+        if self.idle_next is Idle.FETCH:
+            return {Due.FETCH: redis_at}
+        if self.idle_next is Idle.SUSPENDED:
+            return {Due.FETCH: max(redis_at, self._next_suspended_check)}
+        return {}  # waiting on the queues: the queue waiter wakes the loop
+
+    def _job_deadlines(self, running: Running, now: float, redis_at: float) -> dict[Due, float]:
+        if running.ended:  # a cold stop requeues (or gives up) at once; a commit needs Redis
+            gives_up = running.interrupt is Interrupt.COLD_STOP or (self._cold_stop and running.commit_tries > 0)
+            return {Due.COMMIT: now if gives_up else redis_at}
+        due: dict[Due, float] = {}
+        if running.horse is None:
+            return due
+        if running.kill_at is not None:
+            due[Due.KILL] = running.kill_at
+        if self.settings.soft_memory_limit is not None or self.settings.hard_memory_limit is not None:
+            due[Due.MEMORY_CHECK] = self._next_memory_check
+        if running.horse.pidfd < 0:
+            due[Due.HORSE_POLL] = now + HORSE_POLL_S
+        return due
+
+    def next_deadline(self, now: float) -> tuple[Due, float]:
+        """The earliest deadline: what the loop wakes for if nothing is ready before."""
+        return min(self.deadlines(now).items(), key=lambda item: item[1])
+
+    def wait(self, now: float) -> None:
+        """Sleep until the earliest deadline, or until something is ready: a signal (the wake-up
+        pipe), a command (the pub/sub socket), the horse (its pipe and pidfd), or - idle - a job on
+        one of the queues (the queue waiter's sockets, in the same select)."""
+        if self.done:
+            return
+        timeout_s = max(0.0, self.next_deadline(now)[1] - now)
+        running = self.running
+        horse = running.live_horse if running is not None else None
+        fds = [self._wake_read, *self._command_fds(), *(horse.wait_fds() if horse is not None else ())]
+        waiter = self._waiter if running is None and self.idle_next is Idle.WAIT else None
+        if waiter is None:
+            self.select(fds, timeout_s)
+        else:
+            try:
+                waiter.wait(timeout_s, wake_fds=fds)
+            except CONNECTION_ERRORS as exc:
+                self._redis_failed(exc, self.clock())
+        self._drain_wake_pipe()
 
     def _set_idle_title(self) -> None:
         set_title(f"worker {self.name}: idle, listening on {','.join(self.queue_order)}")
@@ -1155,37 +1337,38 @@ def _kill_group(pid: int) -> None:
     _signal_group(pid, signal.SIGKILL)
 
 
+def _select(fds: Sequence[int], timeout_s: float) -> object:
+    return select.select(fds, [], [], timeout_s)
+
+
 class LeaseKeeper(threading.Thread):
-    """In-process mode: one thread per worker that renews the lease of the job in hand (and reports
-    to the master) while the job holds the main thread. Started once: a thread per job would cost
-    more than the jobs it is made for."""
+    """In-process mode: while a job holds the main thread, this thread runs the loop's heartbeat
+    step for it when it is due - the same code as in fork mode (worker key, lease renewal,
+    re-registration of an expired worker key, a lost lease noticed). Started once: a thread per job
+    would cost more than the jobs it is made for."""
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(name="workerd-lease-keeper", daemon=True)
         self.worker = worker
-        self.claim: Claim | None = None  # set by the main thread around each job
+        self.busy = threading.Event()  # set by the main thread while it runs a job
         self._done = threading.Event()
-        # Its own client on the shared pool: a connection is never used by two threads at once.
-        self.redis = redis.Redis(connection_pool=worker.redis.connection_pool)
 
     def run(self) -> None:
-        interval = self.worker.settings.effective_heartbeat_s
-        while not self._done.wait(interval):
-            claim = self.claim
-            if claim is None:
+        worker = self.worker
+        while True:
+            self.busy.wait()
+            if self._done.wait(max(0.0, worker._next_heartbeat - worker.clock())):
+                return
+            if not self.busy.is_set():
                 continue
             try:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    presence.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60)
-                    self.worker.committer.renew_lease(claim, self.worker.settings.lease_s,
-                                                      self.worker._working_time_s(), pipe)  # fmt: skip
-                    pipe.execute()
-                self.worker.report(Report(heartbeat=True))
+                worker.heartbeat_if_due(worker.clock(), in_keeper=True)
             except CONNECTION_ERRORS:
-                self.worker.report(Report(outage=True))  # the job goes on; the commit will wait for Redis
+                worker.report(Report(outage=True))  # the job goes on; the commit will wait for Redis
 
     def stop(self) -> None:
         self._done.set()
+        self.busy.set()
         self.join(timeout=5)
 
 

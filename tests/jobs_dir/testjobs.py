@@ -212,6 +212,18 @@ def log_warning(message):
     return os.getpid()
 
 
+def delete_key_and_wait(url, key):
+    """Delete `key` in the test's Redis, then wait (at most 20 s) until someone sets it again."""
+    client = redis.Redis.from_url(url)
+    client.delete(key)
+    deadline = time.monotonic() + 20
+    while not client.exists(key):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"nobody set {key} again")
+        time.sleep(0.01)
+    return True
+
+
 def wait_for_go(url, key, fail=False):
     """Block until the test pushes to `key` in its Redis (at most 20 s), then return or raise."""
     if redis.Redis.from_url(url).blpop([key], timeout=20) is None:
