@@ -52,10 +52,36 @@ MAX_SKIPS_PER_FETCH = 100
 # Result entries that carry the value the job returned: a success, and (as rq) the Retry a job
 # returned to ask for another run - also when that run is refused past Retry.max (no exc_string then).
 _WITH_RETURN_VALUE = (ResultType.SUCCESSFUL, ResultType.RETRIED, ResultType.MAX_RETRIES_EXCEEDED)
-LEASE_LOST = -1
-# The job was canceled while it ran (Job.cancel of RQ's client or of workerd's); its outcome was
-# committed as RQ's worker commits it (schema.GUARDED_APPLY says how).
-CANCELED = -2
+# GUARDED_APPLY's replies other than a count of dependents released.
+_LEASE_LOST_REPLY = -1
+_CANCELED_REPLY = -2
+
+
+class Lease(str, enum.Enum):
+    """What a guarded write (GUARDED_APPLY) found of the job's lease."""
+
+    HELD = "held"
+    LOST = "lost"  # the wip entry is gone (recovered, flushed): nothing was written
+    # The job was canceled while it ran (Job.cancel of RQ's client or of workerd's); its outcome was
+    # committed as RQ's worker commits it (schema.GUARDED_APPLY says how).
+    CANCELED = "canceled"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The reply of a guarded write: the lease as found, and the dependents it released."""
+
+    lease: Lease
+    released: int = 0
+
+    @classmethod
+    def of(cls, reply: Any) -> Applied:
+        code = int(reply)
+        if code == _LEASE_LOST_REPLY:
+            return cls(Lease.LOST)
+        if code == _CANCELED_REPLY:
+            return cls(Lease.CANCELED)
+        return cls(Lease.HELD, code)
 
 
 class Recovery(str, enum.Enum):
@@ -82,10 +108,10 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Committed:
-    """A failure's commit: `released` is LEASE_LOST, CANCELED or the number of dependents
-    released; `detail` says it for the log ("retry 2 of 3 in 5s")."""
+    """A failure's commit: what the write did, where the job went, and `detail` saying it for the
+    log ("retry 2 of 3 in 5s")."""
 
-    released: int
+    applied: Applied
     verdict: Verdict
     detail: str
 
@@ -192,7 +218,7 @@ class Committer:
 
     def renew_lease(self, claim: Claim, lease_s: float, working_time_s: float, pipe: Pipeline) -> Queued[bool]:
         """Queue the lease renewal of a running job on `pipe` (executed with the worker heartbeat).
-        Its reply: whether the lease still held (False: LEASE_LOST)."""
+        Its reply: whether the lease still held."""
         now = utcnow()
         deadline = now.timestamp() + lease_s
         ops = _Ops()
@@ -209,7 +235,7 @@ class Committer:
         args = [claim.member, "", schema.encode_id(claim.job.id), "", "", "1", *ops.args]
         keys = [schema.started_key(claim.queue)]
         return pipelines.queue(pipe, lambda: self._apply(keys=keys, args=args, client=pipe),
-                               lambda replies: int(replies[0]) != LEASE_LOST)  # fmt: skip
+                               lambda replies: Applied.of(replies[0]).lease is not Lease.LOST)  # fmt: skip
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -260,16 +286,17 @@ class Committer:
         elif stream_ttl_s is not None and stream_ttl_s > 0:
             ops.add("EXPIRE", key, stream_ttl_s)
 
-    def _run(self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False, canceled_ok: bool = True) -> int:
-        """Apply `ops` while the lease holds. LEASE_LOST, CANCELED, or the number of dependents released."""
+    def _run(
+        self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False, canceled_ok: bool = True
+    ) -> Applied:
+        """Apply `ops` while the lease holds."""
         now_stamp = utcformat(utcnow())
         args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, "1" if tolerant else "",
                 "1" if canceled_ok else "", *ops.args]  # fmt: skip
-        return int(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
+        return Applied.of(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
 
-    def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> int:
-        """Finished (docs/PROTOCOL.md §5.5), and the next run of a job with repeats left.
-        Returns LEASE_LOST, CANCELED or the number of dependents released."""
+    def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> Applied:
+        """Finished (docs/PROTOCOL.md §5.5), and the next run of a job with repeats left."""
         job = claim.job
         ttl = job.result_ttl if job.result_ttl is not None else default_result_ttl_s
         ops = _Ops()
@@ -317,8 +344,8 @@ class Committer:
             ops.hset(job_key, {"status": JobStatus.FAILED.value, "ended_at": _stamp(outcome.ended_at)})
             self._record_failed(ops, claim, outcome, ResultType.MAX_RETRIES_EXCEEDED, None)
             self._release_execution(ops, claim)
-            released = self._run(claim, ops, release=JobStatus.FAILED.value)
-            return Committed(released, Verdict.FAILED, f"failed: {maximum} retries used")
+            applied = self._run(claim, ops, release=JobStatus.FAILED.value)
+            return Committed(applied, Verdict.FAILED, f"failed: {maximum} retries used")
         self._result_entry(ops, claim, outcome, ResultType.RETRIED, job.failure_ttl)
         ops.add("HSET", job_key, "number_of_retries", count + 1)
         delay_s = intervals[min(len(intervals) - 1, count)] if intervals else 0
@@ -352,7 +379,7 @@ class Committer:
         verdict = Verdict.STOPPED if stopped else Verdict.FAILED
         return Committed(self._run(claim, ops, release=release), verdict, status.value)
 
-    def fail_uncommittable(self, claim: Claim, outcome: Outcome, error: Exception) -> int:
+    def fail_uncommittable(self, claim: Claim, outcome: Outcome, error: Exception) -> Applied:
         """The last resort after a commit script failed part-way: fail the job with fixed values only
         (the default failure ttl, no retry, no dependents released), every write attempted even if
         one of them fails, so the job ends failed, with the reason, in the failed registry."""
@@ -392,7 +419,7 @@ class Committer:
         ops.hset(job_key, {"status": JobStatus.QUEUED.value, "enqueued_at": utcformat(now)})
         ops.add("LPUSH" if at_front else "RPUSH", queue_key, claim.job.id)
 
-    def requeue(self, claim: Claim) -> int:
+    def requeue(self, claim: Claim) -> Applied:
         """Put a job this worker holds back at the front of its queue (cold shutdown, lost horse)."""
         ops = _Ops()
         queue_key = schema.queue_key(claim.queue)

@@ -37,11 +37,11 @@ from workerd import __version__, presence, rqview, schema, suspension, untrusted
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd.commit import (
-    CANCELED,
-    LEASE_LOST,
+    Applied,
     Claim,
     Committer,
     Fetched,
+    Lease,
     Recovery,
     Verdict,
     poison_pill_reason,
@@ -393,7 +393,8 @@ class Worker:
         return self.stop_reason is not None and self.running is None
 
     def run_once(self, now: float | None = None) -> None:
-        """One turn: act on what is ready or due at `now`, then wait for the next thing."""
+        """One turn: act on what is ready or due at `now` (the clock's reading unless given), then
+        wait for the next thing."""
         now = self.clock() if now is None else now
         self._with_redis(self.register_if_needed, now)
         self._with_redis(self.handle_commands, now)
@@ -403,7 +404,7 @@ class Worker:
         self._with_redis(self.heartbeat_if_due, now)
         self._with_redis(self.housekeeping_if_due, now)
         self._with_redis(self.next_job, now)
-        self.wait(now)
+        self.wait(self.clock())  # the steps took time (an in-process job all of its run)
 
     def _with_redis(self, step: Callable[[float], bool | None], now: float) -> None:
         """Run a step that talks to Redis, unless a failed call's backoff runs (the first step,
@@ -1115,7 +1116,7 @@ class Worker:
 
     def _requeue(self, claim: Claim) -> None:
         try:
-            if self.committer.requeue(claim) == LEASE_LOST:
+            if self.committer.requeue(claim).lease is Lease.LOST:
                 self._lease_lost(claim)
                 return
             log.warning("Worker %s: job %s put back at the front of %s", self.name, printable_id(claim.job.id),
@@ -1141,29 +1142,29 @@ class Worker:
             return
         if outcome.succeeded and outcome.retry is not None:
             committed = self.committer.commit_retry_requested(claim, outcome)
-            self._note_canceled(claim, committed.released)
-            if committed.released != LEASE_LOST:
+            self._note_canceled(claim, committed.applied)
+            if committed.applied.lease is not Lease.LOST:
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id),
                          committed.detail)  # fmt: skip
                 if committed.verdict is Verdict.FAILED:  # past its max: failed, with no exception (as RQ)
                     self.send_webhooks(job, "failed", outcome.ended_at, "")
             return
         if outcome.succeeded:
-            released = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
-            if released == LEASE_LOST:
+            applied = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
+            if applied.lease is Lease.LOST:
                 self._lease_lost(claim)
                 return
-            self._note_canceled(claim, released)
+            self._note_canceled(claim, applied)
             self._log_success(claim, outcome)
             self.report(Report(outcome=JobOutcome.FINISHED, queue=claim.queue, duration_s=outcome.duration_s))
             self.send_webhooks(job, "finished", outcome.ended_at)
             return
         self.jobs_failed += 1
         committed = self.committer.commit_failure(claim, outcome)
-        if committed.released == LEASE_LOST:
+        if committed.applied.lease is Lease.LOST:
             self._lease_lost(claim)
             return
-        self._note_canceled(claim, committed.released)
+        self._note_canceled(claim, committed.applied)
         self.report(Report(outcome=committed.outcome, queue=claim.queue, duration_s=outcome.duration_s))
         extra = job_fields(job, claim.queue, self.name)
         try:
@@ -1179,8 +1180,8 @@ class Worker:
         else:
             self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
 
-    def _note_canceled(self, claim: Claim, released: int) -> None:
-        if released == CANCELED:
+    def _note_canceled(self, claim: Claim, applied: Applied) -> None:
+        if applied.lease is Lease.CANCELED:
             log.info("Worker %s: job %s was canceled while it ran; its outcome is committed as rq's worker "
                      "commits it (a success keeps its result and leaves its dependents deferred)", self.name,
                      printable_id(claim.job.id), extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
@@ -1193,7 +1194,7 @@ class Worker:
                   extra=job_fields(claim.job, claim.queue, self.name))  # fmt: skip
         if outcome.succeeded:  # a failure was counted before its commit was tried
             self.jobs_failed += 1
-        if self.committer.fail_uncommittable(claim, outcome, exc) == LEASE_LOST:
+        if self.committer.fail_uncommittable(claim, outcome, exc).lease is Lease.LOST:
             self._lease_lost(claim)
             return
         self.report(Report(outcome=JobOutcome.FAILED, queue=claim.queue, duration_s=outcome.duration_s))
