@@ -429,6 +429,12 @@ class Worker:
         if self._registered:
             return False
         redis_was_down = self.outage.since is not None
+        if not self._reach_redis(now):
+            return False
+        self._register(now, redis_was_down)
+        return True
+
+    def _reach_redis(self, now: float) -> bool:
         try:
             connection_module.check_version(self.redis)
         # A refused password, ACL (NoPermissionError: always a refusal) or certificate is a settings
@@ -440,6 +446,9 @@ class Worker:
             self._connect_failed(exc, now)
             return False
         self.outage.succeeded()
+        return True
+
+    def _register(self, now: float, redis_was_down: bool) -> None:
         presence.register_birth(self.redis, self.name, self.queue_order, self.settings.worker_ttl)
         self._registered = True
         # Leases already expired at a normal start belong to dead workers: recover them at once
@@ -461,7 +470,6 @@ class Worker:
         self.report(Report(state=WorkerState.IDLE))
         rqview.load()  # before any fork, so that every horse shares rq's modules (if rq is installed)
         self.prefork()
-        return True
 
     def _connect_failed(self, exc: BaseException, now: float) -> None:
         """Redis is unreachable at start: back off (a burst worker gives up after a while)."""
