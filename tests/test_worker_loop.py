@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import JOBS_DIR, wait_until
-from workerd import schema
+from workerd import schema, suspension
 from workerd.control import Command
 from workerd.job import Job
 from workerd.queue import Queue
@@ -148,6 +148,35 @@ def test_after_a_failed_redis_call_nothing_that_needs_redis_is_due_before_the_ba
     it.turn(T0 + 3.5)
     assert r.hget(schema.worker_key("loop-0"), "last_heartbeat") != b"marker"
     assert it.worker.outage.since is None  # the heartbeat reached Redis: the outage is over
+
+
+def test_a_suspended_worker_looks_again_after_a_second_and_resumes(loop: Callable[..., Loop], r: redis.Redis) -> None:
+    it = loop()
+    suspension.suspend(r)
+    job = Queue("q", connection=r).enqueue("testjobs.add", 1, 2)
+    it.turn(T0)
+    assert it.worker.idle_next is Idle.SUSPENDED and it.worker.running is None
+    assert it.worker.next_deadline(T0) == (Due.FETCH, T0 + 1.0)
+    assert r.hget(schema.worker_key("loop-0"), "state") == b"suspended"
+    suspension.resume(r)
+    it.turn(T0 + 0.5)  # not yet time to look again
+    assert r.hget(schema.job_key(job.id), "status") == b"queued"
+    it.turns_until(lambda: it.worker.jobs_done == 1, step_s=0.5)
+    assert r.hget(schema.job_key(job.id), "status") == b"finished"
+
+
+def test_memory_checks_are_deadlines_while_a_horse_runs(loop: Callable[..., Loop], r: redis.Redis) -> None:
+    it = loop(execution="fork", heartbeat_interval=10.0, soft_memory_limit=100_000, memory_check_interval=2.0)
+    Queue("q", connection=r).enqueue("testjobs.sleep_for", 30)
+    it.turn(T0)  # started: its first memory check is due at once
+    due, at = it.worker.next_deadline(T0)
+    assert due is Due.MEMORY_CHECK and at <= T0
+    it.turn(T0)  # checked (well under the limit)
+    assert it.worker.next_deadline(T0) == (Due.MEMORY_CHECK, T0 + 2.0)
+    it.turn(T0 + 2.0)
+    assert it.worker.next_deadline(T0 + 2.0) == (Due.MEMORY_CHECK, T0 + 4.0)
+    running = it.worker.running
+    assert running is not None and running.interrupt is None
 
 
 def test_max_jobs_stops_the_worker_after_that_many_jobs(loop: Callable[..., Loop], r: redis.Redis) -> None:
