@@ -873,6 +873,7 @@ class Worker:
         log.info("Worker %s: %s: %s", self.name, claim.queue, described, extra=job_fields(job, claim.queue, self.name))
         timeout_s = effective_timeout_s(job)
         running = self.running = Running(claim=claim, started_at=now, timeout_s=timeout_s)
+        self.idle_next = Idle.FETCH  # once it is done: a backlog is likely
         inprocess_timeout = timeout_s and self.settings.execution == "inprocess"
         kill_at = time.time() + timeout_s + HORSE_KILL_GRACE_S if inprocess_timeout else None
         self.report(Report(state=WorkerState.BUSY, job=shown, kill_at=kill_at))
