@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import redis
 
@@ -30,6 +30,7 @@ from workerd import __version__, presence, rqview, schema, suspension, untrusted
 from workerd import connection as connection_module
 from workerd import horse as horse_module
 from workerd import scheduler as scheduler_module
+from workerd import waiter as waiter_module
 from workerd.commit import (
     CANCELED,
     LEASE_LOST,
@@ -62,9 +63,6 @@ from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
 from workerd.utils import import_attribute, printable_id
-
-if TYPE_CHECKING:
-    from workerd.waiter import QueueWaiter
 
 log = logging.getLogger("workerd.worker")
 
@@ -180,7 +178,7 @@ class Worker:
         self._warm_stop_at: float | None = None
         self._cold_stop = False
         self._claim: Claim | None = None
-        self._waiter: QueueWaiter | None = None
+        self._waiter: waiter_module.QueueWaiter | None = None
         self._wake_read, self._wake_write = -1, -1
         self._next_heartbeat = 0.0
         self._recovery_after = 0.0
@@ -418,6 +416,8 @@ class Worker:
             self._waiter.close()
             self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
+            # Ids handed to our waits and not started go back to the front of their queues now.
+            self.committer.recover_claims({queue: [self.name] for queue in self.queue_order}, worker_is_dead=True)
             if self.scheduler is not None:
                 self.scheduler.release()
             if self._pubsub is not None:
@@ -566,10 +566,11 @@ class Worker:
         # After an outage, leases look expired until their workers renew them: wait a lease first.
         recover = time.monotonic() >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
-            key = presence.queue_heartbeat(pipe, self.name, ttl)
+            key = presence.queue_heartbeat(pipe, self.name, ttl, self.queue_order, self.settings.lease_s)
             lease = None if claim is None else self.committer.renew_lease(claim, self.settings.lease_s,
                                                                           self._working_time_s(), pipe)  # fmt: skip
             expired = self.committer.expired_leases(self.queue_order, time.time(), pipe) if recover else None
+            claims = self.committer.expired_claims(self.queue_order, time.time(), pipe) if recover else None
             replies = pipe.execute()
         if not key.read(replies):
             # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
@@ -582,6 +583,8 @@ class Worker:
         if claim is not None and lease is not None and not lease.read(replies):
             self._lease_lost(claim)
         self.report(Report(heartbeat=True))
+        if claims is not None:
+            self.committer.recover_claims(claims.read(replies))
         if expired is not None:
             for queue, members in expired.read(replies).items():
                 for member in members:
@@ -604,6 +607,8 @@ class Worker:
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
+        dead = [name for name, _ in self.predecessors]
+        self.committer.recover_claims({queue: dead for queue in self.queue_order}, worker_is_dead=True)
         for name, kill_reason in self.predecessors:
             if self.scheduler is not None:
                 self.scheduler.release_for(name)
@@ -696,7 +701,10 @@ class Worker:
     # -- fetching --------------------------------------------------------------------------------
 
     def fetch(self) -> Fetched:
-        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s)
+        if self._waiter is not None and self._waiter.quiet:  # no job was handed to us: none to fetch
+            return Fetched(None, [])
+        waits = waiter_module.NO_WAITS if self._waiter is None else self._waiter.end_waits()
+        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s, waits)
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
@@ -750,9 +758,7 @@ class Worker:
             presence.set_state(self.redis, self.name, "idle")
             self._idle_written = True
         if self._waiter is None:
-            from workerd.waiter import QueueWaiter
-
-            self._waiter = QueueWaiter(self.redis, self.queue_order, self.dequeue_timeout)
+            self._waiter = waiter_module.QueueWaiter(self.redis, self.queue_order, self.name, self.dequeue_timeout)
         wait_s = max(0.0, self._next_heartbeat - time.monotonic())
         if self.scheduler is not None:
             wait_s = min(wait_s, scheduler_module.TICK_S)
@@ -1176,7 +1182,8 @@ class LeaseKeeper(threading.Thread):
                 continue
             try:
                 with self.redis.pipeline(transaction=False) as pipe:
-                    presence.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60)
+                    presence.queue_heartbeat(pipe, self.worker.name, self.worker.settings.job_monitoring_interval + 60,
+                                             self.worker.queue_order, self.worker.settings.lease_s)  # fmt: skip
                     self.worker.committer.renew_lease(claim, self.worker.settings.lease_s,
                                                       self.worker._working_time_s(), pipe)  # fmt: skip
                     pipe.execute()
