@@ -48,6 +48,7 @@ class QueueWaiter:
     def __init__(self, redis: Redis, queues: list[str], worker_name: str, block_s: int) -> None:
         self._pool = redis.connection_pool
         self._keys = {schema.queue_key(q): schema.claim_list_key(q, worker_name) for q in queues}
+        self._worker_name = worker_name
         self._block_s = block_s
         self._connections: dict[str, Any] = {}
         self._client_ids: dict[str, int] = {}
@@ -64,7 +65,11 @@ class QueueWaiter:
             # BLMOVE would only break healthy waits.
             connection.socket_timeout = None  # type: ignore[attr-defined]
             connection.connect()
+            # Named as the worker's own connection is (presence.register_birth): CLIENT LIST shows whose
+            # wait it is. Its id is what CLIENT UNBLOCK takes. One round trip, once a connection.
+            connection.send_command("CLIENT", "SETNAME", self._worker_name)
             connection.send_command("CLIENT", "ID")
+            connection.read_response()
             self._client_ids[key] = int(connection.read_response())
             self._connections[key] = connection
         return connection
