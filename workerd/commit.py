@@ -497,8 +497,9 @@ class Committer:
             args: list[Any] = [time.time(), "1" if worker_is_dead else "", *names]
             count = int(self._recover_claims(keys=keys, args=args, client=self.redis))
             if count:
-                log.warning("Worker %s: %d job(s) handed to the idle wait of %s, which is gone, put back at "
-                            "the front of %s", self.worker_name, count, ", ".join(names), queue)  # fmt: skip
+                log.warning("Worker %s: put back at the front of %s %d job(s) that Redis had handed to the "
+                            "idle wait of a worker now gone (of %s)", self.worker_name, queue, count,
+                            ", ".join(names))  # fmt: skip
             moved += count
         return moved
 
