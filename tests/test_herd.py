@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+import rq
 
 from tests.conftest import WorkerdProcess, run_workerd, wait_until
 from tests.redis_server import RedisServer
@@ -213,3 +214,28 @@ def test_without_client_unblock_workers_close_their_waits(
         assert "Traceback" not in proc.output()
     finally:
         r.acl_deluser("herd")
+
+
+@pytest.mark.parametrize("then", ["wakes", "dies"])
+def test_a_claimed_job_canceled_meanwhile_never_runs(
+    r: redis.Redis, redis_url: str, workerd: Callable[..., WorkerdProcess], tmp_path: Path,
+    frozen: Callable[[int], None], then: str,
+) -> None:  # fmt: skip
+    """rq's cancel takes a job off its queue with LREM, which misses one in a claim list: the fetch (the
+    worker wakes) or the recovery (it died) drops it instead of starting it or queueing it again."""
+    record = tmp_path / "jobs.txt"
+    queue = Queue("a", connection=r)
+    holder = workerd("-u", redis_url, "--name", "herd-c", "--heartbeat-interval", str(HEARTBEAT_S), "a")
+    canceled = _freeze_with_claim(r, holder, "herd-c", frozen, queue, str(record), "canceled")
+    wait_until(lambda: claimed(r, "a", "herd-c") == [canceled.encode()], message="the claim")
+    rq.job.Job.fetch(canceled, connection=r).cancel()
+    if then == "wakes":
+        psutil.Process(holder.pid).send_signal(signal.SIGCONT)
+    else:
+        holder.kill_all()
+        workerd("-u", redis_url, "--name", "herd-d", "--heartbeat-interval", str(HEARTBEAT_S), "a")
+    wait_until(lambda: not claimed(r, "a", "herd-c"), timeout=LEASE_S + 5, message="the claim list emptied")
+    queue.enqueue(RECORD, str(record), "after")
+    wait_until(lambda: started_tags(record) == ["after"], message="the next job to run")
+    assert queue.fetch_job(canceled).get_status() == "canceled"  # type: ignore[union-attr]
+    assert r.llen(schema.queue_key("a")) == 0

@@ -271,6 +271,23 @@ local function release_dependents(parent_id, parent_status, now_stamp)
 end
 """
 
+# A claim list's ids back at the front of their queue, in order - but not a job canceled meanwhile:
+# rq's cancel takes a job off its queue with LREM, which does not see one in a claim list.
+_LUA_RETURN_CLAIM_LIST = """
+local function was_canceled(key) return is_a(key, 'hash') and redis.call('HGET', key, 'status') == 'canceled' end
+local function return_claim_list(claim_list, queue)
+  local moved = 0
+  while true do
+    local id = redis.call('RPOP', claim_list)
+    if not id then return moved end
+    if not was_canceled(JOB_PREFIX .. id) then
+      redis.call('LPUSH', queue, id)
+      moved = moved + 1
+    end
+  end
+end
+"""
+
 # KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n, this worker's claim lists 1..n.
 # ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
 #       executions score, most ids to skip in one call, '1' if the claim lists may hold ids.
@@ -282,6 +299,7 @@ end
 # after `rq suspend`, even by a worker that was already waiting.
 FETCH_START = (
     _LUA_PREFIXES
+    + _LUA_RETURN_CLAIM_LIST
     + """
 local n = tonumber(ARGV[1])
 local worker_name, exec_id, now_stamp, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -290,9 +308,7 @@ local max_skips = tonumber(ARGV[9])
 local claims = ARGV[10] == '1'
 local function return_claims()
   if not claims then return end
-  for i = 1, n do
-    while redis.call('LMOVE', KEYS[1 + 2 * n + i], KEYS[1 + i], 'RIGHT', 'LEFT') do end
-  end
+  for i = 1, n do return_claim_list(KEYS[1 + 2 * n + i], KEYS[1 + i]) end
 end
 if redis.call('EXISTS', SUSPENDED_KEY) == 1 then
   return_claims()
@@ -301,10 +317,14 @@ end
 local skipped = {}
 for i = 1, n do
   while true do
-    local job_id = claims and redis.call('LPOP', KEYS[1 + 2 * n + i]) or redis.call('LPOP', KEYS[1 + i])
+    local claimed = claims and redis.call('LPOP', KEYS[1 + 2 * n + i])
+    local job_id = claimed or redis.call('LPOP', KEYS[1 + i])
     if not job_id then break end
     local key = JOB_PREFIX .. job_id
-    if is_a(key, 'hash') then
+    local is_job = is_a(key, 'hash')
+    -- Canceled while Redis held it for us, where rq's cancel (an LREM of the queue) missed it: dropped.
+    local canceled = claimed and is_job and redis.call('HGET', key, 'status') == 'canceled'
+    if is_job and not canceled then
       -- RQ's bookkeeping key, if anyone left another type there: gone before it could fail ZADD below.
       if not is_a(EXECUTIONS_PREFIX .. job_id, 'zset') then redis.call('DEL', EXECUTIONS_PREFIX .. job_id) end
       redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
@@ -322,10 +342,12 @@ for i = 1, n do
       return_claims()
       return {i, job_id, redis.call('HGETALL', key), skipped}
     end
-    table.insert(skipped, job_id)
-    if #skipped >= max_skips then
-      return_claims()
-      return {0, '', {}, skipped}
+    if not canceled then
+      table.insert(skipped, job_id)
+      if #skipped >= max_skips then
+        return_claims()
+        return {0, '', {}, skipped}
+      end
     end
   end
 end
@@ -505,20 +527,24 @@ return 1
 # ARGV: now (epoch), '1' to take them whatever their deadline (the workers are known dead), then
 #       the m worker names. The ids in each claim list whose owner's deadline has passed (or who
 #       holds none: a list nobody renews) go back to the front of the queue, in order, and the owner
-#       leaves the zset. The jobs were never started: their hashes still say queued. Returns how
-#       many ids went back.
-RECOVER_CLAIMS = """
+#       leaves the zset. The jobs were never started: their hashes still say queued (one canceled
+#       meanwhile is dropped, see _LUA_RETURN_CLAIM_LIST). Returns how many ids went back.
+RECOVER_CLAIMS = (
+    _LUA_PREFIXES
+    + _LUA_RETURN_CLAIM_LIST
+    + """
 local now, forced, moved = tonumber(ARGV[1]), ARGV[2] == '1', 0
 for i = 3, #KEYS do
   local name = ARGV[i]
   local deadline = redis.call('ZSCORE', KEYS[1], name)
   if forced or not deadline or tonumber(deadline) <= now then
-    while redis.call('LMOVE', KEYS[i], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+    moved = moved + return_claim_list(KEYS[i], KEYS[2])
     redis.call('ZREM', KEYS[1], name)
   end
 end
 return moved
 """
+)
 
 # KEYS: intermediate list, queue key, job key. ARGV: job id, now stamp.
 # An id an RQ worker moved to its intermediate list and never recorded as started (it died in
