@@ -120,7 +120,7 @@ def test_a_dead_workers_claims_go_back_to_the_front_within_the_lease(
     burst = run_workerd("-u", redis_url, "--burst", "--name", "herd-b", "a")
     assert burst.returncode == 0, burst.stdout + burst.stderr
     assert started_tags(record) == ["first", "second"], "the claimed job went back to the FRONT of its queue"
-    assert r.keys("rq:workerd:claim*") == []
+    assert r.keys("rq:workerd:claim:*") == []
 
 
 def test_a_pool_recovers_a_killed_workers_claims_at_once(

@@ -485,16 +485,20 @@ class Committer:
 
         return pipelines.queue(pipe, add, read)
 
-    def recover_claims(self, by_queue: Mapping[str, Sequence[str]], worker_is_dead: bool = False) -> int:
+    def recover_claims(self, by_queue: Mapping[str, Sequence[str]], worker_is_dead: bool = False,
+                       linger_s: float | None = None) -> int:  # fmt: skip
         """Put the ids in the claim lists of the named workers back at the front of each queue, where
-        their lease has run out (or at once, for workers known to be dead or gone). Returns how many."""
+        their lease has run out (or at once, for workers known to be dead or stopping). The workers
+        leave the claimers zset, or, with `linger_s`, stay that long (a stopping worker: whatever
+        Redis hands its closing waits is then recovered by the others). Returns how many."""
         moved = 0
         for queue, names in by_queue.items():
             if not names:
                 continue
             keys = [schema.claimers_key(queue), schema.queue_key(queue)]
             keys += [schema.claim_list_key(queue, name) for name in names]
-            args: list[Any] = [time.time(), "1" if worker_is_dead else "", *names]
+            now = time.time()
+            args: list[Any] = [now, "1" if worker_is_dead else "", "" if linger_s is None else now + linger_s, *names]
             count = int(self._recover_claims(keys=keys, args=args, client=self.redis))
             if count:
                 log.warning("Worker %s: put back at the front of %s %d job(s) that Redis had handed to the "

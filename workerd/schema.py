@@ -524,22 +524,25 @@ return 1
 """
 
 # KEYS: claimers zset of a queue, the queue key, claim lists 1..m (of the workers named in ARGV).
-# ARGV: now (epoch), '1' to take them whatever their deadline (the workers are known dead), then
-#       the m worker names. The ids in each claim list whose owner's deadline has passed (or who
-#       holds none: a list nobody renews) go back to the front of the queue, in order, and the owner
-#       leaves the zset. The jobs were never started: their hashes still say queued (one canceled
-#       meanwhile is dropped, see _LUA_RETURN_CLAIM_LIST). Returns how many ids went back.
+# ARGV: now (epoch), '1' to take them whatever their deadline (the workers are known dead or are
+#       stopping), a deadline to leave them at instead of removing them ('' for none), then the m
+#       worker names. The ids in each claim list whose owner's deadline has passed (or who holds
+#       none: a list nobody renews) go back to the front of the queue, in order, and the owner
+#       leaves the zset - or stays until the deadline given: a worker that stops puts its claims
+#       back itself, and anything Redis hands its closing waits is swept up by the others then.
+#       The jobs were never started: their hashes still say queued (one canceled meanwhile is
+#       dropped, see _LUA_RETURN_CLAIM_LIST). Returns how many ids went back.
 RECOVER_CLAIMS = (
     _LUA_PREFIXES
     + _LUA_RETURN_CLAIM_LIST
     + """
-local now, forced, moved = tonumber(ARGV[1]), ARGV[2] == '1', 0
+local now, forced, linger, moved = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3], 0
 for i = 3, #KEYS do
-  local name = ARGV[i]
+  local name = ARGV[i + 1]
   local deadline = redis.call('ZSCORE', KEYS[1], name)
   if forced or not deadline or tonumber(deadline) <= now then
     moved = moved + return_claim_list(KEYS[i], KEYS[2])
-    redis.call('ZREM', KEYS[1], name)
+    if linger == '' then redis.call('ZREM', KEYS[1], name) else redis.call('ZADD', KEYS[1], linger, name) end
   end
 end
 return moved

@@ -17,10 +17,13 @@ nothing. If its claim lists outlive it, their ids are recovered as a dead worker
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import redis as redis_module
 
 from workerd import schema
 
@@ -46,6 +49,7 @@ NO_WAITS = EndingWaits()
 
 class QueueWaiter:
     def __init__(self, redis: Redis, queues: list[str], worker_name: str, block_s: int) -> None:
+        self._redis = redis
         self._pool = redis.connection_pool
         self._keys = {schema.queue_key(q): schema.claim_list_key(q, worker_name) for q in queues}
         self._worker_name = worker_name
@@ -133,5 +137,12 @@ class QueueWaiter:
             connection.disconnect()
 
     def close(self) -> None:
+        """End the waits (CLIENT UNBLOCK first: Redis could hand a closing connection an id before it
+        sees the close), then close their connections."""
+        if self._pending and self._can_unblock:
+            with contextlib.suppress(redis_module.RedisError), self._redis.pipeline(transaction=False) as pipe:
+                for key in self._pending:
+                    pipe.execute_command("CLIENT", "UNBLOCK", self._client_ids[key])
+                pipe.execute(raise_on_error=False)
         for key in list(self._connections):
             self._drop(key)

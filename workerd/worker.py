@@ -417,7 +417,8 @@ class Worker:
             self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
             # Ids handed to our waits and not started go back to the front of their queues now.
-            self.committer.recover_claims({queue: [self.name] for queue in self.queue_order}, worker_is_dead=True)
+            self.committer.recover_claims({queue: [self.name] for queue in self.queue_order}, worker_is_dead=True,
+                                          linger_s=self.settings.lease_s)  # fmt: skip
             if self.scheduler is not None:
                 self.scheduler.release()
             if self._pubsub is not None:
