@@ -136,13 +136,17 @@ class QueueWaiter:
         if connection is not None:
             connection.disconnect()
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """End the waits (CLIENT UNBLOCK first: Redis could hand a closing connection an id before it
-        sees the close), then close their connections."""
+        sees the close), then close their connections. True if no wait can be handed an id any more;
+        False if one was only closed (Redis may still hand it one: the claim lists need a last look
+        after a lease)."""
+        ended = not self._pending
         if self._pending and self._can_unblock:
             with contextlib.suppress(redis_module.RedisError), self._redis.pipeline(transaction=False) as pipe:
                 for key in self._pending:
                     pipe.execute_command("CLIENT", "UNBLOCK", self._client_ids[key])
-                pipe.execute(raise_on_error=False)
+                ended = not any(isinstance(reply, Exception) for reply in pipe.execute(raise_on_error=False))
         for key in list(self._connections):
             self._drop(key)
+        return ended

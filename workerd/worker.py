@@ -412,13 +412,14 @@ class Worker:
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
+        waits_ended = True
         if self._waiter is not None:
-            self._waiter.close()
+            waits_ended = self._waiter.close()
             self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
             # Ids handed to our waits and not started go back to the front of their queues now.
             self.committer.recover_claims({queue: [self.name] for queue in self.queue_order}, worker_is_dead=True,
-                                          linger_s=self.settings.lease_s)  # fmt: skip
+                                          linger_s=None if waits_ended else self.settings.lease_s)  # fmt: skip
             if self.scheduler is not None:
                 self.scheduler.release()
             if self._pubsub is not None:
