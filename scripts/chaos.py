@@ -114,9 +114,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("sigstop", "SIGSTOP/SIGCONT a worker (2-6 s)", faults=("sigstop",)),
         Scenario(
             "kill-idle",
-            "kill idle workers (SIGKILL) as jobs trickle in at 20/s",
+            "kill idle workers (SIGKILL) as jobs trickle in at 10/s",
             faults=("kill-idle",),
-            trickle_per_s=20.0,
+            trickle_per_s=10.0,
         ),
     )
 }

@@ -64,9 +64,9 @@ def test_killing_idle_workers_loses_nothing(system: str) -> None:
     """Idle workers frozen and SIGKILLed as jobs trickle in: the jobs Redis handed to their waits come back,
     by name from the master's new worker (a pool), or by lease from the other worker (no master)."""
     lines: list[str] = []
-    jobs = 200  # 10 s at 20/s
+    jobs = 150  # 15 s at 10/s
     result: dict[str, Any] = run_scenario(
-        system, "kill-idle", jobs, seed=7, duration_limit_s=30.0, drain_s=20.0, settle_s=10.0,
+        system, "kill-idle", jobs, seed=7, duration_limit_s=40.0, drain_s=20.0, settle_s=10.0,
         workerd_args=["--heartbeat-interval", "0.5"], restart_sec=0.5, stop_timeout_s=5.0, log=lines.append,
     )  # fmt: skip
     report = "\n".join(lines) + "\n" + "\n".join(f"{k}: {v}" for k, v in sorted(result.items()))
