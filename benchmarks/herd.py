@@ -1,17 +1,26 @@
-"""Herd case (issue 15 target 4), a rough first cut, not yet part of bench.py.
+"""Herd case (issue 15 target 4): what idle workers cost Redis, per job and per second.
 
-N idle in-process workerd workers (one pool) on queues a and b: Redis commands/s per idle worker
-with no jobs, then commands and Redis CPU per job with 150 no-op jobs enqueued at 50/s.
+N idle workers (one pool) on queues a and b: Redis commands and round trips per second per idle
+worker with no jobs, then commands, round trips and Redis CPU per job with 150 no-op jobs enqueued
+on a at 50/s (each job arrives while every worker is idle). A round trip is one read Redis served
+(INFO's total_reads_processed): a pipeline or a blocking wait counts once.
 
     .venv/bin/python benchmarks/herd.py redis://127.0.0.1:PORT/0 1 8 32 64
+    .venv/bin/python benchmarks/herd.py --rq redis://127.0.0.1:PORT/0 1 8 32 64   # rq worker-pool too
+
+The per-job figures include rq's enqueue (the same for every N and system). Target: commands per
+job with 64 idle workers <= 1.1x the figure with 1; an idle worker <= 0.5 round trips/s.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import psutil
 import redis
@@ -19,41 +28,61 @@ import rq
 
 JOBS = 150
 GAP_S = 0.02  # 50 jobs/s
-IDLE_S = 3.0
+IDLE_S = 6.0  # two heartbeats of workerd's default 3 s
+SETTLE_S = 1.0
 
 
-def commands(client: redis.Redis) -> int:
-    return sum(int(v["calls"]) for v in client.info("commandstats").values())
+@dataclass(frozen=True)
+class Counters:
+    commands: int
+    reads: int
+    cpu_s: float
+
+    @classmethod
+    def read(cls, client: redis.Redis) -> Counters:
+        info = client.info()
+        calls = sum(int(v["calls"]) for v in client.info("commandstats").values())
+        cpu_s = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return cls(calls, int(info["total_reads_processed"]), cpu_s)
+
+    def since(self, before: Counters) -> Counters:
+        # Our own two INFOs (INFO, INFO commandstats) per read are not the workers': taken off.
+        return Counters(self.commands - before.commands - 2, self.reads - before.reads - 2, self.cpu_s - before.cpu_s)
 
 
-def redis_cpu_s(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+def argv_for(system: str, url: str, n: int) -> list[str]:
+    if system == "workerd":
+        return [".venv/bin/workerd", "-u", url, "--execution", "inprocess", "--workers", str(n), "a", "b"]
+    return [".venv/bin/rq", "worker-pool", "-u", url, "-n", str(n), "-q", "a", "b"]
 
 
-def herd(client: redis.Redis, url: str, n: int) -> str:
+def herd(client: redis.Redis, url: str, system: str, n: int) -> str:
     client.flushdb()
-    argv = [".venv/bin/workerd", "-u", url, "--execution", "inprocess", "--workers", str(n), "a", "b"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(argv_for(system, url, n), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 60
         while len(client.smembers("rq:workers")) < n and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.0)  # let startup traffic settle
-        c0, t0 = commands(client), time.monotonic()
+        time.sleep(SETTLE_S)  # let startup traffic settle
+        before, t0 = Counters.read(client), time.monotonic()
         time.sleep(IDLE_S)
-        # One INFO of ours falls inside the window.
-        idle = (commands(client) - c0 - 1) / (time.monotonic() - t0) / n
+        idle = Counters.read(client).since(before)
+        idle_s = (time.monotonic() - t0) * n
         queue = rq.Queue("a", connection=client)
-        c0, r0 = commands(client), redis_cpu_s(client)
+        before = Counters.read(client)
         for _ in range(JOBS):
             queue.enqueue("benchmarks.jobs.noop")
             time.sleep(GAP_S)
+        polls = 1  # ours, not the workers': each ZCARD is one command and one read
         while client.zcard("rq:finished:a") < JOBS and time.monotonic() < deadline + 60:
+            polls += 1
             time.sleep(0.01)
-        per_job = (commands(client) - c0) / JOBS  # includes rq's enqueue commands, the same for every N
-        cpu_ms = 1000 * (redis_cpu_s(client) - r0) / JOBS
-        return f"| {n} | {idle:.2f} | {per_job:.1f} | {cpu_ms:.2f} |"
+        busy = Counters.read(client).since(before)
+        per_job = (busy.commands - polls) / JOBS
+        reads_per_job = (busy.reads - polls) / JOBS
+        return (f"| {system} | {n} | {idle.commands / idle_s:.2f} | {idle.reads / idle_s:.2f} | {per_job:.1f} | "
+                f"{reads_per_job:.1f} | {1000 * busy.cpu_s / JOBS:.2f} |")  # fmt: skip
     finally:
         root = psutil.Process(proc.pid)
         for p in [root, *root.children(recursive=True)]:
@@ -62,11 +91,17 @@ def herd(client: redis.Redis, url: str, n: int) -> str:
 
 
 def main() -> int:
-    url = sys.argv[1]
-    client = redis.Redis.from_url(url)
-    print("| idle workers | commands/s per idle worker | commands/job | Redis CPU ms/job |\n|---:|---:|---:|---:|")
-    for n in [int(x) for x in sys.argv[2:]]:
-        print(herd(client, url, n), flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rq", action="store_true", help="also run `rq worker-pool -n N` on the same queues")
+    parser.add_argument("url")
+    parser.add_argument("workers", nargs="+", type=int)
+    args = parser.parse_args()
+    client = redis.Redis.from_url(args.url)
+    print("| system | idle workers | idle: commands/s per worker | idle: round trips/s per worker | commands/job "
+          "| round trips/job | Redis CPU ms/job |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    for system in ["workerd", *(["rq-pool"] if args.rq else [])]:
+        for n in args.workers:
+            print(herd(client, args.url, system, n), flush=True)
     return 0
 
 

@@ -73,9 +73,14 @@ FAULT_INTERVALS = {
     "kill-master": (3.0, 6.0),
     "sigstop": (3.0, 6.0),
     "redis-restart": (4.0, 8.0),
+    "kill-idle": (0.3, 0.8),
 }
-FAULT_ROLE = {"kill-horse": "horse", "kill-worker": "worker", "kill-master": "master", "sigstop": "worker"}
+FAULT_ROLE = {"kill-horse": "horse", "kill-worker": "worker", "kill-master": "master", "sigstop": "worker",
+              "kill-idle": "worker"}  # fmt: skip
 SIGSTOP_HOLD_S = (2.0, 6.0)
+# kill-idle: an idle worker is frozen this long before its SIGKILL, so that the jobs trickling in meanwhile
+# are handed to its blocked waits (workerd's claim lists, RQ's BLPOP) and die with it.
+IDLE_FREEZE_S = (0.2, 0.8)
 REDIS_RESTARTS_MAX = 5
 OUTAGE_AT_S = 3.0  # into the fault phase
 
@@ -91,6 +96,7 @@ class Scenario:
     outage: bool = False
     hog_fraction: float = 0.0
     timeout_fraction: float = 0.0
+    trickle_per_s: float = 0.0  # > 0: jobs are enqueued during the fault phase at this rate, not up front
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -106,6 +112,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("memory-hog", "memory-hog jobs (5% hold 300 MB for 1 s)", hog_fraction=0.05),
         Scenario("timeouts", "timeout jobs (5% sleep past timeout)", timeout_fraction=0.05),
         Scenario("sigstop", "SIGSTOP/SIGCONT a worker (2-6 s)", faults=("sigstop",)),
+        Scenario(
+            "kill-idle",
+            "kill idle workers (SIGKILL) as jobs trickle in at 10/s",
+            faults=("kill-idle",),
+            trickle_per_s=10.0,
+        ),
     )
 }
 HOG_MB = 300
@@ -399,6 +411,15 @@ def roles(system: str, units: list[Unit]) -> dict[str, list[int]]:
                 role = ("master", "worker", "horse")[min(depth, 2)]
             found[role].append(pid)
     return found
+
+
+def idle_worker_pids(conn: redis.Redis) -> set[int]:
+    """PIDs of the registered workers (workerd's or RQ's) whose hash says they are idle."""
+    with conn.pipeline(transaction=False) as pipe:
+        for key in conn.smembers("rq:workers"):
+            pipe.hmget(key, "state", "pid")
+        replies = pipe.execute()
+    return {int(pid) for state, pid in replies if state == b"idle" and pid and pid.isdigit()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -704,7 +725,8 @@ def run_scenario(
     try:
         server.start()
         t0 = time.monotonic()
-        enqueue_jobs(conn, specs)
+        enqueued = 0 if scen.trickle_per_s else len(specs)
+        enqueue_jobs(conn, specs[:enqueued])
         result["enqueue_s"] = round(time.monotonic() - t0, 2)
         env = dict(os.environ)
         env.update(
@@ -721,7 +743,8 @@ def run_scenario(
             unit.start()
             units.append(unit)
         result["argv"] = [u.argv for u in units]
-        say(f"{system}/{scenario}: {jobs} jobs enqueued in {result['enqueue_s']} s; {server.url}; dir {tmp}")
+        say(f"{system}/{scenario}: {enqueued} of {jobs} jobs enqueued in {result['enqueue_s']} s; {server.url}; "
+            f"dir {tmp}")  # fmt: skip
 
         # ---- fault phase
         fault_start = time.monotonic()
@@ -730,6 +753,7 @@ def run_scenario(
         outage_done = not scen.outage
         next_check = 0.0
         total_faults = 0
+        doomed: dict[int, float] = {}  # kill-idle: frozen idle worker -> when to SIGKILL it
         while True:
             now = time.monotonic()
             for unit in units:
@@ -738,6 +762,15 @@ def run_scenario(
                 if now >= until:
                     send(pid, signal.SIGCONT)
                     del stopped[pid]
+            for pid, until in list(doomed.items()):
+                if now >= until:
+                    kill_subtree(pid)
+                    del doomed[pid]
+            due = min(len(specs), int((now - fault_start) * scen.trickle_per_s)) if scen.trickle_per_s else enqueued
+            if due > enqueued and server.up:
+                with contextlib.suppress(redis.RedisError):  # Redis is restarting: on the next turn
+                    enqueue_jobs(conn, specs[enqueued:due])
+                    enqueued = due
             if outage_until is not None and now >= outage_until:
                 server.start()
                 outage_until, outage_done = None, True
@@ -759,11 +792,19 @@ def run_scenario(
                     faults[kind] += 1
                     total_faults += 1
                     continue
-                candidates = [p for p in roles(system, units)[FAULT_ROLE[kind]] if p not in stopped]
+                candidates = [p for p in roles(system, units)[FAULT_ROLE[kind]] if p not in stopped and p not in doomed]
+                if kind == "kill-idle":
+                    idle = _try(lambda: idle_worker_pids(conn), set())
+                    candidates = [p for p in candidates if p in idle]
                 if not candidates:
                     continue
                 victim = rng.choice(candidates)
-                if kind == "sigstop":
+                if kind == "kill-idle":
+                    if send(victim, signal.SIGSTOP):
+                        doomed[victim] = now + rng.uniform(*IDLE_FREEZE_S)
+                        faults[kind] += 1
+                        total_faults += 1
+                elif kind == "sigstop":
                     if stopped:
                         continue  # one stopped worker at a time
                     if send(victim, signal.SIGSTOP):
@@ -777,7 +818,7 @@ def run_scenario(
             if now >= next_check and server.up:
                 next_check = now + 0.5
                 backlog = _try(lambda: sum(conn.llen(f"rq:queue:{q}") for q in QUEUES))
-                if backlog == 0 and outage_done:
+                if backlog == 0 and outage_done and enqueued == len(specs):
                     break
             if all(unit.state in ("stopped", "failed") for unit in units):
                 say("  every unit has stopped for good; ending the fault phase")
@@ -790,6 +831,9 @@ def run_scenario(
         for pid in list(stopped):
             send(pid, signal.SIGCONT)
         stopped.clear()
+        for pid in list(doomed):
+            kill_subtree(pid)
+        doomed.clear()
         if not server.up:  # the limit can end the phase mid-outage
             server.start()
         result["fault_phase_s"] = round(time.monotonic() - fault_start, 1)

@@ -56,3 +56,23 @@ def test_kill_everything_loses_nothing() -> None:
     # A failure is a job whose worker was lost over and over (the poison-pill budget), never a silent one.
     for reason in result["failed_reasons"]:
         assert "worker lost" in reason or "Work-horse terminated" in reason or "killed" in reason, report
+
+
+@pytest.mark.skipif(run_scenario is None, reason=f"scripts/chaos.py is not importable: {CHAOS_IMPORT_ERROR}")
+@pytest.mark.parametrize("system", ["workerd", "workerd-worker"])
+def test_killing_idle_workers_loses_nothing(system: str) -> None:
+    """Idle workers frozen and SIGKILLed as jobs trickle in: the jobs Redis handed to their waits come back,
+    by name from the master's new worker (a pool), or by lease from the other worker (no master)."""
+    lines: list[str] = []
+    jobs = 150  # 15 s at 10/s
+    result: dict[str, Any] = run_scenario(
+        system, "kill-idle", jobs, seed=7, duration_limit_s=40.0, drain_s=20.0, settle_s=10.0,
+        workerd_args=["--heartbeat-interval", "0.5"], restart_sec=0.5, stop_timeout_s=5.0, log=lines.append,
+    )  # fmt: skip
+    report = "\n".join(lines) + "\n" + "\n".join(f"{k}: {v}" for k, v in sorted(result.items()))
+    assert result["faults"].get("kill-idle", 0) >= 2, report
+    assert result["lost"] == 0, report
+    assert result["stuck"] == 0, report
+    assert result["finished"] == jobs, report
+    assert result["dup_other"] == 0, report
+    assert not result["anomalies"], report

@@ -40,6 +40,7 @@ from rq.job import Job as RQJob
 
 import workerd
 import workerd.errors
+import workerd.schema
 import workerd.suspension
 from tests.conftest import JOBS_DIR, ROOT, WorkerdProcess, run_workerd, wait_until
 
@@ -149,12 +150,23 @@ def worker_field(r: redis.Redis, name: str, key: str) -> str | None:
 
 
 def still_queued(r: redis.Redis, job_id: str, queue: str, for_s: float) -> None:
-    """Assert that the job stays queued (status and list) until the clock has moved `for_s` on."""
+    """Assert that the job stays queued (status and list) until the clock has moved `for_s` on. A
+    suspended workerd worker that was waiting is handed the job by Redis, into its claim list, and
+    its fetch puts it back at the front in the same round trip (docs/PROTOCOL.md §5.2, §5.13): it
+    must be back, and never in two places."""
     deadline = time.monotonic() + for_s
+    waiting: list[bytes] = r.zrange(workerd.schema.claimers_key(queue), 0, -1)  # type: ignore[assignment]
+    claims = [workerd.schema.claim_list_key(queue, name.decode()) for name in waiting]
     while time.monotonic() < deadline:
         assert status(r, job_id) == "queued", f"job {job_id} left its queue: {status(r, job_id)}"
-        assert job_id.encode() in r.lrange(f"rq:queue:{queue}", 0, -1)  # type: ignore[operator]
+        with r.pipeline(transaction=True) as pipe:  # one atomic look at the queue and the claim lists
+            pipe.lrange(f"rq:queue:{queue}", 0, -1)
+            for key in claims:
+                pipe.lrange(key, 0, -1)
+            held = [[*ids].count(job_id.encode()) for ids in pipe.execute()]
+        assert sum(held) == 1, f"job {job_id} in the queue and claim lists {held}"
         time.sleep(0.05)
+    assert job_id.encode() in r.lrange(f"rq:queue:{queue}", 0, -1)  # type: ignore[operator]
 
 
 def both_queues(r: redis.Redis, name: str) -> tuple[rq.Queue, workerd.Queue]:
@@ -267,7 +279,8 @@ def test_pool_has_one_scheduler_and_another_takes_over_after_sigkill(r: redis.Re
                      message="another worker takes the scheduler lock")  # fmt: skip
     assert time.monotonic() - killed_at < 15
     assert worker_field(r, new, "pid") and worker_field(r, new, "death") is None
-    assert proc.output().count("now scheduling queue pool") == 2
+    # The new holder logs once its tick has returned: the lock can be seen a moment before the line.
+    wait_until(lambda: proc.output().count("now scheduling queue pool") == 2, timeout=5, message="the takeover logged")
     job = workerd.Queue("pool", connection=r).enqueue_in(dt.timedelta(seconds=1), pj.record, redis_url, "t:p", "after")
     wait_until(lambda: status(r, job.id) == "finished", timeout=6, message="the new scheduler promotes")
     assert proc.process.poll() is None

@@ -29,7 +29,8 @@ def test_each_queued_group_reads_its_own_replies(r: redis.Redis) -> None:
 
 
 def test_the_heartbeat_replies_by_name(r: redis.Redis) -> None:
-    """The worker's heartbeat pipeline: its key, the lease of its job, the expired leases by queue."""
+    """The worker's heartbeat pipeline: its key, the lease of its job, the expired leases by queue,
+    the expired claim lists by queue."""
     name = "w-pipelines"
     r.hset(schema.worker_key(name), "state", "busy")
     committer = Committer(r, name, resolve_serializer(None))
@@ -37,15 +38,18 @@ def test_the_heartbeat_replies_by_name(r: redis.Redis) -> None:
     held = Claim(job=job, queue="qa", execution_id="e1")
     r.zadd(schema.started_key("qb"), {b"stale-member": 1})
     r.zadd(schema.started_key("qa"), {held.member: time.time() + 60})
+    r.zadd(schema.claimers_key("qb"), {"w-dead": 1})
     with r.pipeline(transaction=False) as pipe:
-        key = presence.queue_heartbeat(pipe, name, 60)
+        key = presence.queue_heartbeat(pipe, name, 60, ["qa", "qb"], 30)
         lease = committer.renew_lease(held, 30, 0.0, pipe)
         lost = committer.renew_lease(Claim(job=job, queue="qa", execution_id="e2"), 30, 0.0, pipe)
         expired = committer.expired_leases(["qa", "qb"], time.time(), pipe)
-        gone = presence.queue_heartbeat(pipe, "w-never-registered", 60)
+        claims = committer.expired_claims(["qa", "qb"], time.time(), pipe)
+        gone = presence.queue_heartbeat(pipe, "w-never-registered", 60, [], 30)
         replies = pipe.execute()
     assert key.read(replies) is True
     assert gone.read(replies) is False
     assert lease.read(replies) is True
-    assert lost.read(replies) is False  # no wip entry for execution e2: LEASE_LOST
+    assert lost.read(replies) is False  # no wip entry for execution e2: the lease is lost
     assert expired.read(replies) == {"qa": [], "qb": [b"stale-member"]}
+    assert claims.read(replies) == {"qb": ["w-dead"]}  # never this worker, whose heartbeat renewed its own

@@ -22,6 +22,7 @@ from workerd.control import Command
 from workerd.job import Job
 from workerd.queue import Queue
 from workerd.reports import KillReason, Report, StopReason
+from workerd.waiter import NO_WAITS, EndingWaits
 from workerd.worker import HORSE_KILL_GRACE_S, Due, Idle, Interrupt, Worker
 
 if str(JOBS_DIR) not in sys.path:
@@ -33,15 +34,20 @@ T0 = 1000.0  # the fake clock's start
 class FakeWaiter:
     """Stands in for the queue waiter: records each wait, never blocks."""
 
+    quiet = False  # as if each wait may have handed the worker a job: every fetch asks Redis
+
     def __init__(self) -> None:
         self.waits: list[float] = []
+
+    def end_waits(self) -> EndingWaits:
+        return NO_WAITS
 
     def wait(self, timeout_s: float, wake_fds: Sequence[int] = ()) -> bool:
         self.waits.append(timeout_s)
         return False
 
-    def close(self) -> None:
-        pass
+    def close(self) -> bool:
+        return True
 
 
 class Loop:

@@ -9,7 +9,7 @@ Every write after start is guarded by the job's wip entry (`<job>:<execution>` i
 it is the worker's lease on the job. A worker that was presumed dead and whose job was recovered
 finds its lease gone and writes nothing, so a re-run is never overwritten by a stale outcome.
 `job.cancel()` takes the wip entry too, but leaves the execution record that recovery deletes: a
-job canceled while it runs is still renewed and committed, as RQ's worker commits it (CANCELED).
+job canceled while it runs is still renewed and committed, as RQ's worker commits it (Lease.CANCELED).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import dataclasses
 import datetime as dt
 import enum
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,8 @@ from workerd.pipelines import Queued
 from workerd.reports import JobOutcome
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
-from workerd.utils import printable_id
+from workerd.utils import as_text, printable_id
+from workerd.waiter import NO_WAITS, EndingWaits
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -180,11 +182,14 @@ class Committer:
         self._apply: Script = redis.register_script(schema.GUARDED_APPLY)
         self._recover: Script = redis.register_script(schema.RECOVER_ABANDONED)
         self._from_intermediate: Script = redis.register_script(schema.REQUEUE_FROM_INTERMEDIATE)
+        self._recover_claims: Script = redis.register_script(schema.RECOVER_CLAIMS)
 
     # -- start ---------------------------------------------------------------------------------
 
-    def fetch_and_start(self, queues: Sequence[str], lease_s: float) -> Fetched:
-        """Atomically take the first job of the first non-empty queue and mark it started."""
+    def fetch_and_start(self, queues: Sequence[str], lease_s: float, waits: EndingWaits = NO_WAITS) -> Fetched:
+        """Atomically take the first job of the first non-empty queue (its head in our claim list
+        first, when `waits` says it may hold one) and mark it started; `waits` still blocked are
+        ended in the same round trip, before the script (workerd.waiter)."""
         now = utcnow()
         execution_id = uuid.uuid4().hex
         deadline = now.timestamp() + lease_s
@@ -192,11 +197,16 @@ class Committer:
         keys = [schema.worker_key(self.worker_name)]
         keys += [schema.queue_key(q) for q in queues]
         keys += [schema.started_key(q) for q in queues]
+        keys += [schema.claim_list_key(q, self.worker_name) for q in queues]
         args: list[Any] = [
             len(queues), self.worker_name, execution_id, utcformat(now), now.timestamp(), deadline,
-            execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH,
+            execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH, "1" if waits.claims_may_hold else "",
         ]  # fmt: skip
-        index, job_id, flat, skipped = self._fetch_start(keys=keys, args=args, client=self.redis)
+        if waits.client_ids:
+            reply = self._unblock_and_fetch(waits, keys, args)
+        else:
+            reply = self._fetch_start(keys=keys, args=args, client=self.redis)
+        index, job_id, flat, skipped = reply
         skipped_ids = [schema.decode_id(s) for s in skipped]
         if index <= 0:
             return Fetched(None, skipped_ids, suspended=index < 0)
@@ -213,6 +223,23 @@ class Committer:
         for problem in job.problems:
             log.warning("job %s: %s", text_id, problem)
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
+
+    def _unblock_and_fetch(self, waits: EndingWaits, keys: list[Any], args: list[Any]) -> Any:
+        """CLIENT UNBLOCK each wait, then FETCH_START, in one round trip: once unblocked, no wait
+        can move an id into a claim list, so the script finds every id handed to us."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for client_id in waits.client_ids:
+                pipe.execute_command("CLIENT", "UNBLOCK", client_id)
+            # EVALSHA itself: a Script queued on a pipeline costs a SCRIPT EXISTS round trip each time.
+            pipe.execute_command("EVALSHA", self._fetch_start.sha, len(keys), *keys, *args)
+            *unblocked, reply = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis_module.ResponseError) for r in unblocked):  # an ACL without CLIENT UNBLOCK
+            waits.refused()
+        if isinstance(reply, redis_module.exceptions.NoScriptError):  # Redis restarted or flushed its scripts
+            return self._fetch_start(keys=keys, args=args, client=self.redis)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     # -- lease -----------------------------------------------------------------------------------
 
@@ -469,6 +496,43 @@ class Committer:
                            job.lost_count + 1]  # fmt: skip
         result = self._recover(keys=keys, args=args, client=self.redis)
         return Recovery(result.decode() if isinstance(result, bytes) else str(result))
+
+    def expired_claims(self, queues: Sequence[str], now: float, pipe: Pipeline) -> Queued[dict[str, list[str]]]:
+        """Queue, on `pipe`, one read per queue of the workers whose claim lists' lease has run out.
+        Its reply: their names (at most 100 a queue), by queue; never this worker."""
+        names = list(queues)
+
+        def add() -> None:
+            for queue in names:
+                pipe.zrangebyscore(schema.claimers_key(queue), 0, now, start=0, num=100)
+
+        def read(replies: list[Any]) -> dict[str, list[str]]:
+            found = {queue: [as_text(w) or "" for w in workers] for queue, workers in zip(names, replies, strict=True)}
+            return {queue: [w for w in workers if w != self.worker_name] for queue, workers in found.items() if workers}
+
+        return pipelines.queue(pipe, add, read)
+
+    def recover_claims(self, by_queue: Mapping[str, Sequence[str]], worker_is_dead: bool = False,
+                       linger_s: float | None = None) -> int:  # fmt: skip
+        """Put the ids in the claim lists of the named workers back at the front of each queue, where
+        their lease has run out (or at once, for workers known to be dead or stopping). The workers
+        leave the claimers zset, or, with `linger_s`, stay that long (a stopping worker: whatever
+        Redis hands its closing waits is then recovered by the others). Returns how many."""
+        moved = 0
+        for queue, names in by_queue.items():
+            if not names:
+                continue
+            keys = [schema.claimers_key(queue), schema.queue_key(queue)]
+            keys += [schema.claim_list_key(queue, name) for name in names]
+            now = time.time()
+            args: list[Any] = [now, "1" if worker_is_dead else "", "" if linger_s is None else now + linger_s, *names]
+            count = int(self._recover_claims(keys=keys, args=args, client=self.redis))
+            if count:
+                log.warning("Worker %s: put back at the front of %s %d job(s) that Redis had handed to the "
+                            "idle wait of a worker now gone (of %s)", self.worker_name, queue, count,
+                            ", ".join(names))  # fmt: skip
+            moved += count
+        return moved
 
     def requeue_from_intermediate(self, queue: str, job_id: str) -> bool:
         """An id stuck in rq's intermediate list (its RQ worker died): back to the front of the queue."""

@@ -96,6 +96,34 @@ def describe_job(job_id: str, job: RunningJob | None, now: dt.datetime) -> str:
     return f" job {printable_id(job_id)}" + (f" ({', '.join(about)})" if about else "")
 
 
+def claimed_jobs(client: redis.Redis, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per queue, how many ids Redis has handed to each idle workerd worker's wait and that worker
+    has not started yet (schema.claim_list_key; normally for under one round trip), in two round
+    trips. Queues and workers holding none are left out."""
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.zrange(schema.claimers_key(queue), 0, -1)
+        holders = pipe.execute()
+    pairs = [(queue, as_text(w) or "") for queue, workers in zip(queues, holders, strict=True) for w in workers]
+    with client.pipeline(transaction=False) as pipe:
+        for queue, worker in pairs:
+            pipe.llen(schema.claim_list_key(queue, worker))
+        lengths = pipe.execute()
+    claimed: dict[str, dict[str, int]] = {}
+    for (queue, worker), length in zip(pairs, lengths, strict=True):
+        if length:
+            claimed.setdefault(queue, {})[worker] = int(length)
+    return claimed
+
+
+def describe_claimed(by_worker: dict[str, int]) -> str:
+    """`, 2 claimed (w1 1, w2 1)`, or nothing when no worker holds one."""
+    if not by_worker:
+        return ""
+    holders = ", ".join(f"{worker} {count}" for worker, count in sorted(by_worker.items()))
+    return f", {sum(by_worker.values())} claimed ({holders})"
+
+
 def workers_of(client: redis.Redis, queues: Sequence[str]) -> list[WorkerInfo]:
     if not queues:
         return WorkerInfo.all(client)
@@ -121,11 +149,12 @@ def render_info(
     lines: list[str] = []
     if not only_workers:
         counts = queue_counts(client, names)
+        claimed = claimed_jobs(client, names)
         scale = max([c.queued for c in counts] + [1])
         for c in counts:
             rest = (
                 f"{c.queued}, {c.started} executing, {c.finished} finished, {c.failed} failed, "
-                f"{c.deferred} deferred, {c.scheduled} scheduled"
+                f"{c.deferred} deferred, {c.scheduled} scheduled{describe_claimed(claimed.get(c.name, {}))}"
             )
             if raw:
                 lines.append(f"queue {c.name} {rest}")

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,15 +97,20 @@ def register_death(redis: Redis, name: str, queues: Sequence[str]) -> None:
         pipe.execute()
 
 
-def queue_heartbeat(pipe: Pipeline, name: str, ttl_s: int) -> Queued[bool]:
-    """Queue on `pipe`: EXISTS (to notice an expired key), then refresh last_heartbeat and the TTL.
-    Its reply: whether the worker key still existed."""
+def queue_heartbeat(pipe: Pipeline, name: str, ttl_s: int, queues: Sequence[str], lease_s: float) -> Queued[bool]:
+    """Queue on `pipe`: EXISTS (to notice an expired key), then refresh last_heartbeat and the TTL,
+    and renew the lease on the worker's claim lists (schema.claim_list_key), as a job's: another
+    worker recovers their ids once `lease_s` passes without a heartbeat. Its reply: whether the
+    worker key still existed."""
     key = schema.worker_key(name)
+    deadline = time.time() + lease_s
 
     def add() -> None:
         pipe.exists(key)
         pipe.hset(key, "last_heartbeat", now_stamp())
         pipe.expire(key, ttl_s)
+        for queue in queues:
+            pipe.zadd(schema.claimers_key(queue), {name: deadline})
 
     return pipelines.queue(pipe, add, lambda replies: bool(replies[0]))
 

@@ -24,6 +24,8 @@ rq:pubsub:<name>                           CHAN    JSON commands to a worker
 rq:suspended                               STRING  "1" while workers are suspended
 rq:clean_registries:<queue>                STRING  maintenance lock
 rq:scheduler-lock:<queue>                  STRING  name of the scheduler owning the queue
+rq:workerd:claim:<queue>:<worker>          LIST    ids Redis handed to <worker>'s idle wait on <queue>
+rq:workerd:claims:<queue>                  ZSET    worker names, score = deadline of their claim lists
 =========================================  ======  ==============================================
 
 A job id is any byte string (anything can be pushed onto a queue): it may hold ``:``, bytes that
@@ -42,6 +44,13 @@ a process's memory; ``GUARDED_APPLY`` commits an outcome only while the worker s
 job's wip entry (its lease), so a worker that was presumed dead cannot overwrite a re-run - or,
 for a job canceled while it runs (cancel removes the wip entry), while its execution record is
 left, which recovery deletes.
+
+The two ``rq:workerd:`` keys are workerd's own (RQ never reads them): an idle workerd worker waits
+with ``BLMOVE <queue> <its claim list> LEFT RIGHT``, so Redis hands each pushed id to exactly one
+waiting worker (``BLMOVE q q`` would wake every one). The id stays in that list, with its job still
+``queued``, until the worker's ``FETCH_START`` takes it - under one round trip - and the list is
+leased as a job is: its owner's heartbeat renews its deadline in ``rq:workerd:claims:<queue>``, and
+``RECOVER_CLAIMS`` puts the ids of a worker whose deadline passed back at the front of the queue.
 """
 
 from __future__ import annotations
@@ -154,6 +163,19 @@ def scheduler_key(name: str) -> str:
     return f"rq:scheduler:{name}"
 
 
+_CLAIM_PREFIX = "rq:workerd:claim:"
+
+
+def claim_list_key(queue: str, worker_name: str) -> str:
+    """The list an idle worker's wait on `queue` moves job ids into (workerd.waiter)."""
+    return f"{_CLAIM_PREFIX}{queue}:{worker_name}"
+
+
+def claimers_key(queue: str) -> str:
+    """Who may hold ids in a claim list of `queue`: worker names, score = lease deadline."""
+    return f"rq:workerd:claims:{queue}"
+
+
 def wip_member(job_id: str, execution_id: str) -> bytes:
     return encode_id(f"{job_id}:{execution_id}")
 
@@ -249,28 +271,60 @@ local function release_dependents(parent_id, parent_status, now_stamp)
 end
 """
 
-# KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n.
+# A claim list's ids back at the front of their queue, in order - but not a job canceled meanwhile:
+# rq's cancel takes a job off its queue with LREM, which does not see one in a claim list.
+_LUA_RETURN_CLAIM_LIST = """
+local function was_canceled(key) return is_a(key, 'hash') and redis.call('HGET', key, 'status') == 'canceled' end
+local function return_claim_list(claim_list, queue)
+  local moved = 0
+  while true do
+    local id = redis.call('RPOP', claim_list)
+    if not id then return moved end
+    if not was_canceled(JOB_PREFIX .. id) then
+      redis.call('LPUSH', queue, id)
+      moved = moved + 1
+    end
+  end
+end
+"""
+
+# KEYS: worker key, queue keys 1..n (priority order), wip keys 1..n, this worker's claim lists 1..n.
 # ARGV: n, worker name, execution id, now stamp, now (float), lease deadline, execution ttl,
-#       executions score, most ids to skip in one call.
-# Pops ids from the first non-empty queue until one whose hash exists (a key of another type is no
-# job), and marks it started in the same atomic step. Returns {queue index (0: none, -1: workers
-# are suspended), job id, HGETALL of the job, skipped ids}. The suspension check is part of the
-# same step, so no job is taken after `rq suspend`, even by a worker that was already waiting.
+#       executions score, most ids to skip in one call, '1' if the claim lists may hold ids.
+# Pops ids from the first non-empty queue - its claim list first: those ids were its head - until
+# one whose hash exists (a key of another type is no job), and marks it started in the same atomic
+# step. Ids left in the claim lists go back to the front of their queues, in order, so priority
+# and order are kept. Returns {queue index (0: none, -1: workers are suspended), job id, HGETALL
+# of the job, skipped ids}. The suspension check is part of the same step, so no job is taken
+# after `rq suspend`, even by a worker that was already waiting.
 FETCH_START = (
     _LUA_PREFIXES
+    + _LUA_RETURN_CLAIM_LIST
     + """
 local n = tonumber(ARGV[1])
 local worker_name, exec_id, now_stamp, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local deadline, exec_ttl, execs_score = ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local max_skips = tonumber(ARGV[9])
-if redis.call('EXISTS', SUSPENDED_KEY) == 1 then return {-1, '', {}, {}} end
+local claims = ARGV[10] == '1'
+local function return_claims()
+  if not claims then return end
+  for i = 1, n do return_claim_list(KEYS[1 + 2 * n + i], KEYS[1 + i]) end
+end
+if redis.call('EXISTS', SUSPENDED_KEY) == 1 then
+  return_claims()
+  return {-1, '', {}, {}}
+end
 local skipped = {}
 for i = 1, n do
   while true do
-    local job_id = redis.call('LPOP', KEYS[1 + i])
+    local claimed = claims and redis.call('LPOP', KEYS[1 + 2 * n + i])
+    local job_id = claimed or redis.call('LPOP', KEYS[1 + i])
     if not job_id then break end
     local key = JOB_PREFIX .. job_id
-    if is_a(key, 'hash') then
+    local is_job = is_a(key, 'hash')
+    -- Canceled while Redis held it for us, where rq's cancel (an LREM of the queue) missed it: dropped.
+    local canceled = claimed and is_job and redis.call('HGET', key, 'status') == 'canceled'
+    if is_job and not canceled then
       -- RQ's bookkeeping key, if anyone left another type there: gone before it could fail ZADD below.
       if not is_a(EXECUTIONS_PREFIX .. job_id, 'zset') then redis.call('DEL', EXECUTIONS_PREFIX .. job_id) end
       redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
@@ -285,10 +339,16 @@ for i = 1, n do
       redis.call('EXPIRE', EXECUTIONS_PREFIX .. job_id, exec_ttl + 60)
       redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', job_id,
                  'current_job_working_time', '0', 'last_heartbeat', now_stamp)
+      return_claims()
       return {i, job_id, redis.call('HGETALL', key), skipped}
     end
-    table.insert(skipped, job_id)
-    if #skipped >= max_skips then return {0, '', {}, skipped} end
+    if not canceled then
+      table.insert(skipped, job_id)
+      if #skipped >= max_skips then
+        return_claims()
+        return {0, '', {}, skipped}
+      end
+    end
   end
 end
 return {0, '', {}, skipped}
@@ -462,6 +522,32 @@ end
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+# KEYS: claimers zset of a queue, the queue key, claim lists 1..m (of the workers named in ARGV).
+# ARGV: now (epoch), '1' to take them whatever their deadline (the workers are known dead or are
+#       stopping), a deadline to leave them at instead of removing them ('' for none), then the m
+#       worker names. The ids in each claim list whose owner's deadline has passed (or who holds
+#       none: a list nobody renews) go back to the front of the queue, in order, and the owner
+#       leaves the zset - or stays until the deadline given: a worker that stops puts its claims
+#       back itself, and anything Redis hands its closing waits is swept up by the others then.
+#       The jobs were never started: their hashes still say queued (one canceled meanwhile is
+#       dropped, see _LUA_RETURN_CLAIM_LIST). Returns how many ids went back.
+RECOVER_CLAIMS = (
+    _LUA_PREFIXES
+    + _LUA_RETURN_CLAIM_LIST
+    + """
+local now, forced, linger, moved = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3], 0
+for i = 3, #KEYS do
+  local name = ARGV[i + 1]
+  local deadline = redis.call('ZSCORE', KEYS[1], name)
+  if forced or not deadline or tonumber(deadline) <= now then
+    moved = moved + return_claim_list(KEYS[i], KEYS[2])
+    if linger == '' then redis.call('ZREM', KEYS[1], name) else redis.call('ZADD', KEYS[1], linger, name) end
+  end
+end
+return moved
+"""
+)
 
 # KEYS: intermediate list, queue key, job key. ARGV: job id, now stamp.
 # An id an RQ worker moved to its intermediate list and never recorded as started (it died in

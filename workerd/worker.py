@@ -29,13 +29,14 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import redis
 
 from workerd import __version__, presence, rqview, schema, suspension, untrusted, webhooks
 from workerd import connection as connection_module
 from workerd import horse as horse_module
+from workerd import waiter as waiter_module
 from workerd.commit import (
     Applied,
     Claim,
@@ -68,9 +69,6 @@ from workerd.scheduler import Scheduler
 from workerd.serializers import resolve_serializer
 from workerd.settings import Settings
 from workerd.utils import import_attribute, printable_id
-
-if TYPE_CHECKING:
-    from workerd.waiter import QueueWaiter
 
 log = logging.getLogger("workerd.worker")
 
@@ -256,7 +254,7 @@ class Worker:
         self._signals: list[int] = []
         self._warm_stop_at: float | None = None
         self._cold_stop = False
-        self._waiter: QueueWaiter | None = None
+        self._waiter: waiter_module.QueueWaiter | None = None
         self._wake_read, self._wake_write = -1, -1
         self._next_heartbeat = 0.0
         self._next_maintenance = 0.0
@@ -504,12 +502,17 @@ class Worker:
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
+        waits_ended = True
         if self._waiter is not None:
-            self._waiter.close()
+            waits_ended = self._waiter.close()
             self._waiter = None
         with contextlib.suppress(*CONNECTION_ERRORS):
-            if self.scheduler is not None and self._registered:
-                self.scheduler.release()
+            if self._registered:
+                # Ids handed to our waits and not started go back to the front of their queues now.
+                self.committer.recover_claims({queue: [self.name] for queue in self.queue_order}, worker_is_dead=True,
+                                              linger_s=None if waits_ended else self.settings.lease_s)  # fmt: skip
+                if self.scheduler is not None:
+                    self.scheduler.release()
             if self._pubsub is not None:
                 self._pubsub.close()
                 self._pubsub = None
@@ -653,10 +656,11 @@ class Worker:
         # After an outage, leases look expired until their workers renew them: wait a lease first.
         recover = recover and now >= self._recovery_after and self.outage.settled(self.settings.lease_s)
         with self.redis.pipeline(transaction=False) as pipe:
-            key = presence.queue_heartbeat(pipe, self.name, ttl)
+            key = presence.queue_heartbeat(pipe, self.name, ttl, self.queue_order, self.settings.lease_s)
             lease = None if running is None else self.committer.renew_lease(running.claim, self.settings.lease_s,
                                                                             now - running.started_at, pipe)  # fmt: skip
             expired = self.committer.expired_leases(self.queue_order, time.time(), pipe) if recover else None
+            claims = self.committer.expired_claims(self.queue_order, time.time(), pipe) if recover else None
             replies = pipe.execute()
         if not key.read(replies):
             # Our key expired (a long stall or outage) or was deleted: register again so rq's tools see us.
@@ -669,6 +673,8 @@ class Worker:
         if claim is not None and lease is not None and not lease.read(replies):
             self._lease_lost(claim)
         self.report(Report(heartbeat=True))
+        if claims is not None:
+            self.committer.recover_claims(claims.read(replies))
         if expired is not None:
             for queue, members in expired.read(replies).items():
                 for member in members:
@@ -691,6 +697,8 @@ class Worker:
 
     def _recover_predecessors(self) -> None:
         """Recover at once the job of each worker the master saw die (no need to wait out its lease)."""
+        dead = [name for name, _ in self.predecessors]
+        self.committer.recover_claims({queue: dead for queue in self.queue_order}, worker_is_dead=True)
         for name, kill_reason in self.predecessors:
             if self.scheduler is not None:
                 self.scheduler.release_for(name)
@@ -762,14 +770,15 @@ class Worker:
     def _redis_failed(self, exc: BaseException, now: float) -> None:
         """A Redis call failed: no Redis step runs until the backoff is over. Every pooled socket is
         dropped, so that after a Redis restart no stale one fails again (which would log a second
-        outage); the queue waiter's too. A running horse goes on; a commit waits for Redis."""
+        outage); an idle worker's queue waiter is closed too (the next idle spell opens a new one).
+        A running horse goes on; a commit waits for Redis."""
         delay = self.outage.failed(exc)
         self.report(Report(outage=True))
         self.redis.connection_pool.disconnect()
         connection = getattr(self._pubsub, "connection", None)
         if connection is not None:  # it reconnects and subscribes again on its next read
             connection.disconnect()
-        if self._waiter is not None:
+        if self._waiter is not None and self.running is None:
             self._waiter.close()
             self._waiter = None
         self._redis_retry_at = now + delay
@@ -800,7 +809,10 @@ class Worker:
         return True
 
     def fetch(self) -> Fetched:
-        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s)
+        if self._waiter is not None and self._waiter.quiet:  # no job was handed to us: none to fetch
+            return Fetched(None, [])
+        waits = waiter_module.NO_WAITS if self._waiter is None else self._waiter.end_waits()
+        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s, waits)
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
@@ -840,9 +852,7 @@ class Worker:
             presence.set_state(self.redis, self.name, "idle")
             self._idle_written = True
         if self._waiter is None:
-            from workerd.waiter import QueueWaiter
-
-            self._waiter = QueueWaiter(self.redis, self.queue_order, self.dequeue_timeout)
+            self._waiter = waiter_module.QueueWaiter(self.redis, self.queue_order, self.name, self.dequeue_timeout)
         self.idle_next = Idle.WAIT
 
     def housekeeping_if_due(self, now: float) -> bool:
