@@ -152,3 +152,17 @@ def test_a_preloaded_module_that_fails_at_start_is_a_config_error_of_the_master(
     done = run_workerd("--workers", "2", "--preload", MODULE, "-u", "redis://127.0.0.1:1", env=_env(module_dir))
     assert done.returncode == 78, done.stderr
     assert "workerd: error: PRELOAD module 'deploymod' raised on import: RuntimeError: broken" in done.stderr
+
+
+def test_every_documented_signal_at_a_zygote_is_ignored(r, redis_url, workerd, module_dir) -> None:
+    """`systemctl kill -s SIG` reaches the zygote too: its life is the master's to end (see the signal matrix)."""
+    master, [worker] = _start_pool(workerd, redis_url, r, module_dir, workers=1)
+    [zygote] = _zygotes(master.pid)
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT,
+                   signal.SIGQUIT):  # fmt: skip
+        zygote.send_signal(signum)
+    os.kill(worker, signal.SIGKILL)  # its replacement comes from the same zygote, once it has had the signals
+    wait_until(lambda: len(_worker_pids(r) - {worker}) == 1, timeout=15, message=f"a new worker:\n{master.output()}")
+    assert [z.pid for z in _zygotes(master.pid)] == [zygote.pid]
+    assert zygote.status() != psutil.STATUS_STOPPED
+    assert f"zygote {zygote.pid} of generation 0 died" not in master.output()
