@@ -166,3 +166,13 @@ def test_every_documented_signal_at_a_zygote_is_ignored(r, redis_url, workerd, m
     assert [z.pid for z in _zygotes(master.pid)] == [zygote.pid]
     assert zygote.status() != psutil.STATUS_STOPPED
     assert f"zygote {zygote.pid} of generation 0 died" not in master.output()
+
+
+def test_a_stuck_zygote_costs_the_master_a_bounded_wait_and_is_replaced(r, redis_url, workerd, module_dir) -> None:
+    master, [worker] = _start_pool(workerd, redis_url, r, module_dir, workers=1)
+    [zygote] = _zygotes(master.pid)
+    zygote.suspend()  # SIGSTOP: it cannot answer the master's next request
+    os.kill(worker, signal.SIGKILL)
+    master.wait_for_output("did not answer within 5 s", timeout=20)
+    wait_until(lambda: len(_worker_pids(r) - {worker}) == 1, timeout=20, message=f"a new worker:\n{master.output()}")
+    assert zygote.pid not in {z.pid for z in _zygotes(master.pid)}

@@ -548,16 +548,18 @@ class Master:
 
     def _zygote_exited(self, pid: int, status: int) -> None:
         how = describe_wait_status(status)
-        for zygote in self._old_zygotes:
-            if zygote.pid == pid:
-                self._old_zygotes.remove(zygote)
-                log.info("master: zygote %d of generation %d exited (%s)", pid, zygote.generation, how)
+        stopped = [z for z in self._old_zygotes if z.pid == pid]
+        self._old_zygotes = [z for z in self._old_zygotes if z.pid != pid]
+        for zygote in stopped:
+            log.info("master: zygote %d of generation %d exited (%s)", pid, zygote.generation, how)
         if self.zygote is not None and self.zygote.pid == pid:
             log.warning("master: zygote %d of generation %d died (%s)", pid, self.zygote.generation, how)
-            self._lose_zygote(self.zygote)
+            self.zygote.stop()  # reaped already: no signal to its pid, which may be reused
+            self.zygote = None
+            self._back_off_zygote()
 
     def _lose_zygote(self, zygote: Zygote) -> None:
-        """The current zygote died or failed: stop it; the next spawn starts another, backed off."""
+        """The current zygote failed to fork a worker: kill it; the next spawn starts another, backed off."""
         zygote.kill()
         self._old_zygotes.append(zygote)  # until reaped
         self.zygote = None
