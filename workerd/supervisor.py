@@ -302,6 +302,7 @@ class Master:
                              request.predecessors)  # fmt: skip
 
         master_pid = os.getpid()
+        gc.freeze()  # the zygote's collections (while it imports PRELOAD) would otherwise un-share the master's pages
         return start_zygote(settings, generation, prepare, become_worker)
 
     def start_metrics(self) -> None:
