@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import time
+import weakref
 from typing import Any
 
 import redis
@@ -75,10 +78,38 @@ def _sentinel_master(config: dict[str, Any], timeouts: dict[str, Any], check_int
     # one Sentinel that is down would hold up every question for far longer than asking the next.
     sentinel_kwargs = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S,
                        "retry": Retry(NoBackoff(), 0), **(options.get("SENTINEL_KWARGS") or {})}  # fmt: skip
-    sentinel = Sentinel(sentinel_instances(config), sentinel_kwargs=sentinel_kwargs, **timeouts, **connection_kwargs)
+    sentinel = NewestMasterSentinel(sentinel_instances(config), sentinel_kwargs=sentinel_kwargs, **timeouts,
+                                    **connection_kwargs)  # fmt: skip
     name = options.get("MASTER_NAME", DEFAULT_MASTER_NAME)
     return sentinel.master_for(name, db=options.get("DB", 0), connection_pool_class=FollowingSentinelPool,
                                check_interval_s=check_interval_s)  # fmt: skip
+
+
+class NewestMasterSentinel(Sentinel):
+    """Sentinels that name the master of the latest failover.
+
+    redis-py takes the first Sentinel's answer. For a second or two after a failover the Sentinels
+    that have not heard of it yet still name the old master, so a client asking them in turn went
+    back and forth between the two; the master with the highest config epoch is the current one."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        newest: tuple[int, tuple[str, int]] | None = None
+        errors = []
+        for sentinel in self.sentinels:
+            try:
+                masters: Any = sentinel.sentinel_masters()
+                state = masters.get(service_name)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            if state and self.check_master_state(state, service_name):
+                epoch = int(state.get("config-epoch", 0))
+                if newest is None or epoch > newest[0]:
+                    newest = (epoch, (str(state["ip"]), int(state["port"])))
+        if newest is None:
+            detail = f": {', '.join(errors)}" if errors else ""
+            raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+        return newest[1]
 
 
 class FollowingSentinelPool(SentinelConnectionPool):
@@ -97,10 +128,27 @@ class FollowingSentinelPool(SentinelConnectionPool):
         super().__init__(service_name, sentinel_manager, **kwargs)
         self.check_interval_s = check_interval_s
         self._next_check_at = 0.0
+        self._made: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         self._follow_master()
         return super().get_connection(*args, **kwargs)
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()
+        self._made.add(connection)  # also the queue waiter's, which the pool does not keep
+        return connection
+
+    def _cut_off(self) -> None:
+        """Close every connection this pool made. A shutdown, not only a close: a pre-forked horse
+        holds copies of the sockets, and a queue waiter's connection that is merely disconnected
+        reconnects (to the new master) without its BLMOVE; a shut-down one fails its next read."""
+        for connection in list(self._made):
+            sock = getattr(connection, "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.disconnect()
 
     def _follow_master(self) -> None:
         now = time.monotonic()
@@ -115,7 +163,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
         except MasterNotFoundError:
             return  # no Sentinel answers: the master may be fine, and its own connections will say if not
         if after != before:
-            self.disconnect()
+            self._cut_off()
             raise redis.ConnectionError(
                 f"Sentinel moved master {self.service_name!r} from {_address(before)} to {_address(after)}"
             )
