@@ -195,8 +195,9 @@ def test_a_sentinel_given_as_the_redis_url_is_refused(tmp_path: Path) -> None:
 # -- Redis Cluster ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(scope="module")
+def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    tmp_path = tmp_path_factory.mktemp("cluster")
     # The cluster bus port defaults to port + 10000, past 65535 for most free ports: a free one of its own.
     args = ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
             "--cluster-config-file", str(tmp_path / "nodes.conf")]  # fmt: skip
