@@ -910,8 +910,6 @@ def peers_case(bench: Bench, table: Table, tools: Tools, n: int, rounds: int, no
     """workerd in-process beside huey and dramatiq, each at its default or best documented settings,
     all timed the same way (benchmarks/peers.py): none of the peers has a burst mode."""
     title = CASE_TITLES["8"]
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # this script runs as a file: its package is found from the repo root
     try:
         from benchmarks import peers
     except ImportError as exc:  # the peers are benchmark-only dependencies: pip install -e '.[bench]'
@@ -1105,6 +1103,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # run as a file: the benchmarks package (peers, herd) is found from the root
     sizes = dataclasses.replace(QUICK if args.quick else FULL)
     for f in ("fork_jobs", "inproc_jobs", "pool_jobs", "heavy_jobs", "latency_jobs", "peer_jobs"):
         setattr(sizes, f, max(2, round(getattr(sizes, f) * args.jobs_scale)))
