@@ -695,6 +695,13 @@ class Table:
             best = max((p for p in peers if p), default=None)
             return ours / best if ours and best else None
 
+        most = max((int(r.system.key.rsplit("-", 1)[1]) for r in self.rows if r.system.key.startswith("workerd-herd-")),
+                   default=64)  # fmt: skip
+
+        def herd_growth() -> float | None:
+            one, many = value("9", "workerd-herd-1", "commands/job"), value("9", f"workerd-herd-{most}", "commands/job")
+            return many / one if one and many else None
+
         # (target, wanted, measured, bound, higher is better)
         checks: list[tuple[str, str, float | None, float, bool]] = [
             ("1 fork, 1 worker: jobs/s / `rq worker`", ">= 8x", ratio("1", "wd-fork", "jobs/s"), 8, True),
@@ -707,6 +714,9 @@ class Table:
             ("3 backlog, in-process: Redis CPU ms/job", "<= 0.1 ms",
              value("6", "wd-inproc@2", "Redis CPU ms/job"), 0.1, False),
             ("3 backlog, fork: round trips/job", "<= 1", value("6", "wd-fork@1", "round trips/job"), 1, False),
+            (f"4 herd: commands/job, {most} idle workers / 1 idle worker", "<= 1.1x", herd_growth(), 1.1, False),
+            (f"4 herd: round trips/s per idle worker, {most} idle", "<= 0.5",
+             value("9", f"workerd-herd-{most}", "idle round trips/s per worker"), 0.5, False),
             ("5 200 ms import, --preload: jobs/s / `rq worker`", ">= 40x",
              ratio("4", "wd-preload", "jobs/s"), 40, True),
             ("6 enqueue → start p99, fork, module preloaded", "<= 5 ms", value("5", "wd-fork-pre", "p99 ms"), 5, False),
@@ -721,8 +731,6 @@ class Table:
             met = got >= bound if higher else got <= bound
             unit = "x" if wanted.endswith("x") else " ms" if wanted.endswith("ms") else ""
             lines.append(f"| {name} | {wanted} | {got:.2f}{unit} | {'MET' if met else 'MISSED'} |")
-        lines.append("| 4 herd: commands/job, 64 idle workers / 1 idle worker; round trips/s per idle worker "
-                     "| <= 1.1x; <= 0.5 | benchmarks/herd.py | see docs/PERFORMANCE.md |")  # fmt: skip
         return lines
 
 
@@ -735,6 +743,7 @@ CASE_TITLES = {
     "6": "6 Redis per job",
     "7": "7 memory, 200 MB module",
     "8": "8 in-process beside huey and dramatiq",
+    "9": "9 idle herd, 2 queues, jobs trickling in",
 }
 
 
@@ -746,6 +755,7 @@ class Sizes:
     heavy_jobs: int
     latency_jobs: int
     peer_jobs: int
+    herd_workers: tuple[int, ...]
     mem_rounds: int
     fork_floor_n: int
     rtt_n: int
@@ -759,6 +769,7 @@ FULL = Sizes(
     heavy_jobs=30,
     latency_jobs=100,
     peer_jobs=2000,
+    herd_workers=(1, 64),
     mem_rounds=1,
     fork_floor_n=300,
     rtt_n=2000,
@@ -771,6 +782,7 @@ QUICK = Sizes(
     heavy_jobs=8,
     latency_jobs=30,
     peer_jobs=400,
+    herd_workers=(1, 16),
     mem_rounds=1,
     fork_floor_n=100,
     rtt_n=500,
@@ -898,8 +910,6 @@ def peers_case(bench: Bench, table: Table, tools: Tools, n: int, rounds: int, no
     """workerd in-process beside huey and dramatiq, each at its default or best documented settings,
     all timed the same way (benchmarks/peers.py): none of the peers has a burst mode."""
     title = CASE_TITLES["8"]
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # this script runs as a file: its package is found from the repo root
     try:
         from benchmarks import peers
     except ImportError as exc:  # the peers are benchmark-only dependencies: pip install -e '.[bench]'
@@ -933,6 +943,42 @@ def peers_case(bench: Bench, table: Table, tools: Tools, n: int, rounds: int, no
             table.row(title, system, "worker CPU ms/job", baseline, "{:.2f}").values.append(measured["worker_cpu_ms"])
             table.row(title, system, "Redis CPU ms/job", baseline, "{:.3f}").values.append(measured["redis_cpu_ms"])
             log(f"  {title} | {system.label} | round {rnd}: {measured['jobs_s']:.0f} jobs/s")
+
+
+def herd_case(bench: Bench, table: Table, tools: Tools, sizes: tuple[int, ...], kinds: set[str],
+              notes: list[str]) -> None:  # fmt: skip
+    """N idle workers on two queues (benchmarks/herd.py): commands and round trips per job as jobs
+    trickle in, and what an idle worker costs per second; `rq worker-pool -n N` beside workerd."""
+    from benchmarks import herd
+
+    title = CASE_TITLES["9"]
+    for kind, system_name in (("workerd", "workerd"), ("rq", "rq-pool")):
+        if kind not in kinds:
+            continue
+        for n in sizes:
+            argv = herd.argv_for(system_name, bench.server.url, n, Path(tools.workerd).parent)
+            label = f"{'workerd --workers' if kind == 'workerd' else 'rq worker-pool -n'} {n} (idle)"
+            system = System(f"{system_name}-herd-{n}", label, kind, lambda url, burst, argv=argv: [argv])
+            baseline = f"rq-pool-herd-{n}" if kind == "workerd" else None
+            if skip_reason(system, tools):
+                table.row(title, system, "commands/job", baseline).note = "skipped (see notes)"
+                continue
+            try:
+                measured = herd.herd(bench.client, bench.server.url, system_name, n, Path(tools.workerd).parent)
+            except (OSError, redis.RedisError, psutil.Error) as exc:
+                table.row(title, system, "commands/job", baseline).note = f"error: {exc}"
+                notes.append(f"case {title}, {label}: {exc}")
+                continue
+            for metric, value, fmt in (
+                ("commands/job", measured.commands_per_job, "{:.1f}"),
+                ("round trips/job", measured.round_trips_per_job, "{:.1f}"),
+                ("Redis CPU ms/job", measured.redis_cpu_ms_per_job, "{:.2f}"),
+                ("idle commands/s per worker", measured.idle_commands_s, "{:.2f}"),
+                ("idle round trips/s per worker", measured.idle_round_trips_s, "{:.2f}"),
+            ):
+                table.row(title, system, metric, baseline, fmt).values.append(value)
+            log(f"  {title} | {label}: {measured.commands_per_job:.1f} cmds/job, "
+                f"{measured.idle_round_trips_s:.2f} idle round trips/s per worker")  # fmt: skip
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -1038,7 +1084,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds per case (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="small job counts and 1 round: a ~1-minute smoke run")
-    p.add_argument("--cases", default="1,2,3,4,5,6,7,8", help="comma-separated case numbers (6 needs 1, 2 or 3)")
+    p.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers (6 needs 1, 2 or 3)")
     p.add_argument("--systems", default="rq,workerd", help="rq, workerd or both")
     p.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown to FILE")
     p.add_argument("--rq", default=str(bindir / "rq") if (bindir / "rq").exists() else (shutil.which("rq") or "rq"))
@@ -1057,6 +1103,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # run as a file: the benchmarks package (peers, herd) is found from the root
     sizes = dataclasses.replace(QUICK if args.quick else FULL)
     for f in ("fork_jobs", "inproc_jobs", "pool_jobs", "heavy_jobs", "latency_jobs", "peer_jobs"):
         setattr(sizes, f, max(2, round(getattr(sizes, f) * args.jobs_scale)))
@@ -1204,6 +1252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "8" in cases and want("workerd"):
             log(f"case 8: {sizes.peer_jobs} no-op jobs, workerd in-process beside huey and dramatiq")
             peers_case(bench, table, tools, sizes.peer_jobs, rounds, notes)
+        if "9" in cases:
+            log(f"case 9: {', '.join(map(str, sizes.herd_workers))} idle workers on 2 queues, 150 jobs at 50/s")
+            herd_case(bench, table, tools, sizes.herd_workers, kinds, notes)
         if "7" in cases:
             log("case 7: memory of 1 and 4 workers with a ~200 MB module loaded")
             mem: list[tuple[Callable[[int], System], str | None]] = []

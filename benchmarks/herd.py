@@ -21,11 +21,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import redis
 import rq
 
+ROOT = Path(__file__).resolve().parent.parent
+BINDIR = Path(sys.executable).parent  # the venv's workerd and rq
 JOBS = 150
 GAP_S = 0.02  # 50 jobs/s
 IDLE_S = 6.0  # two heartbeats of workerd's default 3 s
@@ -50,16 +53,33 @@ class Counters:
         return Counters(self.commands - before.commands - 2, self.reads - before.reads - 2, self.cpu_s - before.cpu_s)
 
 
-def argv_for(system: str, url: str, n: int) -> list[str]:
+@dataclass(frozen=True)
+class Herd:
+    """What n idle workers cost: per idle worker per second with no jobs, and per job trickling in."""
+
+    idle_commands_s: float
+    idle_round_trips_s: float
+    commands_per_job: float
+    round_trips_per_job: float
+    redis_cpu_ms_per_job: float
+
+    def row(self, system: str, n: int) -> str:
+        return (f"| {system} | {n} | {self.idle_commands_s:.2f} | {self.idle_round_trips_s:.2f} "
+                f"| {self.commands_per_job:.1f} | {self.round_trips_per_job:.1f} "
+                f"| {self.redis_cpu_ms_per_job:.2f} |")  # fmt: skip
+
+
+def argv_for(system: str, url: str, n: int, bindir: Path = BINDIR) -> list[str]:
     if system == "workerd":
-        return [".venv/bin/workerd", "-u", url, "--execution", "inprocess", "--workers", str(n), "a", "b"]
-    return [".venv/bin/rq", "worker-pool", "-u", url, "-n", str(n), "-q", "a", "b"]
+        return [str(bindir / "workerd"), "-u", url, "--execution", "inprocess", "--workers", str(n), "a", "b"]
+    return [str(bindir / "rq"), "worker-pool", "-u", url, "-n", str(n), "-q", "a", "b"]
 
 
-def herd(client: redis.Redis, url: str, system: str, n: int) -> str:
+def herd(client: redis.Redis, url: str, system: str, n: int, bindir: Path = BINDIR) -> Herd:
     client.flushdb()
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen(argv_for(system, url, n), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv_for(system, url, n, bindir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=ROOT)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while len(client.smembers("rq:workers")) < n and time.monotonic() < deadline:
@@ -79,10 +99,8 @@ def herd(client: redis.Redis, url: str, system: str, n: int) -> str:
             polls += 1
             time.sleep(0.01)
         busy = Counters.read(client).since(before)
-        per_job = (busy.commands - polls) / JOBS
-        reads_per_job = (busy.reads - polls) / JOBS
-        return (f"| {system} | {n} | {idle.commands / idle_s:.2f} | {idle.reads / idle_s:.2f} | {per_job:.1f} | "
-                f"{reads_per_job:.1f} | {1000 * busy.cpu_s / JOBS:.2f} |")  # fmt: skip
+        return Herd(idle.commands / idle_s, idle.reads / idle_s, (busy.commands - polls) / JOBS,
+                    (busy.reads - polls) / JOBS, 1000 * busy.cpu_s / JOBS)  # fmt: skip
     finally:
         root = psutil.Process(proc.pid)
         for p in [root, *root.children(recursive=True)]:
@@ -101,7 +119,7 @@ def main() -> int:
           "| round trips/job | Redis CPU ms/job |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for system in ["workerd", *(["rq-pool"] if args.rq else [])]:
         for n in args.workers:
-            print(herd(client, args.url, system, n), flush=True)
+            print(herd(client, args.url, system, n).row(system, n), flush=True)
     return 0
 
 

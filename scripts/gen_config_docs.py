@@ -126,7 +126,9 @@ def render_table() -> str:
     restart = ", ".join(f"`{name.upper()}`" for name in sorted(RESTART_ONLY))
     rows += ["", f"A reload (`SIGHUP` to the master, `systemctl reload`) applies every setting but {restart}: "
              "those the master reads once, at start. A reload that changes one of them keeps its old value "
-             "and logs a warning naming it; restart the service to apply it."]  # fmt: skip
+             "and logs a warning naming it; restart the service to apply it. A reload also imports the "
+             "`PRELOAD` modules afresh (new code on disk takes effect with the workers it starts); if one "
+             "fails to import, the reload fails and the old settings and workers stay."]  # fmt: skip
     return "\n".join(rows) + "\n"
 
 

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -19,14 +20,9 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 password: str | None = None, tls_dir: Path | None = None) -> None:  # fmt: skip
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed: run `bash scripts/setup.sh` (it installs it with apt-get), "
-                "or install the 'redis-server' package of your distribution"
-            )
-        self.binary = binary
+                 password: str | None = None, tls_dir: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:  # fmt: skip
+        self.binary = redis_binary()
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -35,6 +31,7 @@ class RedisServer:
         # With tls_dir (ca.crt, server.crt, server.key: see make_tls_files), a TLS port as well.
         self.tls_dir = tls_dir
         self.tls_port = free_port() if tls_dir else None
+        self.extra_args = list(extra_args)  # e.g. ["--replicaof", host, port] or ["--cluster-enabled", "yes"]
 
     @property
     def url(self) -> str:
@@ -55,15 +52,7 @@ class RedisServer:
             args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls_dir / "server.crt"),
                      "--tls-key-file", str(self.tls_dir / "server.key"),
                      "--tls-ca-cert-file", str(self.tls_dir / "ca.crt"), "--tls-auth-clients", "no"]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.directory / 'redis.log'}")
+        self.process = _launch([*args, *self.extra_args], self.client, self.port, self.directory / "redis.log")
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
@@ -78,6 +67,73 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class SentinelServer:
+    """A throwaway Redis Sentinel (`redis-server <conf> --sentinel`: there is no redis-sentinel binary
+    on the test machines) monitoring `master_port` as MASTER_NAME, with short timeouts so that a
+    failover takes about a second."""
+
+    MASTER_NAME = "mymaster"
+
+    def __init__(self, directory: Path, master_port: int, quorum: int = 2) -> None:
+        self.binary = redis_binary()
+        self.directory = directory
+        self.port = free_port()
+        self.master_port = master_port
+        self.quorum = quorum
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, decode_responses=True)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "sentinel.conf"  # Sentinel rewrites it: a file of its own
+        name = self.MASTER_NAME
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nlogfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel monitor {name} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        args = [self.binary, str(conf), "--sentinel"]
+        self.process = _launch(args, self.client, self.port, self.directory / "sentinel.log")
+
+    def master_address(self) -> tuple[str, int]:
+        host, port = self.client().sentinel_get_master_addr_by_name(self.MASTER_NAME)
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed: run `bash scripts/setup.sh` (it installs it with apt-get), "
+            "or install the 'redis-server' package of your distribution"
+        )
+    return binary
+
+
+def _launch(args: list[str], client: Callable[[], redis.Redis], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start a server and return once it answers PING (within 10 s)."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if client().ping():
+                return process
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=10)
+    raise RuntimeError(f"{args[0]} did not start on port {port}; see {log}")
 
 
 def make_tls_files(directory: Path) -> Path:

@@ -6,7 +6,6 @@ This is an edge: the only place (with the supervisor's top level) that turns err
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workerd import __version__
-from workerd.config import build_settings, import_failure, render_settings
+from workerd.config import build_settings, render_settings
 from workerd.errors import ConfigError, ExitCode, WorkerdError
 from workerd.logs import setup_logging
 from workerd.settings import ENV_PREFIX, Settings
@@ -104,8 +103,11 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def check_imports(settings: Settings) -> None:
-    """Import what the settings name (classes, handlers, preloaded modules): errors are config errors."""
+def check_imports(settings: Settings, preload: bool = True) -> None:
+    """Import what the settings name (classes, handlers, preloaded modules): errors are config errors.
+
+    preload=False for a master: it leaves PRELOAD to each generation's zygote (workerd.zygote), whose
+    import fails with the same error, so that a reload can import the modules afresh."""
     for directory in reversed(settings.path):
         if directory not in sys.path:
             sys.path.insert(0, directory)
@@ -127,13 +129,12 @@ def check_imports(settings: Settings) -> None:
                 f"worker_class = '{settings.worker_class}' is not a subclass of workerd.Worker (rq's "
                 "rq.Worker and rq.SimpleWorker are understood; other rq worker classes must be ported)"
             )
+    if not preload:
+        return
+    from workerd.zygote import import_preloaded
+
     for module in settings.preload:
-        try:
-            importlib.import_module(module)
-        except (Exception, SystemExit) as exc:  # sys.exit() in a PRELOAD module is a config error too
-            raise ConfigError(
-                f"PRELOAD module '{module}' {import_failure(exc)} (is it on --path / PATH = {settings.path}?)"
-            ) from exc
+        import_preloaded(module, settings)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -149,8 +150,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_settings(settings, layers))
         return ExitCode.OK
     setup_logging(settings)
-    check_imports(settings)
     from workerd.supervisor import Master, build_groups, uses_master
+
+    check_imports(settings, preload=args.check or not uses_master(settings))
 
     groups = build_groups(settings)
     if args.check:

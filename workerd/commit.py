@@ -38,6 +38,7 @@ from workerd.job import (
 from workerd.outcome import Outcome
 from workerd.pipelines import Queued
 from workerd.reports import JobOutcome
+from workerd.schema import Recovery
 from workerd.serializers import Serializer
 from workerd.timeutil import utcformat, utcnow
 from workerd.utils import as_text, printable_id
@@ -84,20 +85,6 @@ class Applied:
         if code == _CANCELED_REPLY:
             return cls(Lease.CANCELED)
         return cls(Lease.HELD, code)
-
-
-class Recovery(str, enum.Enum):
-    """What `Committer.recover` found or did with a wip entry (the recovery script's reply)."""
-
-    ALIVE = "alive"  # its lease holds: its worker is heartbeating
-    STALE = "stale"  # no job there any more (committed meanwhile, deleted): the entry is dropped
-    REQUEUED = "requeued"
-    FAILED = "failed"
-
-    @property
-    def outcome(self) -> JobOutcome | None:
-        """The job outcome a recovery counts, if it counts one."""
-        return {Recovery.REQUEUED: JobOutcome.REQUEUED, Recovery.FAILED: JobOutcome.FAILED}.get(self)
 
 
 class Verdict(str, enum.Enum):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from workerd import schema
 from workerd import webhooks as webhooks_module
 from workerd.errors import DeserializationError, InvalidJobOperation, NoSuchJobError
+from workerd.schema import JobStatus
 from workerd.serializers import Serializer, resolve_serializer
 from workerd.timeutil import utcformat, utcnow, utcparse
 from workerd.utils import as_text, call_string, import_attribute, printable_id, validate_job_id
@@ -42,18 +43,6 @@ CALLBACK_TIMEOUT_S = 60
 MAX_TTL_S = 10**12  # ~31,700 years: ttl, result_ttl, failure_ttl, retry intervals
 MAX_TIMEOUT_S = 10**9  # ~31 years: job and callback timeouts
 MAX_RETRIES = 10**9
-
-
-class JobStatus(str, enum.Enum):
-    CREATED = "created"
-    QUEUED = "queued"
-    STARTED = "started"
-    FINISHED = "finished"
-    FAILED = "failed"
-    DEFERRED = "deferred"
-    SCHEDULED = "scheduled"
-    STOPPED = "stopped"
-    CANCELED = "canceled"
 
 
 class ResultType(enum.IntEnum):

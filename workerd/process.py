@@ -36,7 +36,7 @@ def set_title(title: str) -> None:
 
 # The C library's symbols, looked up once here rather than in every horse: CDLL(None) is the
 # running program, which links libc (ctypes.util.find_library would run ldconfig: ~3 ms a fork).
-_LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def die_with_parent(expected_parent_pid: int) -> None:
@@ -45,7 +45,7 @@ def die_with_parent(expected_parent_pid: int) -> None:
     The parent may already have died between fork() and prctl(); then getppid() no longer returns
     it (we were re-parented to init or a subreaper), and we leave at once.
     """
-    prctl = getattr(_LIBC, "prctl", None)
+    prctl = getattr(LIBC, "prctl", None)
     if prctl is not None:  # Linux only; elsewhere the getppid() check below is all there is
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != expected_parent_pid:

@@ -55,6 +55,10 @@ leased as a job is: its owner's heartbeat renews its deadline in ``rq:workerd:cl
 
 from __future__ import annotations
 
+import enum
+
+from workerd.reports import JobOutcome, WorkerState
+
 PREFIX = "rq:"
 QUEUES = "rq:queues"
 WORKERS = "rq:workers"
@@ -64,6 +68,37 @@ LOST_COUNT_FIELD = "workerd_lost_count"
 _QUEUE_PREFIX = "rq:queue:"
 _JOB_PREFIX = "rq:job:"
 _WORKER_PREFIX = "rq:worker:"
+_DEFERRED_PREFIX = "rq:deferred:"
+_EXECUTION_PREFIX = "rq:execution:"
+_EXECUTIONS_PREFIX = "rq:executions:"
+
+
+class JobStatus(str, enum.Enum):
+    """A job hash's `status` field (RQ's JobStatus, the same strings)."""
+
+    CREATED = "created"
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+    SCHEDULED = "scheduled"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+
+
+class Recovery(str, enum.Enum):
+    """What `Committer.recover` found or did with a wip entry (RECOVER_ABANDONED's reply)."""
+
+    ALIVE = "alive"  # its lease holds: its worker is heartbeating
+    STALE = "stale"  # no job there any more (committed meanwhile, deleted): the entry is dropped
+    REQUEUED = "requeued"
+    FAILED = "failed"
+
+    @property
+    def outcome(self) -> JobOutcome | None:
+        """The job outcome a recovery counts, if it counts one."""
+        return {Recovery.REQUEUED: JobOutcome.REQUEUED, Recovery.FAILED: JobOutcome.FAILED}.get(self)
 
 
 def queue_key(name: str) -> str:
@@ -99,11 +134,11 @@ def results_key(job_id: str) -> bytes:
 
 
 def execution_key(job_id: str, execution_id: str) -> bytes:
-    return encode_id(f"rq:execution:{job_id}:{execution_id}")
+    return encode_id(f"{_EXECUTION_PREFIX}{job_id}:{execution_id}")
 
 
 def executions_key(job_id: str) -> bytes:
-    return encode_id(f"rq:executions:{job_id}")
+    return encode_id(f"{_EXECUTIONS_PREFIX}{job_id}")
 
 
 def started_key(queue: str) -> str:
@@ -119,7 +154,7 @@ def failed_key(queue: str) -> str:
 
 
 def deferred_key(queue: str) -> str:
-    return f"rq:deferred:{queue}"
+    return f"{_DEFERRED_PREFIX}{queue}"
 
 
 def scheduled_key(queue: str) -> str:
@@ -203,17 +238,20 @@ def split_wip_member(member: str | bytes) -> tuple[str, str]:
 
 
 # -- Lua ------------------------------------------------------------------------------------------
-# The key prefixes are spliced into the scripts here so that key formats stay in this module, with
-# the one helper every script needs before its first write (is_a).
+# The key prefixes, job statuses and script replies are spliced into the scripts here so that they
+# are spelled once, in this module, with the one helper every script needs before its first write (is_a).
 
 _LUA_PREFIXES = f"""
 local JOB_PREFIX = '{_JOB_PREFIX}'
 local QUEUE_PREFIX = '{_QUEUE_PREFIX}'
 local QUEUES_KEY = '{QUEUES}'
 local SUSPENDED_KEY = '{SUSPENDED}'
-local DEFERRED_PREFIX = 'rq:deferred:'
-local EXECUTION_PREFIX = 'rq:execution:'
-local EXECUTIONS_PREFIX = 'rq:executions:'
+local DEFERRED_PREFIX = '{_DEFERRED_PREFIX}'
+local EXECUTION_PREFIX = '{_EXECUTION_PREFIX}'
+local EXECUTIONS_PREFIX = '{_EXECUTIONS_PREFIX}'
+local QUEUED, STARTED, FINISHED = '{JobStatus.QUEUED.value}', '{JobStatus.STARTED.value}', '{JobStatus.FINISHED.value}'
+local FAILED, CANCELED = '{JobStatus.FAILED.value}', '{JobStatus.CANCELED.value}'
+local WORKER_BUSY = '{WorkerState.BUSY.value}'
 -- Whether `key` holds a value of `kind`. A command on a key of another type errors, and Redis keeps
 -- what the script wrote before: a script checks a key anyone may have written before its first write.
 local function is_a(key, kind) return redis.call('TYPE', key)['ok'] == kind end
@@ -236,13 +274,13 @@ local function release_dependents(parent_id, parent_status, now_stamp)
       f = redis.call('HMGET', dep_key, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front')
     end
     local status, origin, allow_failure, at_front = f[1], f[2], f[3] == '1', f[4] == '1'
-    if status and origin and status ~= 'canceled' then
-      local met = parent_status == 'finished' or (parent_status == 'failed' and allow_failure)
+    if status and origin and status ~= CANCELED then
+      local met = parent_status == FINISHED or (parent_status == FAILED and allow_failure)
       if met then
         for _, other in ipairs(redis.call('SMEMBERS', dep_dependencies)) do
           if other ~= parent_id then
             local s = is_a(JOB_PREFIX .. other, 'hash') and redis.call('HGET', JOB_PREFIX .. other, 'status')
-            if s and not (s == 'finished' or (allow_failure and s == 'failed')) then
+            if s and not (s == FINISHED or (allow_failure and s == FAILED)) then
               met = false
               break
             end
@@ -252,7 +290,7 @@ local function release_dependents(parent_id, parent_status, now_stamp)
       if met then
         local queue = QUEUE_PREFIX .. origin
         redis.call('ZREM', DEFERRED_PREFIX .. origin, dep)
-        redis.call('HSET', dep_key, 'status', 'queued', 'enqueued_at', now_stamp)
+        redis.call('HSET', dep_key, 'status', QUEUED, 'enqueued_at', now_stamp)
         redis.call('SADD', QUEUES_KEY, queue)
         if at_front then redis.call('LPUSH', queue, dep) else redis.call('RPUSH', queue, dep) end
         table.insert(released, dep)
@@ -274,7 +312,7 @@ end
 # A claim list's ids back at the front of their queue, in order - but not a job canceled meanwhile:
 # rq's cancel takes a job off its queue with LREM, which does not see one in a claim list.
 _LUA_RETURN_CLAIM_LIST = """
-local function was_canceled(key) return is_a(key, 'hash') and redis.call('HGET', key, 'status') == 'canceled' end
+local function was_canceled(key) return is_a(key, 'hash') and redis.call('HGET', key, 'status') == CANCELED end
 local function return_claim_list(claim_list, queue)
   local moved = 0
   while true do
@@ -323,11 +361,11 @@ for i = 1, n do
     local key = JOB_PREFIX .. job_id
     local is_job = is_a(key, 'hash')
     -- Canceled while Redis held it for us, where rq's cancel (an LREM of the queue) missed it: dropped.
-    local canceled = claimed and is_job and redis.call('HGET', key, 'status') == 'canceled'
+    local canceled = claimed and is_job and redis.call('HGET', key, 'status') == CANCELED
     if is_job and not canceled then
       -- RQ's bookkeeping key, if anyone left another type there: gone before it could fail ZADD below.
       if not is_a(EXECUTIONS_PREFIX .. job_id, 'zset') then redis.call('DEL', EXECUTIONS_PREFIX .. job_id) end
-      redis.call('HSET', key, 'status', 'started', 'started_at', now_stamp, 'worker_name', worker_name,
+      redis.call('HSET', key, 'status', STARTED, 'started_at', now_stamp, 'worker_name', worker_name,
                  'last_heartbeat', now_stamp)
       redis.call('PERSIST', key)
       redis.call('ZADD', KEYS[1 + n + i], deadline, job_id .. ':' .. exec_id)
@@ -337,7 +375,7 @@ for i = 1, n do
       redis.call('EXPIRE', exec_key, exec_ttl)
       redis.call('ZADD', EXECUTIONS_PREFIX .. job_id, execs_score, exec_id)
       redis.call('EXPIRE', EXECUTIONS_PREFIX .. job_id, exec_ttl + 60)
-      redis.call('HSET', KEYS[1], 'state', 'busy', 'current_job', job_id,
+      redis.call('HSET', KEYS[1], 'state', WORKER_BUSY, 'current_job', job_id,
                  'current_job_working_time', '0', 'last_heartbeat', now_stamp)
       return_claims()
       return {i, job_id, redis.call('HGETALL', key), skipped}
@@ -392,7 +430,7 @@ GUARDED_APPLY = (
 local canceled = false
 if ARGV[1] ~= '' then
   local job_key = JOB_PREFIX .. ARGV[3]
-  canceled = is_a(job_key, 'hash') and redis.call('HGET', job_key, 'status') == 'canceled'
+  canceled = is_a(job_key, 'hash') and redis.call('HGET', job_key, 'status') == CANCELED
   local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
   local execution_kept = redis.call('EXISTS', EXECUTION_PREFIX .. ARGV[1]) == 1
   if canceled and (ARGV[6] ~= '1' or not (held or execution_kept)) then return -1 end
@@ -400,7 +438,7 @@ if ARGV[1] ~= '' then
 end
 -- Dependents first: the commands may delete the job and its dependents set (result_ttl = 0).
 local released = 0
-if ARGV[2] ~= '' and not (canceled and ARGV[2] == 'finished') then
+if ARGV[2] ~= '' and not (canceled and ARGV[2] == FINISHED) then
   released = release_dependents(ARGV[3], ARGV[2], ARGV[4])
 end
 local call = redis.call
@@ -431,7 +469,7 @@ RECOVER_ABANDONED = (
     + f"""
 local member, now, now_stamp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local score = redis.call('ZSCORE', KEYS[1], member)
-if not score or (ARGV[7] ~= '1' and tonumber(score) > now) then return 'alive' end
+if not score or (ARGV[7] ~= '1' and tonumber(score) > now) then return '{Recovery.ALIVE.value}' end
 redis.call('ZREM', KEYS[1], member)
 -- The execution id follows the last colon (split_wip_member): a job id may hold colons.
 local job_id, exec_id = string.match(member, '^(.*):([^:]*)$')
@@ -441,19 +479,19 @@ if exec_id ~= '' then
   redis.call('DEL', EXECUTION_PREFIX .. job_id .. ':' .. exec_id)
   redis.call('ZREM', EXECUTIONS_PREFIX .. job_id, exec_id)
 end
-if not is_a(key, 'hash') or redis.call('HGET', key, 'status') ~= 'started' then return 'stale' end
+if not is_a(key, 'hash') or redis.call('HGET', key, 'status') ~= STARTED then return '{Recovery.STALE.value}' end
 local lost = tonumber(ARGV[10])
 redis.call('HSET', key, '{LOST_COUNT_FIELD}', ARGV[10])
 local exc_string = ARGV[5]
 if ARGV[8] ~= '' then exc_string = ARGV[8] end
 if ARGV[8] == '' and lost < tonumber(ARGV[4]) then
-  redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
+  redis.call('HSET', key, 'status', QUEUED, 'enqueued_at', now_stamp)
   redis.call('SADD', QUEUES_KEY, KEYS[2])
   redis.call('LPUSH', KEYS[2], job_id)
-  return 'requeued'
+  return '{Recovery.REQUEUED.value}'
 end
 local ttl = tonumber(ARGV[6])
-redis.call('HSET', key, 'status', 'failed', 'ended_at', now_stamp)
+redis.call('HSET', key, 'status', FAILED, 'ended_at', now_stamp)
 if ttl > 0 then redis.call('EXPIRE', key, ARGV[6]) end
 local score = now + ttl
 if ttl < 0 then score = ttl end  -- RQ's raw negative score: kept forever, as the job hash is
@@ -461,8 +499,8 @@ redis.call('ZADD', KEYS[3], score, job_id)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
            'exc_string', exc_string, 'execution_id', exec_id)
 if ARGV[9] ~= '' then redis.call('EXPIRE', KEYS[4], ARGV[9]) end
-release_dependents(job_id, 'failed', now_stamp)
-return 'failed'
+release_dependents(job_id, FAILED, now_stamp)
+return '{Recovery.FAILED.value}'
 """
 )
 
@@ -498,7 +536,7 @@ for i = 1, n do
       local key = JOB_PREFIX .. id
       if is_a(key, 'hash') then
         local f = redis.call('HMGET', key, 'enqueue_at_front', 'enqueue_at_front_on_retry')
-        redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now_stamp)
+        redis.call('HSET', key, 'status', QUEUED, 'enqueued_at', now_stamp)
         redis.call('SADD', QUEUES_KEY, queue)
         if f[1] == '1' or f[2] == '1' then redis.call('LPUSH', queue, id) else redis.call('RPUSH', queue, id) end
         promoted = promoted + 1
@@ -557,7 +595,7 @@ REQUEUE_FROM_INTERMEDIATE = (
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if not is_a(KEYS[3], 'hash') then return 0 end
-redis.call('HSET', KEYS[3], 'status', 'queued', 'enqueued_at', ARGV[2])
+redis.call('HSET', KEYS[3], 'status', QUEUED, 'enqueued_at', ARGV[2])
 redis.call('SADD', QUEUES_KEY, KEYS[2])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 return 1

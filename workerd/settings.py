@@ -75,7 +75,8 @@ class Settings(BaseSettings):
         json_schema_extra=_cli("-P", "--path", metavar="DIR", repeat=True))  # fmt: skip
     preload: CommaList = Field(
         default_factory=list,
-        description="Modules imported once before forking, so every horse starts with them loaded.",
+        description="Modules imported before forking, so every horse starts with them loaded: once per generation "
+        "of workers, by its zygote, so that a reload (HUP) imports them afresh.",
         json_schema_extra=_cli("--preload", metavar="MODULE", repeat=True))  # fmt: skip
     burst: bool = Field(
         False, description="Run until the queues are empty, then exit 0.", json_schema_extra=_cli("-b", "--burst")

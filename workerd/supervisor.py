@@ -4,8 +4,11 @@
     run_once() = wait for an event -> read worker reports -> act on signals -> reap children
                  -> enforce limits -> scale (spawn, recycle, rolling reload) or drain -> notify systemd
 
-Workers are forked from the master after it has imported PRELOAD, so they share those pages; each
-opens its own Redis connection after the fork. They report their state over a pipe (one JSON
+With PRELOAD, each generation's workers are forked by that generation's zygote (workerd.zygote),
+which imported PRELOAD afresh, so they share those pages and a reload deploys new code; they are
+re-parented to the master (a child subreaper), whose children they are. Without PRELOAD (or where
+the master cannot be a subreaper: it then imports PRELOAD itself, once), the master forks them.
+Each opens its own Redis connection after the fork. They report their state over a pipe (one JSON
 object a line), which is how the master knows who is busy, who is alive (every loop of a worker
 reports at least once per heartbeat interval, Redis up or down), and the deadline of an in-process
 job. A worker (and its horse) dies with the master: PR_SET_PDEATHSIG.
@@ -17,7 +20,6 @@ import contextlib
 import difflib
 import enum
 import gc
-import importlib
 import logging
 import os
 import random
@@ -28,7 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -41,6 +43,8 @@ from workerd.reports import ExitKind, KillReason, RecycleReason, Report, ReportE
 from workerd.sdnotify import Notifier
 from workerd.settings import RESTART_ONLY, Settings, changed_settings
 from workerd.utils import import_attribute
+from workerd.zygote import SpawnRequest, Zygote, ZygoteError, become_subreaper, import_preloaded, wait_for_adoption
+from workerd.zygote import start as start_zygote
 
 if TYPE_CHECKING:
     from workerd.metrics import MetricsServer, PoolMetrics
@@ -218,6 +222,11 @@ class Master:
         self._exited_jobs_failed = 0
         self.metrics: PoolMetrics | None = None
         self._metrics_server: MetricsServer | None = None
+        self.zygote: Zygote | None = None  # the current generation's, with PRELOAD on a subreaper master
+        self._old_zygotes: list[Zygote] = []  # stopped, not reaped yet
+        self._zygote_failures = 0
+        self._next_zygote_at = 0.0
+        self._adopts: bool | None = None  # it is a child subreaper (known once PRELOAD needs it)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -250,6 +259,9 @@ class Master:
     # -- setup and teardown -----------------------------------------------------------------------
 
     def setup(self) -> None:
+        # First, with nothing of the master's to leave behind yet; a failed import is the ConfigError
+        # it was before the master existed (check_imports): the same message and exit code.
+        self.zygote = self.preload(self.settings, self.groups, self.generation, relog=False)
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
@@ -261,19 +273,37 @@ class Master:
             with open(self.settings.pid, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
         self.start_metrics()
-        self.preload(self.settings)
         # Move everything imported so far out of the collector's reach: a collection in a child
-        # would otherwise write to (and so un-share) every preloaded object's page.
+        # would otherwise write to (and so un-share) every object's page it shares with the master.
         gc.freeze()
         log.info("master %d: starting %s", os.getpid(),
                  ", ".join(f"{g.name}: {g.target} worker{'s' * (g.target > 1)}" for g in self.groups))  # fmt: skip
 
-    @staticmethod
-    def preload(settings: Settings) -> None:
-        for module in settings.preload:
-            started = time.monotonic()
-            importlib.import_module(module)
-            log.info("master: preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
+    def preload(self, settings: Settings, groups: list[Group], generation: int, relog: bool) -> Zygote | None:
+        """Import PRELOAD for a generation: in a new zygote (relog: it sets up the changed logging
+        first), or, where the master cannot adopt the zygote's workers, in the master itself."""
+        if not settings.preload:
+            return None
+        if self._adopts is None:
+            self._adopts = become_subreaper()
+        if not self._adopts:  # not Linux: fork the workers from the master, as before zygotes
+            for module in settings.preload:
+                log.info("master: preloaded %s in %.0f ms", module, import_preloaded(module, settings))
+            return None
+
+        def prepare() -> None:
+            self._leave_master()
+            if relog:
+                setup_logging(settings)
+
+        def become_worker(request: SpawnRequest, write_fd: int) -> NoReturn:
+            group = next(g for g in groups if g.name == request.group)
+            self._child_main(lambda: wait_for_adoption(master_pid), group, request.name, write_fd,
+                             request.predecessors)  # fmt: skip
+
+        master_pid = os.getpid()
+        gc.freeze()  # the zygote's collections (while it imports PRELOAD) would otherwise un-share the master's pages
+        return start_zygote(settings, generation, prepare, become_worker)
 
     def start_metrics(self) -> None:
         """METRICS_PORT: listen for /metrics and /health, answered by serve_metrics in this loop (the
@@ -288,6 +318,8 @@ class Master:
                  self._metrics_server.port)  # fmt: skip
 
     def teardown(self) -> None:
+        for zygote in self._zygotes():
+            zygote.kill()
         for child in list(self.children.values()):
             _signal(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
@@ -412,11 +444,37 @@ class Master:
 
     # -- children -------------------------------------------------------------------------------
 
-    def spawn(self, group: Group) -> Child:
+    def spawn(self, group: Group) -> Child | None:
+        """Start a worker of the group: from the zygote if there is one; None if it failed."""
+        if self.settings.preload and self._adopts and self.zygote is None and not self._ensure_zygote():
+            return None
         read_fd, write_fd = os.pipe()
         self._serial += 1
         name = f"{self._name_base}.{group.name}.{self._serial}"
         predecessors, group.predecessors = group.predecessors, []
+        pid = self._fork_worker(group, name, read_fd, write_fd, predecessors)
+        os.close(write_fd)
+        if pid is None:
+            os.close(read_fd)
+            group.predecessors = predecessors + group.predecessors  # for the next try
+            return None
+        os.set_blocking(read_fd, False)
+        child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd)
+        self.children[pid] = child
+        log.info("master: started worker %s (pid %d)", name, pid)
+        return child
+
+    def _fork_worker(self, group: Group, name: str, read_fd: int, write_fd: int,
+                     predecessors: list[tuple[str, str | None]]) -> int | None:  # fmt: skip
+        if self.zygote is not None:
+            try:
+                pid = self.zygote.spawn(SpawnRequest(group.name, name, predecessors), write_fd)
+            except ZygoteError as exc:
+                log.error("master: %s; worker %s not started, the zygote is restarted", exc, name)
+                self._lose_zygote(self.zygote)
+                return None
+            self._zygote_failures = 0
+            return pid
         master_pid = os.getpid()
         # Block the stop signals across fork(): one sent to the child before it has installed its
         # own handlers would otherwise hit the master's inherited handler and be lost. The child
@@ -425,29 +483,35 @@ class Master:
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            self._child_main(group, name, write_fd, predecessors, master_pid)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd)
-        self.children[pid] = child
-        log.info("master: started worker %s (pid %d)", name, pid)
-        return child
 
-    def _child_main(self, group: Group, name: str, write_fd: int, predecessors: list[tuple[str, str | None]],
-                    master_pid: int) -> None:  # fmt: skip
-        """In the forked child: become a worker (or a daemon) of `group`. Never returns."""
+            def prepare() -> None:
+                die_with_parent(master_pid)
+                self._leave_master()
+
+            self._child_main(prepare, group, name, write_fd, predecessors)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        return pid
+
+    def _leave_master(self) -> None:
+        """In a child of the master (a worker it forks, a zygote): drop the master's fds and handlers."""
+        signal.set_wakeup_fd(-1)
+        if self._metrics_server is not None:
+            self._metrics_server.release()
+        for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for zygote in self._zygotes():
+            zygote.sock.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        ignore_master_signals()
+
+    def _child_main(self, prepare: Callable[[], None], group: Group, name: str, write_fd: int,
+                    predecessors: list[tuple[str, str | None]]) -> NoReturn:  # fmt: skip
+        """In the forked child: prepare (die with the master, leave its state behind), then become a
+        worker (or a daemon) of `group`. Never returns."""
         code = int(ExitCode.SOFTWARE)
         try:
-            die_with_parent(master_pid)
-            signal.set_wakeup_fd(-1)
-            if self._metrics_server is not None:
-                self._metrics_server.release()
-            for fd in (self._wake_read, self._wake_write, *(c.status_fd for c in self.children.values())):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            ignore_master_signals()
+            prepare()
             os.set_blocking(write_fd, False)
             code = int(run_child(group, name, _pipe_reporter(write_fd), predecessors))
         except WorkerdError as exc:
@@ -461,7 +525,7 @@ class Master:
             os._exit(code)
 
     def reap(self, block_s: float = 0.0) -> None:
-        while self.children:
+        while self.children or self._zygotes():
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -475,6 +539,52 @@ class Master:
             child = self.children.pop(pid, None)
             if child is not None:
                 self._child_exited(child, status)
+            else:  # a zygote; or an orphan the master adopted as a subreaper (a job's grandchild): reaped
+                self._zygote_exited(pid, status)
+
+    # -- zygotes ----------------------------------------------------------------------------------
+
+    def _zygotes(self) -> list[Zygote]:
+        return [*self._old_zygotes, *([self.zygote] if self.zygote is not None else [])]
+
+    def _zygote_exited(self, pid: int, status: int) -> None:
+        how = describe_wait_status(status)
+        stopped = [z for z in self._old_zygotes if z.pid == pid]
+        self._old_zygotes = [z for z in self._old_zygotes if z.pid != pid]
+        for zygote in stopped:
+            log.info("master: zygote %d of generation %d exited (%s)", pid, zygote.generation, how)
+        if self.zygote is not None and self.zygote.pid == pid:
+            log.warning("master: zygote %d of generation %d died (%s)", pid, self.zygote.generation, how)
+            self.zygote.stop()  # reaped already: no signal to its pid, which may be reused
+            self.zygote = None
+            self._back_off_zygote()
+
+    def _lose_zygote(self, zygote: Zygote) -> None:
+        """The current zygote failed to fork a worker: kill it; the next spawn starts another, backed off."""
+        zygote.kill()
+        self._old_zygotes.append(zygote)  # until reaped
+        self.zygote = None
+        self._back_off_zygote()
+
+    def _back_off_zygote(self) -> None:
+        self._zygote_failures += 1
+        delay = min(0.5 * 2 ** (self._zygote_failures - 1), MAX_RESTART_BACKOFF_S)
+        self._next_zygote_at = time.monotonic() + delay
+        log.warning("master: restarting the zygote of generation %d in %.1f s (failure %d in a row)",
+                    self.generation, delay, self._zygote_failures)  # fmt: skip
+
+    def _ensure_zygote(self) -> bool:
+        """Restart the current generation's zygote, once its backoff is over (it imports PRELOAD
+        afresh: what is on disk now). False while there is none."""
+        if time.monotonic() < self._next_zygote_at:
+            return False
+        try:
+            self.zygote = self.preload(self.settings, self.groups, self.generation, relog=False)
+        except (ConfigError, ZygoteError) as exc:
+            log.error("master: cannot restart the zygote of generation %d: %s", self.generation, exc)
+            self._back_off_zygote()
+            return False
+        return self.zygote is not None
 
     def _child_exited(self, child: Child, status: int) -> None:
         # What it wrote just before it died, e.g. that it was ready: a boot failure is judged on it.
@@ -633,12 +743,18 @@ class Master:
         try:
             settings = self.reload_settings()
             groups = build_groups(settings)
-            self.preload(settings)
+            changed = changed_settings(self.settings, settings)
+            # The new generation's PRELOAD, imported afresh by its zygote: the code on disk now.
+            zygote = self.preload(settings, groups, self.generation + 1, relog=bool(changed & LOGGING_SETTINGS))
         except (WorkerdError, ImportError) as exc:
-            log.error("master: reload failed, keeping the current settings: %s", exc)
+            log.error("master: reload failed, keeping the current settings and workers: %s", exc)
             self.notifier.send(READY=1, STATUS="reload failed; running with the previous settings")
             return
-        changed = changed_settings(self.settings, settings)
+        # The old generation's workers are the master's children: they drain without their zygote.
+        if self.zygote is not None:
+            self.zygote.stop()
+            self._old_zygotes.append(self.zygote)
+        self.zygote, self._zygote_failures = zygote, 0
         pending = sorted(changed & RESTART_ONLY)
         # What the master read once at start stays as it was, so that it keeps acting on it (the
         # pid file it wrote is the one it removes at exit); a later reload warns again.
