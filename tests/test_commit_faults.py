@@ -204,7 +204,7 @@ def test_a_garbage_lost_count_does_not_stop_recovery(r: redis.Redis, redis_url: 
     assert _assert_final(r, job.id, expected)
 
 
-@pytest.mark.parametrize("failure_ttl", [HUGE, "1.5", "inf", "-1"])
+@pytest.mark.parametrize("failure_ttl", [HUGE, "30.5", "inf", "-1"])  # 30.5: fractional, outlives the test
 def test_a_job_failed_by_recovery_is_in_the_failed_registry(r: redis.Redis, redis_url: str,
                                                            failure_ttl: str) -> None:  # fmt: skip
     job = _abandoned(r, {"failure_ttl": failure_ttl})
