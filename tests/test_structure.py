@@ -58,3 +58,10 @@ def test_every_public_name_resolves_to_its_home_module() -> None:
         assert getattr(workerd, name) is not None, name
     assert set(workerd.__all__) == {"__version__", *workerd._HOMES}
     assert set(workerd.__all__) <= set(dir(workerd))
+
+
+def test_workerd_job_is_the_decorator_even_after_the_submodule_of_that_name_loads() -> None:
+    code = ("import workerd.job, workerd.queue; from workerd import job; "
+            "assert job is workerd.queue.job and workerd.job is job, job")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

@@ -3,6 +3,9 @@
 __version__ = "0.1.0"
 
 import importlib
+import sys
+import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,6 +85,26 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(home), name)
     globals()[name] = value  # the next lookup is a plain attribute
     return value
+
+
+class _Package(types.ModuleType):
+    """`workerd.job` is the @job decorator, as in rq, though the submodule workerd.job has the same name.
+    Importing a submodule sets the package's attribute of its name to it, which, without eager imports to
+    overwrite it, would leave `from workerd import job` giving the module: the attribute is a property,
+    and the import system's assignment of the submodule is dropped (it stays in sys.modules)."""
+
+    @property
+    def job(self) -> Callable[..., Any]:
+        from workerd.queue import job
+
+        return job
+
+    @job.setter
+    def job(self, submodule: types.ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
