@@ -149,15 +149,24 @@ def worker_field(r: redis.Redis, name: str, key: str) -> str | None:
     return None if value is None else value.decode()  # type: ignore[union-attr]
 
 
+def holds_for(check: Callable[[], object], for_s: float, interval_s: float = 0.05) -> None:
+    """Run `check` (which asserts) until the clock has moved `for_s` on: something must NOT happen, so
+    there is no condition to wait for, only a window to watch."""
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        check()
+        time.sleep(interval_s)
+
+
 def still_queued(r: redis.Redis, job_id: str, queue: str, for_s: float) -> None:
     """Assert that the job stays queued (status and list) until the clock has moved `for_s` on. A
     suspended workerd worker that was waiting is handed the job by Redis, into its claim list, and
     its fetch puts it back at the front in the same round trip (docs/PROTOCOL.md §5.2, §5.13): it
     must be back, and never in two places."""
-    deadline = time.monotonic() + for_s
     waiting: list[bytes] = r.zrange(workerd.schema.claimers_key(queue), 0, -1)  # type: ignore[assignment]
     claims = [workerd.schema.claim_list_key(queue, name.decode()) for name in waiting]
-    while time.monotonic() < deadline:
+
+    def queued() -> None:
         assert status(r, job_id) == "queued", f"job {job_id} left its queue: {status(r, job_id)}"
         with r.pipeline(transaction=True) as pipe:  # one atomic look at the queue and the claim lists
             pipe.lrange(f"rq:queue:{queue}", 0, -1)
@@ -165,7 +174,8 @@ def still_queued(r: redis.Redis, job_id: str, queue: str, for_s: float) -> None:
                 pipe.lrange(key, 0, -1)
             held = [[*ids].count(job_id.encode()) for ids in pipe.execute()]
         assert sum(held) == 1, f"job {job_id} in the queue and claim lists {held}"
-        time.sleep(0.05)
+
+    holds_for(queued, for_s)
     assert job_id.encode() in r.lrange(f"rq:queue:{queue}", 0, -1)  # type: ignore[operator]
 
 
@@ -249,7 +259,11 @@ def test_mixed_fleet_runs_each_scheduled_job_once(r: redis.Redis, redis_url: str
         queue.enqueue_at(dt.datetime.fromtimestamp(now + 1 + i / 10, UTC), pj.record, redis_url, "t:fleet", token)
         tokens.append(token)
     wait_until(lambda: len(runs(r, "t:fleet")) >= 20, timeout=15, message="20 runs")
-    time.sleep(1.5)  # a double promotion would show up as a second run within this
+
+    def ran_once_each() -> None:  # a double promotion would show up as a second run within this window
+        assert len(runs(r, "t:fleet")) == 20
+
+    holds_for(ran_once_each, 1.5)
     counts = collections.Counter(token for token, _ in runs(r, "t:fleet"))
     assert counts == dict.fromkeys(tokens, 1)
     assert r.zcard("rq:scheduled:fleet") == 0
@@ -268,10 +282,11 @@ def test_pool_has_one_scheduler_and_another_takes_over_after_sigkill(r: redis.Re
     names = {m.decode().removeprefix("rq:worker:") for m in r.smembers("rq:workers:pool")}  # type: ignore[union-attr]
     holder = r.get(lock).decode()  # type: ignore[union-attr]
     assert holder in names
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:  # held by that one process, not passed back and forth
+
+    def held_by_the_holder() -> None:  # held by that one process, not passed back and forth
         assert r.get(lock).decode() == holder  # type: ignore[union-attr]
-        time.sleep(0.1)
+
+    holds_for(held_by_the_holder, 1.5, interval_s=0.1)
     assert proc.output().count("now scheduling queue pool") == 1
     os.kill(int(worker_field(r, holder, "pid") or 0), signal.SIGKILL)
     killed_at = time.monotonic()
@@ -501,7 +516,8 @@ def test_suspension_of_an_idle_blocked_workerd(r: redis.Redis, redis_url: str, w
     queue = rq.Queue("susp_w", connection=r)
     proc = wd_worker("-u", redis_url, "-n", "wd-susp", "susp_w")
     wait_until(lambda: worker_field(r, "wd-susp", "state") == "idle", timeout=10, message="idle")
-    time.sleep(0.3)  # blocked waiting for a job
+    # Blocked waiting for a job (the only client of this test's Redis in a blocking pop).
+    wait_until(lambda: r.info("clients")["blocked_clients"] >= 1, timeout=10, message="blocked in a pop")
     for suspend, resume in ((rq.suspension.suspend, rq.suspension.resume),
                             (workerd.suspension.suspend, workerd.suspension.resume)):  # fmt: skip
         suspend(r)

@@ -101,17 +101,19 @@ def test_a_worker_that_cannot_boot_stops_the_master_with_exit_3(redis_url) -> No
 def test_workers_that_die_right_after_ready_are_restarted_with_backoff(r, redis_url, workerd) -> None:
     # Each job kills the worker that runs it (in-process, SIGKILL): the workers die just after they
     # were ready, again and again. Without a backoff the master restarted them as fast as they died
-    # (hundreds of restarts in the same time); with it, the pauses double: 0.5, 1, 2, 4, 8 s.
+    # (hundreds of restarts in the same time); with it, the pauses double: 0.5, 1, 2, 4, 8 s (the
+    # sequence itself, and giving up, are tests/test_master_loop.py's: here, that a real crash loop
+    # is paced).
     q = Queue("default", connection=r)
     for _ in range(100):
         q.enqueue("testjobs.kill_self")
     begun = time.monotonic()
     master = workerd("-u", redis_url, "--workers", "2", "--execution", "inprocess")
-    master.wait_for_output("in 8.0 s (it died", timeout=40)  # the 5th death in a row
+    master.wait_for_output("in 2.0 s (it died", timeout=40)  # the 3rd death in a row
     elapsed_s = time.monotonic() - begun
     restarts = master.output().count("master: started worker") - 2
-    assert restarts <= 5, master.output()
-    assert elapsed_s >= 1 + 4, master.output()  # both slots sat out the 1 s and 4 s pauses, at least
+    assert restarts <= 3, master.output()
+    assert elapsed_s >= 0.5 + 1, master.output()  # the 0.5 s and 1 s pauses were sat out, at least
     assert master.process.poll() is None  # a crash loop is backed off, never given up on
     assert "failed to start" not in master.output()
 

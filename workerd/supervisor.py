@@ -175,12 +175,14 @@ class Child:
             return ExitKind.STOPPED
         return ExitKind.DIED
 
-    def apply(self, report: Report) -> None:
-        self.last_report = time.monotonic()  # any report: its loop turns, whatever Redis does
+    def apply(self, report: Report, now: float | None = None) -> None:
+        """Take in one report, received at `now` on the master's clock (monotonic when not given)."""
+        now = time.monotonic() if now is None else now
+        self.last_report = now  # any report: its loop turns, whatever Redis does
         if report.state is not None:
             self.state = report.state
             if self.ready_at is None:
-                self.ready_at = time.monotonic()
+                self.ready_at = now
             self.job = report.job
             self.kill_at_epoch = report.kill_at
         if report.jobs is not None:
@@ -195,8 +197,10 @@ class Child:
 
 
 class Master:
-    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.settings = settings
+        self.clock = clock  # every deadline of the loop is on this clock (tests/test_master_loop.py fakes it)
         self.reload_settings = reload
         self.groups = build_groups(settings)
         self.children: dict[int, Child] = {}
@@ -322,8 +326,8 @@ class Master:
             zygote.kill()
         for child in list(self.children.values()):
             _signal(child.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while self.children and time.monotonic() < deadline:
+        deadline = self.clock() + 5
+        while self.children and self.clock() < deadline:
             self.reap(block_s=0.05)
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -382,7 +386,7 @@ class Master:
             except ReportError as exc:
                 log.error("master: worker %s (pid %d): %s", child.name, child.pid, exc)
                 continue
-            child.apply(report)
+            child.apply(report, self.clock())
             if self.metrics is not None:
                 self.metrics.on_report(child.group, report)
 
@@ -408,7 +412,7 @@ class Master:
     def begin_stop(self, mode: StopMode) -> None:
         if mode is StopMode.WARM:
             self._stopping = StopMode.WARM
-            self._stop_deadline = time.monotonic() + self.settings.graceful_timeout
+            self._stop_deadline = self.clock() + self.settings.graceful_timeout
             log.info("master: warm stop: %d workers finish their jobs (up to %g s), then exit",
                      len(self.children), self.settings.graceful_timeout)  # fmt: skip
             for child in self.children.values():
@@ -420,12 +424,12 @@ class Master:
         self.notifier.send(STOPPING=1, STATUS="stopping")
 
     def _cold_stop_all(self) -> None:
-        self._kill_deadline = time.monotonic() + COLD_STOP_GRACE_S
+        self._kill_deadline = self.clock() + COLD_STOP_GRACE_S
         for child in self.children.values():
             _signal(child.pid, signal.SIGQUIT)
 
     def drain(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not self.children:
             log.info("master: all workers stopped; exiting")
             self._done = True
@@ -459,7 +463,9 @@ class Master:
             group.predecessors = predecessors + group.predecessors  # for the next try
             return None
         os.set_blocking(read_fd, False)
-        child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd)
+        now = self.clock()
+        child = Child(group=group.name, generation=self.generation, pid=pid, name=name, status_fd=read_fd,
+                      started=now, last_report=now)  # fmt: skip
         self.children[pid] = child
         log.info("master: started worker %s (pid %d)", name, pid)
         return child
@@ -569,14 +575,14 @@ class Master:
     def _back_off_zygote(self) -> None:
         self._zygote_failures += 1
         delay = min(0.5 * 2 ** (self._zygote_failures - 1), MAX_RESTART_BACKOFF_S)
-        self._next_zygote_at = time.monotonic() + delay
+        self._next_zygote_at = self.clock() + delay
         log.warning("master: restarting the zygote of generation %d in %.1f s (failure %d in a row)",
                     self.generation, delay, self._zygote_failures)  # fmt: skip
 
     def _ensure_zygote(self) -> bool:
         """Restart the current generation's zygote, once its backoff is over (it imports PRELOAD
         afresh: what is on disk now). False while there is none."""
-        if time.monotonic() < self._next_zygote_at:
+        if self.clock() < self._next_zygote_at:
             return False
         try:
             self.zygote = self.preload(self.settings, self.groups, self.generation, relog=False)
@@ -594,7 +600,7 @@ class Master:
         self._exited_jobs_done += child.jobs_done
         self._exited_jobs_failed += child.jobs_failed
         group = self._group(child.group)
-        lived_s = time.monotonic() - child.started
+        lived_s = self.clock() - child.started
         # Exit code 0 with a job in hand is no clean stop (a worker reports idle before it stops):
         # an in-process job called os._exit(0). Its replacement recovers the job, as after a crash.
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and child.job is None
@@ -623,7 +629,7 @@ class Master:
         it (a crash loop: backed off the same way, never given up on, as the cause may be a job or
         what Redis holds rather than the settings). One that lived longer (killed from outside by
         the OOM killer or an operator) is simply replaced, and resets the backoff."""
-        ready_for_s = None if child.ready_at is None else time.monotonic() - child.ready_at
+        ready_for_s = None if child.ready_at is None else self.clock() - child.ready_at
         lived_long = ready_for_s is not None and ready_for_s >= EARLY_DEATH_S
         if ready_for_s is not None:
             group.consecutive_boot_failures = 0
@@ -645,7 +651,7 @@ class Master:
             failures = group.consecutive_early_deaths
             why = f"it died {ready_for_s:.1f} s after it was ready; {failures} such deaths in a row"
         delay = min(0.5 * 2 ** (failures - 1), MAX_RESTART_BACKOFF_S)
-        group.next_spawn_at = time.monotonic() + delay
+        group.next_spawn_at = self.clock() + delay
         log.warning("master: restarting a worker of group '%s' in %.1f s (%s)", group.name, delay, why)
 
     def _group(self, name: str) -> Group | None:
@@ -667,7 +673,7 @@ class Master:
     # -- limits ---------------------------------------------------------------------------------
 
     def enforce_limits(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_limit_check:
             return
         self._next_limit_check = now + self.settings.memory_check_interval
@@ -721,7 +727,7 @@ class Master:
             self._ask_to_stop(outdated.pop(0), StopReason.RELOAD, "replaced after a reload")
         while len(current) > group.target:
             self._ask_to_stop(current.pop(), StopReason.SCALE_DOWN, "pool shrunk")
-        if group.name in self._burst_finished or time.monotonic() < group.next_spawn_at:
+        if group.name in self._burst_finished or self.clock() < group.next_spawn_at:
             return
         # During a rolling reload, one new worker at a time, and only once the last one is ready.
         wanted = group.target + 1 - len(outdated) if outdated else group.target
@@ -782,7 +788,7 @@ class Master:
     # -- systemd and the process title ------------------------------------------------------------
 
     def notify(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         live = list(self.children.values())
         busy = sum(1 for c in live if c.state is WorkerState.BUSY)
         target = sum(g.target for g in self.groups)
@@ -814,7 +820,7 @@ class Master:
     def alive(self) -> bool:
         """The watchdog is fed while every started worker reports over its pipe: its loop turns,
         whether or not it reaches Redis. A stuck one is logged once, when it falls silent."""
-        now = time.monotonic()
+        now = self.clock()
         children = self.children.items()
         stuck = {pid for pid, c in children if c.reported and now - c.last_report >= self._stuck_after_s(c)}
         for pid in sorted(stuck - self._stuck):
@@ -844,7 +850,7 @@ class Master:
         waiting = [c for c in live if c.outage_since is not None]
         if not waiting:
             return line
-        down_s = time.monotonic() - min(c.outage_since or 0.0 for c in waiting)
+        down_s = self.clock() - min(c.outage_since or 0.0 for c in waiting)
         where = sorted({connection_module.describe(self._settings_of(c)) for c in waiting})
         return (f"waiting for Redis at {', '.join(where)}: unreachable for {down_s:.0f} s "
                 f"({len(waiting)} of {len(live)} workers); {line}")  # fmt: skip
