@@ -129,6 +129,7 @@ class FollowingSentinelPool(SentinelConnectionPool):
         self.check_interval_s = check_interval_s
         self._next_check_at = 0.0
         self._made: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._known_master: tuple[str, int] | None = None  # the master our connections were made to
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         self._follow_master()
@@ -151,21 +152,24 @@ class FollowingSentinelPool(SentinelConnectionPool):
         self.disconnect()
 
     def _follow_master(self) -> None:
+        # `master_address` is redis-py's latest answer, whoever asked: our check below, or a new
+        # connection's connect(), after which redis-py drops only the idle connections - the ones in
+        # use (pub/sub, the queue waits) must be cut off all the same.
+        if self._known_master is None:
+            self._known_master = self.master_address  # None until the first connection asks
+            if self._known_master is None:
+                return
         now = time.monotonic()
-        if now < self._next_check_at:
-            return
-        self._next_check_at = now + self.check_interval_s
-        before = self.master_address
-        if before is None:  # nothing connected yet: the first connection asks the Sentinels anyway
-            return
-        try:
-            after = self.get_master_address()  # redis-py records it and drops idle connections if it moved
-        except MasterNotFoundError:
-            return  # no Sentinel answers: the master may be fine, and its own connections will say if not
-        if after != before:
+        if now >= self._next_check_at:
+            self._next_check_at = now + self.check_interval_s
+            with contextlib.suppress(MasterNotFoundError):  # no Sentinel answers: the master may be fine,
+                self.get_master_address()  # and its own connections will say if not
+        current = self.master_address
+        if current is not None and current != self._known_master:
+            before, self._known_master = self._known_master, current
             self._cut_off()
             raise redis.ConnectionError(
-                f"Sentinel moved master {self.service_name!r} from {_address(before)} to {_address(after)}"
+                f"Sentinel moved master {self.service_name!r} from {_address(before)} to {_address(current)}"
             )
 
 
