@@ -209,7 +209,9 @@ def test_scheduled_jobs_of_both_clients_run_on_time_on_workerd(r: redis.Redis, r
     assert sorted(rq_hash) == sorted(wd_hash)
     assert rq_hash[b"status"] == wd_hash[b"status"] == b"scheduled"
     for label, job in jobs.items():
-        assert r.zscore("rq:scheduled:sched", job.id) == int(due[label])
+        # enqueue_in reads the clock itself, a moment after `now`: its run-at may be a second later.
+        late_s = 1 if label.endswith("_in") else 0
+        assert int(due[label]) <= (r.zscore("rq:scheduled:sched", job.id) or 0) <= int(due[label]) + late_s
     assert r.sismember("rq:queues", "rq:queue:sched")
     r.zadd("rq:scheduled:sched", {"ghost-job": now - 5})  # bad input: a scheduled id whose hash is gone
 
