@@ -52,7 +52,16 @@ def _worker_pids(r: redis.Redis) -> set[int]:
 
 
 def _zygotes(master_pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(master_pid).children() if "zygote" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process(master_pid).children() if "zygote" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    # A worker killed by the test is reparented to the master (a subreaper) and stays a zombie
+    # until the master reaps it; it has no command line then, and it is no zygote.
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
 
 
 def _start_pool(

@@ -21,7 +21,7 @@ from workerd import schema, suspension
 from workerd.control import Command
 from workerd.job import Job
 from workerd.queue import Queue
-from workerd.reports import KillReason, Report, StopReason
+from workerd.reports import JobOutcome, KillReason, Report, StopReason
 from workerd.waiter import NO_WAITS, EndingWaits
 from workerd.worker import HORSE_KILL_GRACE_S, Due, Idle, Interrupt, Worker
 
@@ -289,6 +289,41 @@ def test_a_commit_while_redis_is_down_waits_for_the_backoff(loop: Callable[..., 
     it.turn(T0 + 0.5)
     assert it.worker.running is None
     assert r.hget(schema.job_key(job.id), "status") == b"finished"
+
+
+@pytest.mark.parametrize("func, outcome", [("testjobs.add", JobOutcome.FINISHED),
+                                           ("testjobs.fail", JobOutcome.FAILED)])  # fmt: skip
+def test_a_commit_whose_reply_was_lost_is_known_as_landed_on_the_retry(
+    loop: Callable[..., Loop], r: redis.Redis, func: str, outcome: JobOutcome
+) -> None:
+    """Redis applied the commit, then the connection dropped before its reply: the retry finds its
+    own lease gone. The job was committed, not taken back: it counts, with no lost-lease error."""
+    it = loop()
+    job = Queue("q", connection=r).enqueue(func, 1, 2)
+    committer = it.worker.committer
+    committer.commit_success = _applied_then_dropped(committer.commit_success)  # type: ignore[method-assign]
+    committer.commit_failure = _applied_then_dropped(committer.commit_failure)  # type: ignore[method-assign]
+    it.turn(T0)  # fetched and ran
+    it.turn(T0)  # the commit lands, its reply does not
+    running = it.worker.running
+    assert running is not None and running.commit_tries == 1
+    assert r.hget(schema.job_key(job.id), "status") == outcome.value.encode()
+    it.turn(T0 + 0.5)
+    assert it.worker.running is None
+    assert [each.outcome for each in it.reports if each.outcome is not None] == [outcome]
+
+
+def _applied_then_dropped(commit: Callable[..., Any]) -> Callable[..., Any]:
+    calls = []
+
+    def dropped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        applied = commit(*args, **kwargs)
+        if len(calls) == 1:
+            raise redis.ConnectionError("test: the connection dropped before the reply")
+        return applied
+
+    return dropped
 
 
 def test_an_inprocess_job_has_its_lease_kept_by_the_same_heartbeat(

@@ -344,6 +344,14 @@ class Committer:
         if job.ttl is not None and job.ttl > 0:
             self._expire_job(ops, job.id, job.ttl)
 
+    def landed(self, claim: Claim) -> bool:
+        """Whether the job's latest result is this claim's: a commit Redis applied before the
+        connection dropped (its reply lost) finds its own lease gone when the worker tries again."""
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrevrange(  # type: ignore[assignment]
+            schema.results_key(claim.job.id), count=1
+        )
+        return bool(entries) and entries[0][1].get(b"execution_id") == claim.execution_id.encode()
+
     def commit_retry_requested(self, claim: Claim, outcome: Outcome) -> Committed:
         """The job returned a Retry (rq's handle_job_retry): run it again, or fail it past max."""
         assert outcome.retry is not None

@@ -1162,7 +1162,7 @@ class Worker:
         if outcome.succeeded and outcome.retry is not None:
             committed = self.committer.commit_retry_requested(claim, outcome)
             self._note_canceled(claim, committed.applied)
-            if committed.applied.lease is not Lease.LOST:
+            if not self._lost(running, committed.applied):
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id),
                          committed.detail)  # fmt: skip
                 if committed.verdict is Verdict.FAILED:  # past its max: failed, with no exception (as RQ)
@@ -1170,8 +1170,7 @@ class Worker:
             return
         if outcome.succeeded:
             applied = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
-            if applied.lease is Lease.LOST:
-                self._lease_lost(claim)
+            if self._lost(running, applied):
                 return
             self._note_canceled(claim, applied)
             self._log_success(claim, outcome)
@@ -1180,8 +1179,7 @@ class Worker:
             return
         self.jobs_failed += 1
         committed = self.committer.commit_failure(claim, outcome)
-        if committed.applied.lease is Lease.LOST:
-            self._lease_lost(claim)
+        if self._lost(running, committed.applied):
             return
         self._note_canceled(claim, committed.applied)
         self.report(Report(outcome=committed.outcome, queue=claim.queue, duration_s=outcome.duration_s))
@@ -1198,6 +1196,19 @@ class Worker:
                      (job.retries_left or 1) - 1, extra=extra)  # fmt: skip
         else:
             self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
+
+    def _lost(self, running: Running, applied: Applied) -> bool:
+        """Whether the lease was gone at the commit (then say why), unless it was this very commit:
+        retried because the connection dropped after Redis applied it, it goes on as committed."""
+        if applied.lease is not Lease.LOST:
+            return False
+        claim = running.claim
+        if running.commit_tries and self.committer.landed(claim):
+            log.info("Worker %s: the commit of job %s had landed before the connection to Redis dropped",
+                     self.name, printable_id(claim.job.id))  # fmt: skip
+            return False
+        self._lease_lost(claim)
+        return True
 
     def _note_canceled(self, claim: Claim, applied: Applied) -> None:
         if applied.lease is Lease.CANCELED:
