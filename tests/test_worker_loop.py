@@ -300,9 +300,7 @@ def test_a_commit_whose_reply_was_lost_is_known_as_landed_on_the_retry(
     own lease gone. The job was committed, not taken back: it counts, with no lost-lease error."""
     it = loop()
     job = Queue("q", connection=r).enqueue(func, 1, 2)
-    committer = it.worker.committer
-    committer.commit_success = _applied_then_dropped(committer.commit_success)  # type: ignore[method-assign]
-    committer.commit_failure = _applied_then_dropped(committer.commit_failure)  # type: ignore[method-assign]
+    _drop_the_first_reply(it.worker.committer, "commit_success", "commit_success_then_fetch", "commit_failure")
     it.turn(T0)  # fetched and ran
     it.turn(T0)  # the commit lands, its reply does not
     running = it.worker.running
@@ -313,17 +311,22 @@ def test_a_commit_whose_reply_was_lost_is_known_as_landed_on_the_retry(
     assert [each.outcome for each in it.reports if each.outcome is not None] == [outcome]
 
 
-def _applied_then_dropped(commit: Callable[..., Any]) -> Callable[..., Any]:
+def _drop_the_first_reply(committer: Any, *methods: str) -> None:
+    """The first of these calls is applied in Redis, then its reply is lost with the connection."""
     calls = []
 
-    def dropped(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args)
-        applied = commit(*args, **kwargs)
-        if len(calls) == 1:
-            raise redis.ConnectionError("test: the connection dropped before the reply")
-        return applied
+    def dropping(commit: Callable[..., Any]) -> Callable[..., Any]:
+        def dropped(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            applied = commit(*args, **kwargs)
+            if len(calls) == 1:
+                raise redis.ConnectionError("test: the connection dropped before the reply")
+            return applied
 
-    return dropped
+        return dropped
+
+    for method in methods:
+        setattr(committer, method, dropping(getattr(committer, method)))
 
 
 def test_an_inprocess_job_has_its_lease_kept_by_the_same_heartbeat(

@@ -130,6 +130,20 @@ class Fetched:
     suspended: bool = False  # rq:suspended is set: nothing was taken
 
 
+@dataclass(frozen=True)
+class _ScriptCall:
+    """One script call, ready to run alone (`run`) or in a pipeline (Committer._run_pipelined)."""
+
+    script: Script
+    keys: list[Any]
+    args: list[Any]
+    client: Redis
+    execution_id: str = ""  # FETCH_START's: the execution it starts
+
+    def run(self) -> Any:
+        return self.script(keys=self.keys, args=self.args, client=self.client)
+
+
 @dataclass
 class _Ops:
     """Redis commands to run inside GUARDED_APPLY, as (argc, command, args...) runs."""
@@ -167,6 +181,7 @@ class Committer:
         self.serializer = serializer
         self._fetch_start: Script = redis.register_script(schema.FETCH_START)
         self._apply: Script = redis.register_script(schema.GUARDED_APPLY)
+        self._commit_then_fetch: Script = redis.register_script(schema.COMMIT_THEN_FETCH)
         self._recover: Script = redis.register_script(schema.RECOVER_ABANDONED)
         self._from_intermediate: Script = redis.register_script(schema.REQUEUE_FROM_INTERMEDIATE)
         self._recover_claims: Script = redis.register_script(schema.RECOVER_CLAIMS)
@@ -177,22 +192,26 @@ class Committer:
         """Atomically take the first job of the first non-empty queue (its head in our claim list
         first, when `waits` says it may hold one) and mark it started; `waits` still blocked are
         ended in the same round trip, before the script (workerd.waiter)."""
+        fetch = self._fetch_call(queues, lease_s, waits)
+        reply = self._run_pipelined(waits, fetch) if waits.client_ids else fetch.run()
+        return self._fetched(reply, queues, fetch.execution_id)
+
+    def _fetch_call(self, queues: Sequence[str], lease_s: float, waits: EndingWaits) -> _ScriptCall:
         now = utcnow()
-        execution_id = uuid.uuid4().hex
         deadline = now.timestamp() + lease_s
         execution_ttl_s = int(lease_s) + 60
         keys = [schema.worker_key(self.worker_name)]
         keys += [schema.queue_key(q) for q in queues]
         keys += [schema.started_key(q) for q in queues]
         keys += [schema.claim_list_key(q, self.worker_name) for q in queues]
+        execution_id = uuid.uuid4().hex
         args: list[Any] = [
             len(queues), self.worker_name, execution_id, utcformat(now), now.timestamp(), deadline,
             execution_ttl_s, deadline + 60, MAX_SKIPS_PER_FETCH, "1" if waits.claims_may_hold else "",
         ]  # fmt: skip
-        if waits.client_ids:
-            reply = self._unblock_and_fetch(waits, keys, args)
-        else:
-            reply = self._fetch_start(keys=keys, args=args, client=self.redis)
+        return _ScriptCall(self._fetch_start, keys, args, self.redis, execution_id)
+
+    def _fetched(self, reply: Any, queues: Sequence[str], execution_id: str) -> Fetched:
         index, job_id, flat, skipped = reply
         skipped_ids = [schema.decode_id(s) for s in skipped]
         if index <= 0:
@@ -211,22 +230,35 @@ class Committer:
             log.warning("job %s: %s", text_id, problem)
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
 
-    def _unblock_and_fetch(self, waits: EndingWaits, keys: list[Any], args: list[Any]) -> Any:
-        """CLIENT UNBLOCK each wait, then FETCH_START, in one round trip: once unblocked, no wait
-        can move an id into a claim list, so the script finds every id handed to us."""
+    def _run_pipelined(self, waits: EndingWaits, call: _ScriptCall) -> Any:
+        """CLIENT UNBLOCK each wait, then the script, in one round trip: once unblocked, no wait can
+        move an id into a claim list, so a FETCH_START finds every id handed to us."""
         with self.redis.pipeline(transaction=False) as pipe:
             for client_id in waits.client_ids:
                 pipe.execute_command("CLIENT", "UNBLOCK", client_id)
             # EVALSHA itself: a Script queued on a pipeline costs a SCRIPT EXISTS round trip each time.
-            pipe.execute_command("EVALSHA", self._fetch_start.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
             *unblocked, reply = pipe.execute(raise_on_error=False)
         if any(isinstance(r, redis_module.ResponseError) for r in unblocked):  # an ACL without CLIENT UNBLOCK
             waits.refused()
         if isinstance(reply, redis_module.exceptions.NoScriptError):  # Redis restarted or flushed its scripts
-            return self._fetch_start(keys=keys, args=args, client=self.redis)
+            return call.run()
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+    def commit_success_then_fetch(
+        self, claim: Claim, outcome: Outcome, default_result_ttl_s: int, queues: Sequence[str], lease_s: float,
+        waits: EndingWaits,
+    ) -> tuple[Applied, Fetched]:  # fmt: skip
+        """commit_success, then fetch_and_start of the next job, in one script (COMMIT_THEN_FETCH):
+        with a backlog, a job costs one round trip. A commit that errors raises, and fetched nothing."""
+        commit = self._success_call(claim, outcome, default_result_ttl_s)
+        fetch = self._fetch_call(queues, lease_s, waits)
+        args = [len(commit.args), *commit.args, *fetch.args]
+        call = _ScriptCall(self._commit_then_fetch, commit.keys + fetch.keys, args, self.redis)
+        applied, fetched = self._run_pipelined(waits, call) if waits.client_ids else call.run()
+        return Applied.of(applied), self._fetched(fetched, queues, fetch.execution_id)
 
     # -- lease -----------------------------------------------------------------------------------
 
@@ -304,13 +336,20 @@ class Committer:
         self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False, canceled_ok: bool = True
     ) -> Applied:
         """Apply `ops` while the lease holds."""
+        return Applied.of(self._apply_call(claim, ops, release, tolerant, canceled_ok).run())
+
+    def _apply_call(self, claim: Claim, ops: _Ops, release: str = "", tolerant: bool = False,
+                    canceled_ok: bool = True) -> _ScriptCall:  # fmt: skip
         now_stamp = utcformat(utcnow())
         args = [claim.member, release, schema.encode_id(claim.job.id), now_stamp, "1" if tolerant else "",
                 "1" if canceled_ok else "", *ops.args]  # fmt: skip
-        return Applied.of(self._apply(keys=[schema.started_key(claim.queue)], args=args, client=self.redis))
+        return _ScriptCall(self._apply, [schema.started_key(claim.queue)], args, self.redis)
 
     def commit_success(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> Applied:
         """Finished (docs/PROTOCOL.md §5.5), and the next run of a job with repeats left."""
+        return Applied.of(self._success_call(claim, outcome, default_result_ttl_s).run())
+
+    def _success_call(self, claim: Claim, outcome: Outcome, default_result_ttl_s: int) -> _ScriptCall:
         job = claim.job
         ttl = job.result_ttl if job.result_ttl is not None else default_result_ttl_s
         ops = _Ops()
@@ -328,7 +367,7 @@ class Committer:
         else:
             self._expire_job(ops, job.id, ttl)
         self._release_execution(ops, claim)
-        return self._run(claim, ops, release=JobStatus.FINISHED.value)
+        return self._apply_call(claim, ops, release=JobStatus.FINISHED.value)
 
     def _repeat_ops(self, ops: _Ops, claim: Claim) -> None:
         """rq's Repeat.schedule: one repeat fewer, then back on the queue at once, or into the scheduled

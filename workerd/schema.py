@@ -335,10 +335,7 @@ end
 # and order are kept. Returns {queue index (0: none, -1: workers are suspended), job id, HGETALL
 # of the job, skipped ids}. The suspension check is part of the same step, so no job is taken
 # after `rq suspend`, even by a worker that was already waiting.
-FETCH_START = (
-    _LUA_PREFIXES
-    + _LUA_RETURN_CLAIM_LIST
-    + """
+_FETCH_START_BODY = """
 local n = tonumber(ARGV[1])
 local worker_name, exec_id, now_stamp, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local deadline, exec_ttl, execs_score = ARGV[6], tonumber(ARGV[7]), ARGV[8]
@@ -391,7 +388,7 @@ for i = 1, n do
 end
 return {0, '', {}, skipped}
 """
-)
+FETCH_START = _LUA_PREFIXES + _LUA_RETURN_CLAIM_LIST + _FETCH_START_BODY
 
 # KEYS[1]: a queue key. Removes the ids whose job hash is gone, in place and in one step (rq's
 # Queue.compact renames the queue and moves ids back one at a time: a crash between loses the rest,
@@ -423,10 +420,7 @@ return removed
 # canceled job, else the number of dependents released. A command that errors stops the script, and
 # Redis keeps the writes made before it: callers validate every argument first. Tolerant (the
 # last-resort failure path) attempts every command whatever the others do.
-GUARDED_APPLY = (
-    _LUA_PREFIXES
-    + _LUA_RELEASE_DEPENDENTS
-    + """
+_GUARDED_APPLY_BODY = """
 local canceled = false
 if ARGV[1] ~= '' then
   local job_key = JOB_PREFIX .. ARGV[3]
@@ -451,6 +445,30 @@ while i <= #ARGV do
 end
 if canceled then return -2 end
 return released
+"""
+GUARDED_APPLY = _LUA_PREFIXES + _LUA_RELEASE_DEPENDENTS + _GUARDED_APPLY_BODY
+
+# KEYS: GUARDED_APPLY's key, then FETCH_START's keys. ARGV: how many arguments GUARDED_APPLY takes,
+# then its arguments, then FETCH_START's. A commit and the fetch of the next job in one call (with a
+# backlog, one round trip a job): {GUARDED_APPLY's reply, FETCH_START's reply}. Each body runs as
+# written for its own script, with KEYS and ARGV its own slices. A commit that errors stops the
+# script before the fetch, as it stops GUARDED_APPLY.
+COMMIT_THEN_FETCH = (
+    _LUA_PREFIXES
+    + _LUA_RELEASE_DEPENDENTS
+    + _LUA_RETURN_CLAIM_LIST
+    + "local function guarded_apply(KEYS, ARGV)\n"
+    + _GUARDED_APPLY_BODY
+    + "end\nlocal function fetch_start(KEYS, ARGV)\n"
+    + _FETCH_START_BODY
+    + """end
+local apply_argc = tonumber(ARGV[1])
+local apply_keys, apply_args, fetch_keys, fetch_args = {KEYS[1]}, {}, {}, {}
+for i = 2, #KEYS do fetch_keys[i - 1] = KEYS[i] end
+for i = 2, apply_argc + 1 do apply_args[i - 1] = ARGV[i] end
+for i = apply_argc + 2, #ARGV do fetch_args[i - apply_argc - 1] = ARGV[i] end
+local applied = guarded_apply(apply_keys, apply_args)
+return {applied, fetch_start(fetch_keys, fetch_args)}
 """
 )
 

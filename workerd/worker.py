@@ -277,6 +277,7 @@ class Worker:
         self._warm_horse: horse_module.Horse | None = None
         self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
         self._idle_written = False  # whether "state idle" is in our hash since we last changed it
+        self._fetched_ahead: Fetched | None = None  # the next job, fetched in the last commit's round trip
 
     # -- rq's public Worker attributes, same names and meanings (docs/workers.md, connections.md) ----
 
@@ -669,7 +670,7 @@ class Worker:
             presence.register_birth(self.redis, self.name, self.queue_order, self.settings.worker_ttl, False)
             self._idle_written = False
             if claim is not None:
-                presence.set_state(self.redis, self.name, "busy")
+                presence.set_state(self.redis, self.name, WorkerState.BUSY.value)
         if claim is not None and lease is not None and not lease.read(replies):
             self._lease_lost(claim)
         self.report(Report(heartbeat=True))
@@ -797,7 +798,11 @@ class Worker:
             return False
         if self.idle_next is Idle.SUSPENDED and now < self._next_suspended_check:
             return False
-        fetched = self.fetch()
+        self.take(self.fetch(), now)
+        return True
+
+    def take(self, fetched: Fetched, now: float) -> None:
+        """Act on what a fetch found: start the job, or wait, or look again."""
         if fetched.suspended:
             self.suspended(now)
         elif fetched.claim is not None:
@@ -806,13 +811,20 @@ class Worker:
             self.idle_next = Idle.FETCH
         else:
             self.idle(now)
-        return True
 
     def fetch(self) -> Fetched:
-        if self._waiter is not None and self._waiter.quiet:  # no job was handed to us: none to fetch
+        waits = self._fetch_waits()
+        if waits is None:  # no job was handed to us: none to fetch
             return Fetched(None, [])
-        waits = waiter_module.NO_WAITS if self._waiter is None else self._waiter.end_waits()
-        fetched = self.committer.fetch_and_start(self.queue_order, self.settings.lease_s, waits)
+        return self._fetched(self.committer.fetch_and_start(self.queue_order, self.settings.lease_s, waits))
+
+    def _fetch_waits(self) -> waiter_module.EndingWaits | None:
+        """What the next fetch must do about the queue waits; None if a fetch would find nothing."""
+        if self._waiter is None:
+            return waiter_module.NO_WAITS
+        return None if self._waiter.quiet else self._waiter.end_waits()
+
+    def _fetched(self, fetched: Fetched) -> Fetched:
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
@@ -829,7 +841,7 @@ class Worker:
         if not self._suspended:
             self._suspended = True
             log.info("Worker %s: suspended, run `rq resume` (or `workerd resume`) to resume", self.name)
-            presence.set_state(self.redis, self.name, "suspended")
+            presence.set_state(self.redis, self.name, WorkerState.SUSPENDED.value)
             self._idle_written = False
         if self.settings.burst:
             self.stop(StopReason.SUSPENDED, "suspended")
@@ -848,11 +860,14 @@ class Worker:
         if max_idle is not None and now - self._last_job_at >= max_idle:
             self.stop(StopReason.MAX_IDLE, f"idle for {max_idle} s (max idle time)")
             return
-        if not self._idle_written:  # once per idle spell, not on every wake-up
-            presence.set_state(self.redis, self.name, "idle")
+        if not self._idle_written:  # once per idle spell (a commit wrote it already), not on every wake-up
+            presence.set_state(self.redis, self.name, WorkerState.IDLE.value)
             self._idle_written = True
         if self._waiter is None:
             self._waiter = waiter_module.QueueWaiter(self.redis, self.queue_order, self.name, self.dequeue_timeout)
+        # A fetch just found nothing (perhaps the one a commit carried, earlier in this turn): the
+        # next one follows a wait that hands us a job. A job pushed meanwhile is there for the wait.
+        self._waiter.quiet = True
         self.idle_next = Idle.WAIT
 
     def housekeeping_if_due(self, now: float) -> bool:
@@ -1120,6 +1135,9 @@ class Worker:
                 self._redis_failed(exc, now)
                 return
         self._finished(now)
+        ahead, self._fetched_ahead = self._fetched_ahead, None
+        if ahead is not None:  # the commit's round trip fetched the next job: it is started in Redis
+            self.take(self._fetched(ahead), now)
 
     def _finished(self, now: float) -> None:
         """The job is out of hand: count it, and stop after max_jobs."""
@@ -1169,9 +1187,10 @@ class Worker:
                     self.send_webhooks(job, "failed", outcome.ended_at, "")
             return
         if outcome.succeeded:
-            applied = self.committer.commit_success(claim, outcome, self.settings.result_ttl)
+            applied = self._commit_success(running, outcome)
             if self._lost(running, applied):
                 return
+            self._idle_written = True  # the commit wrote "state idle"
             self._note_canceled(claim, applied)
             self._log_success(claim, outcome)
             self.report(Report(outcome=JobOutcome.FINISHED, queue=claim.queue, duration_s=outcome.duration_s))
@@ -1181,6 +1200,7 @@ class Worker:
         committed = self.committer.commit_failure(claim, outcome)
         if self._lost(running, committed.applied):
             return
+        self._idle_written = True  # the commit wrote "state idle"
         self._note_canceled(claim, committed.applied)
         self.report(Report(outcome=committed.outcome, queue=claim.queue, duration_s=outcome.duration_s))
         extra = job_fields(job, claim.queue, self.name)
@@ -1196,6 +1216,27 @@ class Worker:
                      (job.retries_left or 1) - 1, extra=extra)  # fmt: skip
         else:
             self.send_webhooks(job, "failed", outcome.ended_at, outcome.exc_string)
+
+    def _commit_success(self, running: Running, outcome: Outcome) -> Applied:
+        """commit_success; when the worker goes on to another job, with the next fetch in the same
+        round trip (its result is taken once this job is out of hand: settle_job)."""
+        waits = self._fetch_ahead_waits(running)
+        if waits is None:
+            return self.committer.commit_success(running.claim, outcome, self.settings.result_ttl)
+        applied, self._fetched_ahead = self.committer.commit_success_then_fetch(
+            running.claim, outcome, self.settings.result_ttl, self.queue_order, self.settings.lease_s, waits
+        )
+        return applied
+
+    def _fetch_ahead_waits(self, running: Running) -> waiter_module.EndingWaits | None:
+        """The waits for a fetch sent with this job's commit, if the worker will fetch right after
+        it: not stopping, not at its last job, nothing interrupting the job."""
+        max_jobs = self.settings.max_jobs
+        if (self.stop_reason is not None or self._warm_stop_at is not None or self._cold_stop
+                or running.interrupt is not None or running.commit_tries
+                or (max_jobs is not None and self._jobs_this_run + 1 >= max_jobs)):  # fmt: skip
+            return None
+        return self._fetch_waits()
 
     def _lost(self, running: Running, applied: Applied) -> bool:
         """Whether the lease was gone at the commit (then say why), unless it was this very commit:
