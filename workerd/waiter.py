@@ -45,6 +45,8 @@ class EndingWaits:
 # No waiter yet (the first fetch of a run, or the first after an outage): ids a previous life of
 # this worker (same name) or a wait cut by the outage left in its claim lists are taken first.
 NO_WAITS = EndingWaits()
+# No waiter since a fetch that looked in the claim lists: nothing can have moved an id into them.
+NOTHING_CLAIMED = EndingWaits(claims_may_hold=False)
 
 
 class QueueWaiter:

@@ -278,6 +278,7 @@ class Worker:
         self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
         self._idle_written = False  # whether "state idle" is in our hash since we last changed it
         self._fetched_ahead: Fetched | None = None  # the next job, fetched in the last commit's round trip
+        self._claims_looked_at = False  # a fetch without a waiter looked in our claim lists since the last wait
 
     # -- rq's public Worker attributes, same names and meanings (docs/workers.md, connections.md) ----
 
@@ -493,6 +494,7 @@ class Worker:
         self._cold_stop = False
         self._jobs_this_run = 0
         self._registered = False
+        self._claims_looked_at = False  # a previous life of this worker (same name) may have left ids
         self._redis_retry_at = 0.0
         self._connect_give_up_at = self.clock() + BURST_CONNECT_GIVE_UP_S if self.settings.burst else None
 
@@ -507,6 +509,7 @@ class Worker:
         if self._waiter is not None:
             waits_ended = self._waiter.close()
             self._waiter = None
+            self._claims_looked_at = False
         with contextlib.suppress(*CONNECTION_ERRORS):
             if self._registered:
                 # Ids handed to our waits and not started go back to the front of their queues now.
@@ -782,6 +785,7 @@ class Worker:
         if self._waiter is not None and self.running is None:
             self._waiter.close()
             self._waiter = None
+            self._claims_looked_at = False  # a wait it cut may have been handed an id
         self._redis_retry_at = now + delay
         self.idle_next = Idle.FETCH
         # Give live workers one lease period to renew before anyone's lease is judged expired.
@@ -821,10 +825,12 @@ class Worker:
     def _fetch_waits(self) -> waiter_module.EndingWaits | None:
         """What the next fetch must do about the queue waits; None if a fetch would find nothing."""
         if self._waiter is None:
-            return waiter_module.NO_WAITS
+            # Only a wait moves ids into our claim lists: with none since the last look, no need to look.
+            return waiter_module.NOTHING_CLAIMED if self._claims_looked_at else waiter_module.NO_WAITS
         return None if self._waiter.quiet else self._waiter.end_waits()
 
     def _fetched(self, fetched: Fetched) -> Fetched:
+        self._claims_looked_at = self._waiter is None
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
