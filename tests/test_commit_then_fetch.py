@@ -54,7 +54,7 @@ def _dump(r: redis.Redis, executions: dict[bytes, bytes]) -> dict[bytes, Any]:
         elif kind == b"stream":
             state[name] = [{f: _masked(v, executions) for f, v in fields.items()} for _, fields in r.xrange(key)]
         else:
-            state[name] = (kind, r.ttl(key) > 0)
+            state[name] = kind
         state[name] = (state[name], r.ttl(key) > 0)
     return state
 

@@ -132,7 +132,7 @@ class Fetched:
 
 @dataclass(frozen=True)
 class _ScriptCall:
-    """One script call, ready to run alone (`run`) or in a pipeline (Committer._run_pipelined)."""
+    """One script call, ready to run alone (`run`) or after CLIENT UNBLOCKs (Committer._run_ending)."""
 
     script: Script
     keys: list[Any]
@@ -193,8 +193,7 @@ class Committer:
         first, when `waits` says it may hold one) and mark it started; `waits` still blocked are
         ended in the same round trip, before the script (workerd.waiter)."""
         fetch = self._fetch_call(queues, lease_s, waits)
-        reply = self._run_pipelined(waits, fetch) if waits.client_ids else fetch.run()
-        return self._fetched(reply, queues, fetch.execution_id)
+        return self._fetched(self._run_ending(waits, fetch), queues, fetch.execution_id)
 
     def _fetch_call(self, queues: Sequence[str], lease_s: float, waits: EndingWaits) -> _ScriptCall:
         now = utcnow()
@@ -230,9 +229,11 @@ class Committer:
             log.warning("job %s: %s", text_id, problem)
         return Fetched(Claim(job=job, queue=queues[index - 1], execution_id=execution_id), skipped_ids)
 
-    def _run_pipelined(self, waits: EndingWaits, call: _ScriptCall) -> Any:
+    def _run_ending(self, waits: EndingWaits, call: _ScriptCall) -> Any:
         """CLIENT UNBLOCK each wait, then the script, in one round trip: once unblocked, no wait can
         move an id into a claim list, so a FETCH_START finds every id handed to us."""
+        if not waits.client_ids:
+            return call.run()
         with self.redis.pipeline(transaction=False) as pipe:
             for client_id in waits.client_ids:
                 pipe.execute_command("CLIENT", "UNBLOCK", client_id)
@@ -257,7 +258,7 @@ class Committer:
         fetch = self._fetch_call(queues, lease_s, waits)
         args = [len(commit.args), *commit.args, *fetch.args]
         call = _ScriptCall(self._commit_then_fetch, commit.keys + fetch.keys, args, self.redis)
-        applied, fetched = self._run_pipelined(waits, call) if waits.client_ids else call.run()
+        applied, fetched = self._run_ending(waits, call)
         return Applied.of(applied), self._fetched(fetched, queues, fetch.execution_id)
 
     # -- lease -----------------------------------------------------------------------------------

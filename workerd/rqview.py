@@ -102,10 +102,9 @@ def _lazy_stack(base: type) -> type:
 
 
 def _view_of(job: Job, view_class: type | None) -> Any:
-    """An rq.job.Job of `job`, or None: rq not installed, or an id RQ refuses (only letters, digits, _ and
-    -), which no RQ client could have enqueued."""
-    if _rq_job is None or job.connection is None:
-        return None
+    """An rq.job.Job of `job` (rq is loaded: see current), or None for an id RQ refuses (only letters,
+    digits, _ and -), which no RQ client could have enqueued."""
+    assert _rq_job is not None
     cls = view_class if isinstance(view_class, type) and issubclass(view_class, _rq_job.Job) else _rq_job.Job
     try:
         # RQ's restore() reads the hash as Redis returns it: bytes values.

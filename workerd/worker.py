@@ -278,7 +278,7 @@ class Worker:
         self._woke_from_idle = False  # the last fetch found nothing: the next job is a wake-up
         self._idle_written = False  # whether "state idle" is in our hash since we last changed it
         self._fetched_ahead: Fetched | None = None  # the next job, fetched in the last commit's round trip
-        self._claims_looked_at = False  # a fetch without a waiter looked in our claim lists since the last wait
+        self._claims_looked_at = False  # a fetch without a waiter looked in our claim lists since the last waiter
 
     # -- rq's public Worker attributes, same names and meanings (docs/workers.md, connections.md) ----
 
@@ -509,7 +509,6 @@ class Worker:
         if self._waiter is not None:
             waits_ended = self._waiter.close()
             self._waiter = None
-            self._claims_looked_at = False
         with contextlib.suppress(*CONNECTION_ERRORS):
             if self._registered:
                 # Ids handed to our waits and not started go back to the front of their queues now.
@@ -785,7 +784,6 @@ class Worker:
         if self._waiter is not None and self.running is None:
             self._waiter.close()
             self._waiter = None
-            self._claims_looked_at = False  # a wait it cut may have been handed an id
         self._redis_retry_at = now + delay
         self.idle_next = Idle.FETCH
         # Give live workers one lease period to renew before anyone's lease is judged expired.
@@ -830,7 +828,8 @@ class Worker:
         return None if self._waiter.quiet else self._waiter.end_waits()
 
     def _fetched(self, fetched: Fetched) -> Fetched:
-        self._claims_looked_at = self._waiter is None
+        if self._waiter is None:
+            self._claims_looked_at = True
         for job_id in fetched.skipped:
             log.warning("Worker %s: skipped job %s: its hash is gone (expired ttl or deleted)", self.name,
                         printable_id(job_id))  # fmt: skip
@@ -871,6 +870,7 @@ class Worker:
             self._idle_written = True
         if self._waiter is None:
             self._waiter = waiter_module.QueueWaiter(self.redis, self.queue_order, self.name, self.dequeue_timeout)
+            self._claims_looked_at = False  # its waits move ids into the claim lists, and may outlive it
         # A fetch just found nothing (perhaps the one a commit carried, earlier in this turn): the
         # next one follows a wait that hands us a job. A job pushed meanwhile is there for the wait.
         self._waiter.quiet = True
@@ -1186,7 +1186,7 @@ class Worker:
         if outcome.succeeded and outcome.retry is not None:
             committed = self.committer.commit_retry_requested(claim, outcome)
             self._note_canceled(claim, committed.applied)
-            if not self._lost(running, committed.applied):
+            if self._held(running, committed.applied):
                 log.info("Worker %s: job %s asked to be retried: %s", self.name, printable_id(job.id),
                          committed.detail)  # fmt: skip
                 if committed.verdict is Verdict.FAILED:  # past its max: failed, with no exception (as RQ)
@@ -1194,9 +1194,8 @@ class Worker:
             return
         if outcome.succeeded:
             applied = self._commit_success(running, outcome)
-            if self._lost(running, applied):
+            if not self._held(running, applied):
                 return
-            self._idle_written = True  # the commit wrote "state idle"
             self._note_canceled(claim, applied)
             self._log_success(claim, outcome)
             self.report(Report(outcome=JobOutcome.FINISHED, queue=claim.queue, duration_s=outcome.duration_s))
@@ -1204,9 +1203,8 @@ class Worker:
             return
         self.jobs_failed += 1
         committed = self.committer.commit_failure(claim, outcome)
-        if self._lost(running, committed.applied):
+        if not self._held(running, committed.applied):
             return
-        self._idle_written = True  # the commit wrote "state idle"
         self._note_canceled(claim, committed.applied)
         self.report(Report(outcome=committed.outcome, queue=claim.queue, duration_s=outcome.duration_s))
         extra = job_fields(job, claim.queue, self.name)
@@ -1244,17 +1242,18 @@ class Worker:
             return None
         return self._fetch_waits()
 
-    def _lost(self, running: Running, applied: Applied) -> bool:
-        """Whether the lease was gone at the commit (then say why), unless it was this very commit:
-        retried because the connection dropped after Redis applied it, it goes on as committed."""
-        if applied.lease is not Lease.LOST:
-            return False
+    def _held(self, running: Running, applied: Applied) -> bool:
+        """Whether the commit wrote: the lease held, or this very commit had landed (retried because
+        the connection dropped after Redis applied it). If not, say why. A commit that wrote also
+        wrote "state idle"."""
         claim = running.claim
-        if running.commit_tries and self.committer.landed(claim):
+        if applied.lease is Lease.LOST and not (running.commit_tries and self.committer.landed(claim)):
+            self._lease_lost(claim)
+            return False
+        if applied.lease is Lease.LOST:
             log.info("Worker %s: the commit of job %s had landed before the connection to Redis dropped",
                      self.name, printable_id(claim.job.id))  # fmt: skip
-            return False
-        self._lease_lost(claim)
+        self._idle_written = True
         return True
 
     def _note_canceled(self, claim: Claim, applied: Applied) -> None:
