@@ -59,6 +59,7 @@ import psutil
 import redis
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
+RQ_CLI = SCRIPTS_DIR.parent / "tests" / "rq_oracle" / "rq_cli.py"  # `rq`, with a fix for redis-py 8.2
 SYSTEMS = ("workerd", "workerd-worker", "rq-worker", "rq-pool")
 QUEUES = ("high", "default")  # priority order; two queues so RQ uses BLPOP (its multi-queue path)
 JOB_FUNC = "chaos_jobs.work"
@@ -389,9 +390,9 @@ def system_argv(system: str, url: str, bin_dir: Path, workerd_args: Iterable[str
     if system == "workerd-worker":  # no master: two single-worker units, like rq-worker
         return [[str(bin_dir / "workerd"), "-u", url, *workerd_args, *QUEUES] for _ in range(2)]
     if system == "rq-worker":
-        return [[str(bin_dir / "rq"), "worker", "-u", url, *QUEUES] for _ in range(2)]
+        return [[str(bin_dir / "python"), str(RQ_CLI), "worker", "-u", url, *QUEUES] for _ in range(2)]
     if system == "rq-pool":
-        return [[str(bin_dir / "rq"), "worker-pool", "-u", url, "-n", "2", *QUEUES]]
+        return [[str(bin_dir / "python"), str(RQ_CLI), "worker-pool", "-u", url, "-n", "2", *QUEUES]]
     raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
 
 

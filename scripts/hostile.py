@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402 - after the path is set, as tests/ is imported below
 
 from tests import fuzz_inputs  # noqa: E402
+from tests.rq_oracle.rq_cli import COMMAND as RQ_CLI  # noqa: E402 - `rq`, with a fix for redis-py 8.2
 from workerd import Queue, schema  # noqa: E402
 from workerd.utils import printable_id  # noqa: E402
 
@@ -37,7 +38,7 @@ BURST_TIMEOUT_S = 60.0
 def worker_command(args: argparse.Namespace) -> list[str]:
     bin_dir = Path(sys.executable).parent
     if args.worker == "rq":
-        return [str(bin_dir / "rq"), "worker", "-u", args.url, "--burst", fuzz_inputs.QUEUE]
+        return [*RQ_CLI, "worker", "-u", args.url, "--burst", fuzz_inputs.QUEUE]
     return [str(bin_dir / "workerd"), "-u", args.url, "--burst", "--execution", args.execution, fuzz_inputs.QUEUE]
 
 

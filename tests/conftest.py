@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,12 @@ class WorkerdProcess:
     session, output captured to a file."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, program: str = WORKERD) -> None:  # fmt: skip
+                 cwd: Path | None = None, program: Sequence[str] = (WORKERD,)) -> None:  # fmt: skip
         self.log_path = log_path
         environment = {**os.environ, "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
         environment.update(env or {})
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen([program, *args], stdout=self._log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen([*program, *args], stdout=self._log, stderr=subprocess.STDOUT,
                                         env=environment, cwd=cwd or JOBS_DIR, start_new_session=True)  # fmt: skip
 
     @property

@@ -23,7 +23,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,13 +35,13 @@ from rq.job import JobStatus as RQJobStatus
 import workerd
 from tests.conftest import JOBS_DIR, ROOT, run_workerd, wait_until
 from tests.redis_server import RedisServer
+from tests.rq_oracle.rq_cli import COMMAND as RQ_CLI  # `rq`, with a fix for redis-py 8.2
 from workerd.job import ResultType
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
 import interop_jobs
 
-RQ = str(Path(sys.executable).with_name("rq"))
 TOLERANCE_S = 30.0  # RQ's runs are slow (a fresh import per horse); relative times are compared loosely
 TS_FORMATS = ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ")
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -117,7 +116,7 @@ def _env() -> dict[str, str]:
 
 
 def run_rq_worker(url: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([RQ, "worker", "-u", url, "--burst", *args], capture_output=True, text=True,
+    result = subprocess.run([*RQ_CLI, "worker", "-u", url, "--burst", *args], capture_output=True, text=True,
                             timeout=timeout, env=_env(), cwd=JOBS_DIR)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -448,7 +447,7 @@ def test_rq_info_and_worker_all_show_a_running_workerd(r: redis.Redis, redis_url
     wait_until(lambda: r.hget("rq:worker:info-worker", "state") == b"idle", 15,
                message="the workerd worker to be idle")  # fmt: skip
 
-    info = subprocess.run([RQ, "info", "-u", redis_url], capture_output=True, text=True, timeout=30,
+    info = subprocess.run([*RQ_CLI, "info", "-u", redis_url], capture_output=True, text=True, timeout=30,
                           env=_env())  # fmt: skip
     assert info.returncode == 0, info.stderr
     line = next((ln for ln in info.stdout.splitlines() if ln.startswith("info-worker ")), None)
@@ -479,7 +478,7 @@ def test_rq_info_and_worker_all_show_a_running_workerd(r: redis.Redis, redis_url
         return (w.successful_job_count, w.failed_job_count) if w else None
 
     wait_until(lambda: counters() == (1, 1), 10, message="the worker counters to be 1 finished, 1 failed")
-    info = subprocess.run([RQ, "info", "-u", redis_url, "high"], capture_output=True, text=True,
+    info = subprocess.run([*RQ_CLI, "info", "-u", redis_url, "high"], capture_output=True, text=True,
                           timeout=30, env=_env())  # fmt: skip
     assert "jobs: 1 finished, 1 failed" in info.stdout, info.stdout
     assert re.search(r"^high +\|\S* 0, 0 executing, 1 finished, 1 failed$", info.stdout, re.M), info.stdout

@@ -43,12 +43,12 @@ import workerd.errors
 import workerd.schema
 import workerd.suspension
 from tests.conftest import JOBS_DIR, ROOT, WorkerdProcess, run_workerd, wait_until
+from tests.rq_oracle.rq_cli import COMMAND as RQ_CLI  # `rq`, with a fix for redis-py 8.2
 
 if str(JOBS_DIR) not in sys.path:
     sys.path.insert(0, str(JOBS_DIR))
 import parity_jobs as pj
 
-RQ = str(Path(sys.executable).with_name("rq"))
 UTC = dt.timezone.utc
 # Bare functions as on_success/on_failure/on_stopped are deprecated in RQ, and still used: tested too.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing a string or function:DeprecationWarning")
@@ -62,7 +62,7 @@ def _env() -> dict[str, str]:
 
 
 def rq_burst(url: str, *args: str, code: int = 0) -> str:
-    res = subprocess.run([RQ, "worker", "-u", url, "--burst", *args], capture_output=True, text=True,
+    res = subprocess.run([*RQ_CLI, "worker", "-u", url, "--burst", *args], capture_output=True, text=True,
                          timeout=60, env=_env(), cwd=JOBS_DIR)  # fmt: skip
     assert res.returncode == code, res.stdout + res.stderr
     return res.stdout + res.stderr
@@ -88,7 +88,7 @@ def rq_worker(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., WorkerdP
 
     def start(*args: str) -> WorkerdProcess:
         log_path = tmp_path / f"rq-{len(started)}.log"
-        proc = WorkerdProcess(["worker", "-u", redis_url, *args], log_path, program=RQ)
+        proc = WorkerdProcess(["worker", "-u", redis_url, *args], log_path, program=RQ_CLI)
         started.append(proc)
         return proc
 
