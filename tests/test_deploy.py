@@ -51,8 +51,11 @@ def _worker_pids(r: redis.Redis) -> set[int]:
     return {int(pid) for pid in pids if pid}
 
 
-def _zygotes(master_pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(master_pid).children() if "zygote" in " ".join(_cmdline(p))]
+def _zygotes(master_pid: int, r: redis.Redis) -> list[psutil.Process]:
+    # A worker keeps its zygote's title until it first goes idle: a registered worker is no zygote.
+    workers = _worker_pids(r)
+    return [p for p in psutil.Process(master_pid).children()
+            if p.pid not in workers and "zygote" in " ".join(_cmdline(p))]  # fmt: skip
 
 
 def _cmdline(process: psutil.Process) -> list[str]:
@@ -92,7 +95,7 @@ def test_a_reload_under_load_deploys_the_new_preloaded_code_losing_no_job_and_pa
 ) -> None:
     master, old_workers = _start_pool(workerd, redis_url, r, module_dir, workers=2)
     assert old_workers <= {p.pid for p in psutil.Process(master.pid).children()}  # adopted by the master
-    [old_zygote] = _zygotes(master.pid)
+    [old_zygote] = _zygotes(master.pid, r)
     enqueuer = _Enqueuer(redis_url)
     enqueuer.start()
     try:
@@ -141,17 +144,17 @@ def test_a_reload_whose_preloaded_module_fails_to_import_keeps_the_old_generatio
     wait_until(lambda: job.get_status() == "finished", message="a job after the failed reload")
     assert job.return_value() == 1
     assert _worker_pids(r) == workers
-    assert len(_zygotes(master.pid)) == 1
+    assert len(_zygotes(master.pid, r)) == 1
 
 
 def test_a_zygote_that_dies_is_restarted_and_the_workers_keep_running(r, redis_url, workerd, module_dir) -> None:
     master, [worker] = _start_pool(workerd, redis_url, r, module_dir, workers=1)
-    [zygote] = _zygotes(master.pid)
+    [zygote] = _zygotes(master.pid, r)
     zygote.kill()
     master.wait_for_output("died (killed by signal 9 (SIGKILL))")
     os.kill(worker, signal.SIGKILL)  # its replacement comes from a new zygote
     wait_until(lambda: len(_worker_pids(r) - {worker}) == 1, timeout=15, message=f"a new worker:\n{master.output()}")
-    assert [z.pid for z in _zygotes(master.pid)] != [zygote.pid]
+    assert [z.pid for z in _zygotes(master.pid, r)] != [zygote.pid]
     job = Queue("default", connection=r).enqueue(f"{MODULE}.version")
     wait_until(lambda: job.get_status() == "finished", message="a job from the new worker")
 
@@ -166,22 +169,22 @@ def test_a_preloaded_module_that_fails_at_start_is_a_config_error_of_the_master(
 def test_every_documented_signal_at_a_zygote_is_ignored(r, redis_url, workerd, module_dir) -> None:
     """`systemctl kill -s SIG` reaches the zygote too: its life is the master's to end (see the signal matrix)."""
     master, [worker] = _start_pool(workerd, redis_url, r, module_dir, workers=1)
-    [zygote] = _zygotes(master.pid)
+    [zygote] = _zygotes(master.pid, r)
     for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT,
                    signal.SIGQUIT):  # fmt: skip
         zygote.send_signal(signum)
     os.kill(worker, signal.SIGKILL)  # its replacement comes from the same zygote, once it has had the signals
     wait_until(lambda: len(_worker_pids(r) - {worker}) == 1, timeout=15, message=f"a new worker:\n{master.output()}")
-    assert [z.pid for z in _zygotes(master.pid)] == [zygote.pid]
+    assert [z.pid for z in _zygotes(master.pid, r)] == [zygote.pid]
     assert zygote.status() != psutil.STATUS_STOPPED
     assert f"zygote {zygote.pid} of generation 0 died" not in master.output()
 
 
 def test_a_stuck_zygote_costs_the_master_a_bounded_wait_and_is_replaced(r, redis_url, workerd, module_dir) -> None:
     master, [worker] = _start_pool(workerd, redis_url, r, module_dir, workers=1)
-    [zygote] = _zygotes(master.pid)
+    [zygote] = _zygotes(master.pid, r)
     zygote.suspend()  # SIGSTOP: it cannot answer the master's next request
     os.kill(worker, signal.SIGKILL)
     master.wait_for_output("did not answer within 5 s", timeout=20)
     wait_until(lambda: len(_worker_pids(r) - {worker}) == 1, timeout=20, message=f"a new worker:\n{master.output()}")
-    assert zygote.pid not in {z.pid for z in _zygotes(master.pid)}
+    assert zygote.pid not in {z.pid for z in _zygotes(master.pid, r)}
