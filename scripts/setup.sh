@@ -49,4 +49,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+# workerd is installed in editable mode, so its modules are compiled where they live. Where the
+# environment sets PYTHONDONTWRITEBYTECODE (this machine's does), nothing writes their bytecode and
+# every process compiles them again: a third of a `workerd --burst` run's CPU (0.6 -> 0.4 s), in a
+# suite that starts workerd hundreds of times. Compile them once; Python reads the .pyc either way.
+"$VENV/bin/python" -m compileall -q workerd tests >/dev/null
 echo "setup: ready ($(redis-server --version | cut -d' ' -f3), $("$VENV/bin/python" --version) in $VENV)" >&2

@@ -12,6 +12,7 @@ watchdog, READY, STATUS) is tests/test_systemd.py.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -183,3 +184,20 @@ def test_one_failed_redis_call_fails_at_once_however_the_client_is_built(how: st
     with pytest.raises(redis.ConnectionError):
         client.ping()
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("how", ["url", "host and port"])
+def test_a_redis_that_never_replies_fails_a_call_after_redis_socket_timeout(how: str) -> None:
+    """The reply wait is the setting, not the 30 s default: the master's stuck threshold is built on it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody ever answers
+        port = silent.getsockname()[1]
+        fields: dict[str, object] = (
+            {"redis_url": f"redis://127.0.0.1:{port}/0"}
+            if how == "url"
+            else {"redis_host": "127.0.0.1", "redis_port": port}
+        )
+        client = connection.connect(Settings(**fields, redis_socket_timeout=1.0))
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        assert 1.0 <= time.monotonic() - started < 3.0

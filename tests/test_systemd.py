@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import WorkerdProcess, wait_until
 from tests.redis_server import RedisServer, free_port
-from workerd import Queue, connection, schema
+from workerd import Queue, schema
 from workerd.supervisor import STUCK_HEARTBEATS
 
 WATCHDOG_USEC = 2_000_000
@@ -36,7 +36,11 @@ MAX_PING_GAP_S = WATCHDOG_USEC / 1e6 / 2 + 0.6
 # A pool's workers are judged stuck after max(20 heartbeats, one Redis call's timeouts + a
 # heartbeat) without a report: the pool's outage outlasts that, so that only the workers' outage
 # reports (not the threshold) can keep the watchdog fed.
-STUCK_S = max(STUCK_HEARTBEATS * HEARTBEAT_S, connection.CONNECT_TIMEOUT_S + connection.SOCKET_TIMEOUT_S + HEARTBEAT_S)
+# The Redis timeouts are set short here (a worker stopped on a local Redis is what is tested), so
+# that 20 heartbeats are the threshold and not the 35 s of the default timeouts.
+REDIS_TIMEOUTS_S = {"socket": 2.0, "connect": 0.5}
+REDIS_TIMEOUTS_ENV = {f"WORKERD_REDIS_{kind.upper()}_TIMEOUT": str(s) for kind, s in REDIS_TIMEOUTS_S.items()}
+STUCK_S = max(STUCK_HEARTBEATS * HEARTBEAT_S, sum(REDIS_TIMEOUTS_S.values()) + HEARTBEAT_S)
 POOL_OUTAGE_S = STUCK_S + 4
 SINGLE_OUTAGE_S = 8.0  # 4 watchdog intervals, 80 heartbeats; a single worker has no stuck threshold
 
@@ -113,7 +117,7 @@ def _pids(proc: WorkerdProcess, pool: bool) -> set[int]:
 def _start(workerd: Callable[..., WorkerdProcess], server: RedisServer, notify: NotifySocket, pool: bool,
            *extra: str) -> WorkerdProcess:  # fmt: skip
     args = ["-u", server.url, "--heartbeat-interval", str(HEARTBEAT_S), *(("--workers", "2") if pool else ()), *extra]
-    return workerd(*args, env=notify.env())
+    return workerd(*args, env={**notify.env(), **REDIS_TIMEOUTS_ENV})
 
 
 def _enqueue(server: RedisServer, count: int, tag: str) -> list[str]:

@@ -19,9 +19,6 @@ from workerd.errors import ConfigError, RedisAuthError, WorkerdError
 from workerd.settings import Settings
 from workerd.utils import import_attribute
 
-# Commands on the main connection are short; the one long one is a commit carrying a big result.
-SOCKET_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 5.0
 MINIMUM_REDIS_VERSION = (6, 2, 0)  # BLMOVE, used to wait on queues without taking a job
 # A Sentinel answers from memory: one that takes longer is down, and the next one is asked.
 SENTINEL_TIMEOUT_S = 2.0
@@ -36,8 +33,8 @@ def connect(settings: Settings) -> redis.Redis:
     # meanwhile. redis-py's default differs by how a client is built (none from a URL, 10 with backoff
     # from host/port), which made one failed call take 4 s or far longer (behind a dropping firewall).
     options: dict[str, Any] = {
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
         "retry": Retry(NoBackoff(), 0),
     }
     tls = settings.tls_options  # validated: set only when the connection uses TLS

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
         "required", description="Whether Redis's TLS certificate must verify: required, optional or none."
     )
+    redis_socket_timeout: float = Field(
+        30.0, ge=1, le=3600, description="Seconds a Redis command may wait for its reply before the connection "
+        "is called broken (waiting on queues is not bounded by it); the longest command is a commit carrying a "
+        "large result. A pool's master calls a worker stuck only after this plus REDIS_CONNECT_TIMEOUT without a "
+        "report.")  # fmt: skip
+    redis_connect_timeout: float = Field(
+        5.0, gt=0, le=600, description="Seconds to wait for a connection to Redis to open.")  # fmt: skip
     sentinel: dict[str, Any] | None = Field(
         None, description="Redis Sentinel, as RQ's SENTINEL: INSTANCES, MASTER_NAME, DB, USERNAME, PASSWORD, "
         "SOCKET_TIMEOUT, SSL, CONNECTION_KWARGS, SENTINEL_KWARGS.")  # fmt: skip

@@ -834,11 +834,11 @@ class Master:
         return not stuck
 
     def _stuck_after_s(self, child: Child) -> float:
-        heartbeat_s = self._settings_of(child).effective_heartbeat_s
+        settings = self._settings_of(child)
         # A worker blocked in one Redis call to a host that drops packets (rather than refusing
         # them) is waiting for Redis, not stuck: the call ends within the client's timeouts.
-        one_call_s = connection_module.CONNECT_TIMEOUT_S + connection_module.SOCKET_TIMEOUT_S
-        return max(STUCK_HEARTBEATS * heartbeat_s, one_call_s + heartbeat_s)
+        one_call_s = settings.redis_connect_timeout + settings.redis_socket_timeout
+        return max(STUCK_HEARTBEATS * settings.effective_heartbeat_s, one_call_s + settings.effective_heartbeat_s)
 
     def _count(self, group: Group) -> int:
         return sum(1 for c in self.children.values() if c.group == group.name)
