@@ -6,12 +6,13 @@
 #                                                 (scripts/pythons.sh), each in .venv-X.Y, then RQ 2.12.0's
 #                                                 own suite against workerd (scripts/rq_suite.sh); CI=true implies it
 #
-# pytest runs test files in parallel (pytest-xdist, one file per process so a file's tests share its
-# redis-server): TEST_PROCESSES=3 by default (most tests wait on subprocesses, not the CPU);
-# 0 runs them in this process, one after another.
+# pytest runs tests in parallel (pytest-xdist): TEST_PROCESSES=4 by default (most tests wait on
+# subprocesses and timeouts, not the CPU); 0 runs them in this process, one after another. Tests go
+# out one at a time, except a few files that one process runs whole (tests/conftest.py,
+# ONE_PROCESS_FILES); each process has its own redis-server, shared by the tests it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parallel=(-n "${TEST_PROCESSES:-3}" --dist loadfile)
+parallel=(-n "${TEST_PROCESSES:-4}" --dist load)
 all_pythons=false
 [ "${CI:-}" = "true" ] && all_pythons=true
 if [ "${1:-}" = "--all-pythons" ]; then all_pythons=true; shift; fi

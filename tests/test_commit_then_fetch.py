@@ -5,19 +5,24 @@ combines write when run one after the other, and a worker that dies right after 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import run_workerd
+from tests.conftest import JOBS_DIR, run_workerd, wait_until
 from workerd import Queue, schema
 from workerd.commit import Committer, Fetched
 from workerd.outcome import Outcome
 from workerd.serializers import resolve_serializer
 from workerd.waiter import NO_WAITS
+from workerd.worker import Worker
 
 WORKER = "ctf-worker"
 _EPOCH = re.compile(rb"^1[0-9]{9}(\.[0-9]+)?$")  # a float or whole epoch (scores, execution fields)
@@ -134,3 +139,39 @@ def test_a_backlog_costs_one_round_trip_a_job(r: redis.Redis, redis_url: str, ex
         assert all(r.hget(schema.job_key(i), "status") == b"finished" for i in ids)
     per_job = (reads[1] - reads[0]) / 50
     assert per_job <= 1.1, f"{per_job:.2f} round trips a job ({reads})"
+
+
+def test_a_worker_killed_right_after_the_combined_call_loses_nothing(
+    r: redis.Redis, redis_url: str, forked: Callable[[Callable[[], int]], int]
+) -> None:
+    """SIGKILL the moment COMMIT_THEN_FETCH has returned: the first job is committed, the second is
+    started in Redis under the dead worker's lease; a worker after the lease runs it, once."""
+    queue = Queue("default", connection=r)
+    first, second = (queue.enqueue("testjobs.mark", redis_url, "runs", tag) for tag in ("first", "second"))
+
+    def worker_killed_after_the_combined_call() -> int:
+        sys.path.insert(0, str(JOBS_DIR))  # the jobs run in this process (in-process execution)
+        combined = Committer.commit_success_then_fetch
+
+        def then_die(self: Committer, *args: Any, **kwargs: Any) -> Any:
+            combined(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Committer.commit_success_then_fetch = then_die  # type: ignore[method-assign]
+        Worker(["default"], connection=redis.Redis.from_url(redis_url), execution="inprocess",
+               heartbeat_interval=0.2).work()  # fmt: skip
+        return 0
+
+    assert forked(worker_killed_after_the_combined_call) == -signal.SIGKILL
+    assert r.hget(schema.job_key(first.id), "status") == b"finished"
+    assert r.hget(schema.job_key(second.id), "status") == b"started"
+    [(member, lease_deadline)] = r.zrange(schema.started_key("default"), 0, -1, withscores=True)
+    assert schema.split_wip_member(member)[0] == second.id
+    assert r.lrange("runs", 0, -1) == [b"first"]
+
+    wait_until(lambda: time.time() > lease_deadline, timeout=10, message="the dead worker's lease to run out")
+    result = run_workerd("-u", redis_url, "--burst", "--heartbeat-interval", "0.2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert r.hget(schema.job_key(second.id), "status") == b"finished"
+    assert r.lrange("runs", 0, -1) == [b"first", b"second"]
+    assert r.zcard(schema.started_key("default")) == 0
