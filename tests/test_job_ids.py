@@ -51,7 +51,8 @@ def _assert_finished(r: redis.Redis, raw_id: bytes, value: object) -> None:
 def _worker(workerd, redis_url: str, *args: str) -> WorkerdProcess:
     proc: WorkerdProcess = workerd("-u", redis_url, "--name", "ids-worker", "--heartbeat-interval", str(HEARTBEAT_S),
                                    *args)  # fmt: skip
-    proc.wait_for_output("Listening on")
+    client = redis.Redis.from_url(redis_url)
+    wait_until(lambda: client.exists(schema.worker_key("ids-worker")), message="the worker registered")
     return proc
 
 

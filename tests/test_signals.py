@@ -21,7 +21,7 @@ import redis
 import rq
 from rq.webhook import Webhook as RQWebhook
 
-from tests.conftest import wait_until
+from tests.conftest import wait_until, wait_until_blocked
 from tests.redis_server import free_port
 from workerd import Queue, schema
 from workerd.process import STOP_SIGNALS
@@ -81,7 +81,7 @@ def test_a_pools_worker_and_horse_survive_every_master_signal(r, redis_url, work
 @pytest.mark.parametrize("execution", ["fork", "inprocess"])
 def test_a_single_worker_and_its_horse_survive_every_master_signal(r, redis_url, workerd, execution: str) -> None:
     single = workerd("-u", redis_url, "--execution", execution)
-    single.wait_for_output("Listening on")
+    wait_until_blocked(r)
     job_id, horse_pid = _job_in_a_horse(r, redis_url, 3)
     targets = [single.pid] if execution == "inprocess" else [single.pid, horse_pid]
     _send_each(targets)

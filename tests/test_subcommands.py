@@ -9,8 +9,8 @@ from workerd import Queue, schema
 
 
 def test_suspend_and_resume_reach_rq_and_running_workers(r, redis_url, workerd) -> None:
-    proc = workerd("-u", redis_url, "-n", "sus")
-    proc.wait_for_output("*** Listening on default...")
+    workerd("-u", redis_url, "-n", "sus")
+    wait_until(lambda: r.exists(schema.worker_key("sus")), message="the worker registered")
     result = run_workerd("suspend", "-u", redis_url, "--duration", "300")
     assert result.returncode == 0 and "Suspending workers for 300 seconds" in result.stdout
     assert rq.suspension.is_suspended(r) and 0 < r.ttl(schema.SUSPENDED) <= 300
