@@ -27,7 +27,7 @@ RC
 export COVERAGE_PROCESS_START=$rcfile
 status=0
 # Measured code runs about twice as slowly: the package builds need more than the usual 300 s timeout.
-.venv/bin/python -m pytest -q -n "${TEST_PROCESSES:-3}" --dist loadfile -p no:cacheprovider --timeout=900 "$@" || status=$?
+.venv/bin/python -m pytest -q -n "${TEST_PROCESSES:-3}" --dist load -p no:cacheprovider --timeout=900 "$@" || status=$?
 .venv/bin/python -m coverage combine --quiet --rcfile="$rcfile" "$data_dir"
 .venv/bin/python -m coverage report --rcfile="$rcfile" "--data-file=$data_dir/.coverage"
 exit "$status"
