@@ -224,6 +224,34 @@ def test_a_warm_stop_waits_for_the_job_in_hand(loop: Callable[..., Loop], r: red
     assert r.hget(schema.job_key(job.id), "status") == b"finished"
 
 
+def test_a_stop_signal_that_arrives_in_the_turn_a_job_ends_fetches_nothing_with_its_commit(
+    loop: Callable[..., Loop], r: redis.Redis, redis_url: str
+) -> None:
+    """The commit of a success fetches the next job in the same script (COMMIT_THEN_FETCH) only for a
+    worker that goes on: a SIGTERM recorded after this turn's signal handling leaves the backlog queued."""
+    it = loop(execution="fork")
+    queue = Queue("q", connection=r)
+    job = queue.enqueue("testjobs.wait_for_go", redis_url, "go")
+    backlog = queue.enqueue("testjobs.add", 1, 2)
+    it.turn(T0)
+    assert it.worker.running is not None and it.worker.running.claim.job.id == job.id
+    watch_job = it.worker.watch_job
+
+    def signal_after_the_handling(now: float) -> None:
+        watch_job(now)
+        if it.worker.running is not None and it.worker.running.ended:  # the turn that commits the job
+            it.worker._record_signal(signal.SIGTERM, None)  # delivered after handle_signals, before the commit
+            it.worker.watch_job = watch_job  # type: ignore[method-assign]
+
+    it.worker.watch_job = signal_after_the_handling  # type: ignore[method-assign]
+    r.rpush("go", 1)
+    it.turns_until(lambda: it.worker.done)
+    assert r.hget(schema.job_key(job.id), "status") == b"finished"
+    assert r.hget(schema.job_key(backlog.id), "status") == b"queued"
+    assert r.lrange(schema.queue_key("q"), 0, -1) == [backlog.id.encode()]
+    assert it.worker.stop_reason is StopReason.WARM_SHUTDOWN
+
+
 def test_a_running_horse_has_its_lease_renewed_at_the_heartbeat(loop: Callable[..., Loop], r: redis.Redis) -> None:
     it = loop(execution="fork")
     job = Queue("q", connection=r).enqueue("testjobs.sleep_for", 30)

@@ -792,8 +792,9 @@ class Worker:
     # -- between jobs ----------------------------------------------------------------------------
 
     def next_job(self, now: float) -> bool:
-        """With no job in hand: stop if asked, else fetch one and start it (or wait for one)."""
-        if self.running is not None or self.stop_reason is not None:
+        """With no job in hand: stop if asked, else fetch one and start it (or wait for one). A stop
+        signal that arrived during this turn is handled first (the next turn), not after a fetch."""
+        if self.running is not None or self.stop_reason is not None or self._signals:
             return False
         if self._warm_stop_at is not None:
             self.stop(StopReason.WARM_SHUTDOWN, "warm shut down")
@@ -1234,9 +1235,10 @@ class Worker:
 
     def _fetch_ahead_waits(self, running: Running) -> waiter_module.EndingWaits | None:
         """The waits for a fetch sent with this job's commit, if the worker will fetch right after
-        it: not stopping, not at its last job, nothing interrupting the job."""
+        it: not stopping (nor a stop signal recorded this turn), not at its last job, nothing
+        interrupting the job."""
         max_jobs = self.settings.max_jobs
-        if (self.stop_reason is not None or self._warm_stop_at is not None or self._cold_stop
+        if (self.stop_reason is not None or self._warm_stop_at is not None or self._cold_stop or self._signals
                 or running.interrupt is not None or running.commit_tries
                 or (max_jobs is not None and self._jobs_this_run + 1 >= max_jobs)):  # fmt: skip
             return None
