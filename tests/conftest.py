@@ -191,8 +191,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class OneProcessFilesScheduling(LoadScopeScheduling):
-        """xdist's scope scheduling, a scope being a whole file for ONE_PROCESS_FILES, else one test.
-        Scopes go out largest first."""
+        """xdist's scope scheduling (as its own LoadFileScheduling, which makes every file a scope), a
+        scope being a whole file for ONE_PROCESS_FILES, else one test. Scopes go out largest first."""
 
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
