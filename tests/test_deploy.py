@@ -78,7 +78,10 @@ def _start_pool(
 
 
 def _statuses_not_finished(r: redis.Redis, ids: list[str]) -> dict[str, str]:
-    statuses = {job_id: r.hget(schema.job_key(job_id), "status") for job_id in ids}
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(schema.job_key(job_id), "status")
+        statuses = dict(zip(ids, pipe.execute(), strict=True))
     return {job_id: (status or b"<no hash>").decode() for job_id, status in statuses.items() if status != b"finished"}
 
 
@@ -122,7 +125,7 @@ def test_a_reload_under_load_deploys_the_new_preloaded_code_losing_no_job_and_pa
     finished = FinishedJobRegistry("default", connection=r)
     try:
         wait_until(lambda: len(finished) == len(ids), timeout=30, message="every job enqueued finished")
-    except AssertionError as exc:  # say where the others are (it timed out under coverage, twice)
+    except AssertionError as exc:  # say where the jobs not finished are
         raise AssertionError(f"{exc}: not finished {_statuses_not_finished(r, ids)}\n{master.output()}") from None
     assert set(finished.get_job_ids()) == set(ids)
     assert len(FailedJobRegistry("default", connection=r)) == 0

@@ -835,10 +835,11 @@ class Master:
 
     def _stuck_after_s(self, child: Child) -> float:
         settings = self._settings_of(child)
+        heartbeat_s = settings.effective_heartbeat_s
         # A worker blocked in one Redis call to a host that drops packets (rather than refusing
         # them) is waiting for Redis, not stuck: the call ends within the client's timeouts.
         one_call_s = settings.redis_connect_timeout + settings.redis_socket_timeout
-        return max(STUCK_HEARTBEATS * settings.effective_heartbeat_s, one_call_s + settings.effective_heartbeat_s)
+        return max(STUCK_HEARTBEATS * heartbeat_s, one_call_s + heartbeat_s)
 
     def _count(self, group: Group) -> int:
         return sum(1 for c in self.children.values() if c.group == group.name)

@@ -140,7 +140,7 @@ def main() -> int:
             env = {
                 **os.environ,
                 # Not ROOT: workerd's own tests/ package would shadow RQ's in the processes RQ's tests start.
-                "PYTHONPATH": str(HERE / "pythonpath"),
+                "PYTHONPATH": os.pathsep.join([str(HERE / "pythonpath"), str(HERE.parent / "rq_oracle")]),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                 "RQ_SUITE_MODE": args.mode,
                 "RQ_SUITE_REDIS_PORT": str(server.port),

@@ -7,15 +7,11 @@ it starts (the `rq`/`rqworker` CLI, multiprocessing children), without editing R
 """
 
 import os
-import sys
-from pathlib import Path
+
+import rq_cli  # tests/rq_oracle, on PYTHONPATH beside this directory (tests/rq_suite/run.py)
 
 # RQ 2.12 with redis-py >= 8.2: a worker's teardown can wait 60 s for its pub/sub thread (rq_cli.py says why).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "rq_oracle"))
-import rq_cli
-
 rq_cli.bound_pubsub_thread_stop()
-del sys.path[0]
 
 _port = os.environ.get("RQ_SUITE_REDIS_PORT")
 if _port:
